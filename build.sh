@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# vared2's one entry point on a fresh machine.
+#   ./build.sh            the main job on the embedded default (ONNX Runtime, CPU)
+#   ./build.sh test       lint, type-check and the whole test suite (what CI runs)
+#   ./build.sh gpu-check  the GPU acceptance: TensorRT engines vs ONNX Runtime, then the benchmark
+# It creates its own virtual environment in .venv and installs everything it needs there.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=${VARED2_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating the virtual environment in $VENV"
+        "$PY" -m venv "$VENV" || die "could not create a virtual environment with $PY (is python3-venv installed?)"
+    fi
+    # Reinstall only when the project's declared dependencies changed.
+    local stamp="$VENV/.vared2-installed" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        say "installing vared2 and its dependencies (torch 2.14.1, torchvision 0.29.1, onnxruntime, …)"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of links laid out as the package.
+typecheck_tree() {
+    local tree="$VENV/typecheck/vared2"
+    rm -rf "$VENV/typecheck" && mkdir -p "$tree"
+    for f in vared2/*.py vared2/py.typed; do ln -s "$ROOT/$f" "$tree/$(basename "$f")"; done
+    for stage in models plugins export engines runtime bench; do ln -s "$ROOT/$stage" "$tree/$stage"; done
+    echo "$VENV/typecheck"
+}
+
+run_tests() {
+    say "ruff"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    say "mypy"
+    local tree
+    tree=$(typecheck_tree)
+    (cd "$tree" && "$VENV/bin/mypy" --config-file "$ROOT/pyproject.toml" -p vared2)
+    say "pytest"
+    "$VENV/bin/python" -m pytest "$@"
+}
+
+main_job() {
+    "$VENV/bin/python" -m vared2.pipeline "$@"
+}
+
+cmd=${1:-}
+case "$cmd" in
+    test) shift; ensure_venv; run_tests "$@" ;;
+    gpu-check) shift; ensure_venv; "$VENV/bin/python" -m vared2.gpu_check "$@" ;;
+    -h|--help|help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) ensure_venv; main_job "$@" ;;
+esac

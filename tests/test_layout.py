@@ -1,0 +1,93 @@
+"""The package layout of DESIGN.md §1: stages map into ``vared2``, imports run downward only, and the
+runtime never imports torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["models", "plugins", "export", "engines", "runtime", "bench"]
+
+# What each stage may import from the others (DESIGN.md §1). "engines.manifest" is the import-light
+# manifest schema; the engine builders may use the plugins.
+ALLOWED: dict[str, set[str]] = {
+    "plugins": set(),
+    "models": {"plugins"},
+    "export": {"models", "plugins", "engines.manifest"},
+    "engines": {"plugins", "engines.manifest"},
+    "engines.manifest": set(),
+    "runtime": {"engines.manifest", "runtime"},
+    "bench": {"runtime", "engines.manifest", "bench"},
+}
+
+
+def stage_of(module: str) -> str | None:
+    """``vared2.engines.manifest.x`` → ``engines.manifest``; ``vared2.models.y`` → ``models``."""
+    parts = module.split(".")
+    if parts[0] != "vared2" or len(parts) < 2 or parts[1] not in STAGES:
+        return None
+    if parts[1] == "engines" and len(parts) > 2 and parts[2] == "manifest":
+        return "engines.manifest"
+    return parts[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def package_files(stage: str) -> list[Path]:
+    # Scripts under bench/scripts/ are top-level programs, like the CLI, and may use any stage.
+    return [p for p in (ROOT / stage).rglob("*.py") if "scripts" not in p.relative_to(ROOT).parts]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_imports_run_downward(stage: str) -> None:
+    problems = []
+    for path in package_files(stage):
+        own = "engines.manifest" if path.parent.name == "engines" and path.stem == "manifest" else stage
+        for module in imported_modules(path):
+            if module == "vared2" or module.startswith("vared2.cli"):
+                problems.append(f"{path.relative_to(ROOT)} imports the root package/CLI ({module})")
+                continue
+            target = stage_of(module)
+            if target is None or target == own:
+                continue
+            if target not in ALLOWED[own]:
+                problems.append(f"{path.relative_to(ROOT)} imports {module} ({own} may not import {target})")
+    assert not problems, "\n".join(problems)
+
+
+def test_stages_are_importable_as_vared2_subpackages() -> None:
+    import importlib
+
+    for stage in STAGES:
+        module = importlib.import_module(f"vared2.{stage}")
+        assert Path(module.__file__ or "").resolve().parent == ROOT / stage
+
+
+def test_runtime_never_imports_torch() -> None:
+    modules = sorted(f"vared2.runtime.{p.stem}" for p in (ROOT / "runtime").glob("*.py") if p.stem != "__init__")
+    if (ROOT / "engines" / "manifest.py").exists():
+        modules.append("vared2.engines.manifest")
+    code = (
+        "import importlib, sys\n"
+        f"for name in ['vared2.runtime', *{modules!r}]:\n"
+        "    importlib.import_module(name)\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'triton', 'tensorrt') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"vared2.runtime pulled in: {out.stdout.strip()}"

@@ -1,0 +1,49 @@
+"""The ``vared2`` command line: one verb per pipeline stage (DESIGN.md §9).
+
+Exit codes: 0 success, 1 a failed check (parity, verification), 2 bad usage or bad input — with a
+one-line reason on stderr. Each verb imports its stage only when it runs, so ``vared2 infer`` works on
+a device that has the runtime extra only.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+from vared2 import __version__
+
+T = TypeVar("T")
+
+
+class CheckFailed(Exception):
+    """A verification ran and its result is negative (exit code 1)."""
+
+
+def run_stage(action: Callable[[], T]) -> T:
+    """Run one stage, turning the errors users cause into a one-line reason and exit code 2."""
+    try:
+        return action()
+    except CheckFailed as err:
+        click.echo(f"vared2: check failed: {err}", err=True)
+        sys.exit(1)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as err:
+        reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+        click.echo(f"vared2: error: {reason}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vared2")
+def cli() -> None:
+    """Deploy VA-RED2 input-adaptive video models: one engine per policy bucket, a gate that picks one."""
+
+
+def main() -> None:
+    cli(prog_name="vared2")
+
+
+if __name__ == "__main__":
+    main()
