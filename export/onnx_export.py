@@ -1,0 +1,154 @@
+"""Checkpoint → ``gate.onnx`` + ``bucket_<id>.onnx`` + ``export.json`` (DESIGN.md §4).
+
+The TorchScript exporter (``dynamo=False``) is used on purpose: with ``torch.onnx.register_custom_op_symbolic``
+it emits the ``vared2::`` nodes with their plugin attributes, and the model-local functions are appended
+afterwards. The dynamo exporter's inlining pass failed on the same op (DESIGN.md §4). Everything that can
+fail on bad input (loading, validating, building the graphs) happens before anything is written; the
+files are written to a temporary directory that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from vared2.export.graphs import BucketGraph, GateGraph
+from vared2.models import VaRed2VideoResNet, load
+from vared2.plugins import onnx_functions, torch_ops
+
+OPSET = 17
+EXPORT_FORMAT = "vared2-onnx"
+EXPORT_VERSION = 1
+EXPORT_JSON = "export.json"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What ``export_checkpoint`` wrote."""
+
+    directory: Path
+    gate: Path
+    buckets: list[Path]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final``; on success it replaces ``final``, on failure it vanishes."""
+    final = final.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield work
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            final.rename(old)
+        work.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def to_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+) -> onnx.ModelProto:
+    """Export one module with a dynamic batch axis, attach the custom ops' functions and check it."""
+    torch_ops.register_onnx_symbolics(OPSET)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            module.eval(),
+            example,
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes={name: {0: "N"} for name in input_names + output_names},
+            do_constant_folding=True,
+        )
+    model = onnx_functions.attach_functions(onnx.load_from_string(buffer.getvalue()))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_model(model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: str = "") -> ExportedModel:
+    """Write the gate and every bucket of ``model`` to ``out_dir`` (replacing it atomically)."""
+    model = model.eval()
+    config = model.config
+    # Build every graph first: a bucket the model cannot run fails here, before anything is written.
+    gate = GateGraph(model)
+    buckets = [BucketGraph(model, index) for index in range(len(model.buckets))]
+    clip = torch.randint(0, 256, (2, config.frames, config.size, config.size, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        features, _ = gate(clip)
+
+    with atomic_directory(Path(out_dir)) as work:
+        onnx.save(to_onnx(gate, (clip,), ["clip"], ["features", "bucket_logits"]), str(work / "gate.onnx"))
+        entries = []
+        for index, graph in enumerate(buckets):
+            name = f"bucket_{index}.onnx"
+            onnx.save(to_onnx(graph, (features,), ["features"], ["logits"]), str(work / name))
+            bucket = model.buckets[index]
+            entries.append(
+                {
+                    "id": index,
+                    "name": bucket.name,
+                    "policy": [list(p) for p in bucket.policies],
+                    "gflops": model.gflops(index),
+                    "file": name,
+                }
+            )
+        spec = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "opset": OPSET,
+            "model": {
+                "backbone": config.backbone,
+                "frames": config.frames,
+                "size": config.size,
+                "mean": list(config.mean),
+                "std": list(config.std),
+                "labels": list(config.labels),
+                "num_classes": config.num_classes,
+                "checkpoint_sha256": checkpoint_sha256,
+            },
+            "gate": {"file": "gate.onnx", "gflops": model.gate_gflops(), "features_shape": list(features.shape[1:])},
+            "buckets": entries,
+            "exporter": {"torch": torch.__version__, "onnx": onnx.__version__},
+        }
+        (work / EXPORT_JSON).write_text(json.dumps(spec, indent=2) + "\n")
+    out = Path(out_dir).resolve()
+    return ExportedModel(out, out / "gate.onnx", [out / e["file"] for e in entries])
+
+
+def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> ExportedModel:
+    """``vared2 export``: load a checkpoint directory (never unpickling) and export it."""
+    checkpoint_dir = Path(checkpoint_dir)
+    model = load(checkpoint_dir)
+    return export_model(model, out_dir, checkpoint_sha256=sha256_file(checkpoint_dir / "model.safetensors"))
