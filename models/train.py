@@ -1,0 +1,284 @@
+"""The VA-RED2 training recipe: weights and gate trained jointly (DESIGN.md §2, issue 3).
+
+* Warm-up: the first ``warmup_epochs`` train the full bucket only, so every layer's weights are useful
+  before the gate starts routing.
+* Then per batch: the gate's logits go through Gumbel-softmax with straight-through: the forward pass
+  runs each sample's sampled bucket (samples grouped by bucket, one pass per group) and multiplies its
+  logits by the straight-through weight, which is exactly 1 forward and carries the gradient to the gate.
+* A FLOPs term pulls the expected cost (softmax probabilities × each bucket's GFLOPs, as a fraction of
+  full) toward ``target_ratio``; the temperature anneals geometrically from ``tau_start`` to ``tau_end``.
+* ``static=True`` trains the same network on the full bucket only, the baseline.
+
+Checkpoints are ``model.safetensors`` + ``model.json`` (``vared2.models.save``) plus the resumable training
+state ``train_state.safetensors`` + ``train_state.json`` (optimizer moments, epoch, RNG states) — no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vared2.models.checkpoint import load, save
+from vared2.models.video_resnet import VaRed2VideoResNet
+
+log = logging.getLogger(__name__)
+
+TRAIN_STATE = "train_state"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of the recipe; recorded in the checkpoint's provenance."""
+
+    epochs: int = 12
+    warmup_epochs: int = 3
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    target_ratio: float = 0.55
+    flops_weight: float = 2.0
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    seed: int = 0
+    static: bool = False
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train: epochs and batch_size must be at least 1")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"train: warmup_epochs must be within 0..epochs ({self.epochs})")
+        if not 0.0 < self.target_ratio <= 1.0:
+            raise ValueError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
+        if not self.tau_start >= self.tau_end > 0:
+            raise ValueError("train: need tau_start >= tau_end > 0")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+    val_gflops_ratio: float
+    tau: float
+    histogram: list[int] = field(default_factory=list)
+
+
+def temperature(config: TrainConfig, epoch: int) -> float:
+    """Geometric annealing over the gated epochs."""
+    gated = config.epochs - config.warmup_epochs
+    if gated <= 1 or epoch <= config.warmup_epochs:
+        return config.tau_start
+    progress = (epoch - config.warmup_epochs) / (gated - 1)
+    return config.tau_start * (config.tau_end / config.tau_start) ** progress
+
+
+def bucket_cost_ratios(model: VaRed2VideoResNet) -> Tensor:
+    """Each bucket's GFLOPs as a fraction of the full bucket's."""
+    full = model.gflops(0)
+    return torch.tensor([model.gflops(k) / full for k in range(len(model.buckets))])
+
+
+def routed_forward(model: VaRed2VideoResNet, features: Tensor, weights: Tensor) -> Tensor:
+    """Run each sample through the bucket where its (one-hot, straight-through) ``weights`` are 1, scaled by
+    that weight, so the gate receives a gradient while only the chosen buckets are computed."""
+    choices = weights.argmax(dim=1)
+    out: Tensor | None = None
+    for k in choices.unique().tolist():
+        index = (choices == k).nonzero(as_tuple=True)[0]
+        logits = model.forward_features(features[index], int(k)) * weights[index, k : k + 1]
+        if out is None:
+            out = logits.new_zeros(features.shape[0], logits.shape[1])
+        out = out.index_copy(0, index, logits)
+    assert out is not None
+    return out
+
+
+def training_loss(
+    model: VaRed2VideoResNet, clips: Tensor, labels: Tensor, *, tau: float, config: TrainConfig, gated: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The loss of one batch: cross-entropy, plus the FLOPs term when the gate routes.
+
+    Returns (loss, logits, chosen buckets or None)."""
+    if not gated:
+        logits = model(clips, bucket=0)
+        return F.cross_entropy(logits, labels), logits, None
+    features = model.features(clips)
+    gate_logits = model.bucket_logits(features)
+    weights = F.gumbel_softmax(gate_logits, tau=tau, hard=True)
+    logits = routed_forward(model, features, weights)
+    costs = bucket_cost_ratios(model).to(gate_logits.device)
+    expected = (gate_logits.softmax(dim=1) * costs).sum(dim=1).mean()
+    loss = F.cross_entropy(logits, labels) + config.flops_weight * (expected - config.target_ratio) ** 2
+    return loss, logits, weights.argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: VaRed2VideoResNet, loader: DataLoader, *, static: bool) -> tuple[float, float, list[int]]:
+    """Accuracy, mean GFLOPs fraction and bucket histogram, with the gate's argmax (or the full bucket)."""
+    model.eval()
+    costs = bucket_cost_ratios(model)
+    correct = total = 0
+    cost = 0.0
+    histogram = [0] * len(model.buckets)
+    for clips, labels, *_ in loader:
+        if static:
+            logits, choices = model(clips, bucket=0), torch.zeros(len(labels), dtype=torch.long)
+        else:
+            logits, choices = model(clips)
+        correct += int((logits.argmax(1) == labels).sum())
+        total += len(labels)
+        cost += float(costs[choices].sum())
+        for k in choices.tolist():
+            histogram[k] += 1
+    return correct / max(total, 1), cost / max(total, 1), histogram
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, object]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, object] = {}
+    for i, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.ndim > 0:
+                tensors[f"{i}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{i}.{key}"] = float(value)
+    return tensors, scalars
+
+
+def save_training_state(
+    directory: Path, optimizer: torch.optim.Optimizer, epoch: int, history: list[EpochStats], config: TrainConfig
+) -> None:
+    """Optimizer moments as safetensors, the rest as JSON — resumable without unpickling anything."""
+    tensors, scalars = _state_tensors(optimizer)
+    tmp = directory / f"{TRAIN_STATE}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(directory / f"{TRAIN_STATE}.safetensors")
+    meta = {
+        "epoch": epoch,
+        "scalars": scalars,
+        "config": asdict(config),
+        "history": [asdict(h) for h in history],
+        "torch_rng": torch.get_rng_state().tolist(),
+    }
+    tmp_json = directory / f"{TRAIN_STATE}.json.tmp"
+    tmp_json.write_text(json.dumps(meta))
+    tmp_json.replace(directory / f"{TRAIN_STATE}.json")
+
+
+def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[int, list[EpochStats]]:
+    meta_path = directory / f"{TRAIN_STATE}.json"
+    tensor_path = directory / f"{TRAIN_STATE}.safetensors"
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise FileNotFoundError(f"{directory}: no training state to resume from ({meta_path.name} missing)")
+    meta = json.loads(meta_path.read_text())
+    tensors = load_file(str(tensor_path))
+    state = optimizer.state_dict()
+    params = [p for group in state["param_groups"] for p in group["params"]]
+    new_state: dict[int, dict[str, object]] = {}
+    for i in params:
+        entry: dict[str, object] = {}
+        for key, value in tensors.items():
+            index, _, name = key.partition(".")
+            if int(index) == i:
+                entry[name] = value
+        for key, value in meta["scalars"].items():
+            index, _, name = key.partition(".")
+            if int(index) == i:
+                entry[name] = torch.tensor(value)
+        if entry:
+            new_state[i] = entry
+    state["state"] = new_state
+    optimizer.load_state_dict(state)
+    torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    return int(meta["epoch"]), [EpochStats(**h) for h in meta["history"]]
+
+
+def train(
+    model: VaRed2VideoResNet,
+    train_set: Dataset,
+    val_set: Dataset,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    provenance: dict[str, object] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> list[EpochStats]:
+    """Train ``model`` and keep the latest checkpoint (and its training state) in ``out_dir``."""
+    config.validate()
+    out_dir = Path(out_dir)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
+    val_loader = DataLoader(val_set, batch_size=config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * max(len(train_loader), 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+    start, history = 0, []
+    if resume:
+        model.load_state_dict(load(out_dir).state_dict())
+        start, history = load_training_state(out_dir, optimizer)
+        for _ in range(start * len(train_loader)):
+            schedule.step()
+        log.info("resuming %s after epoch %d", out_dir, start)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    for epoch in range(start + 1, config.epochs + 1):
+        gated = not config.static and epoch > config.warmup_epochs
+        tau = temperature(config, epoch)
+        generator.manual_seed(config.seed * 1000 + epoch)  # each epoch's order depends on (seed, epoch) only
+        model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
+        for clips, labels, *_ in bar:
+            loss, logits, _ = training_loss(model, clips, labels, tau=tau, config=config, gated=gated)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += float(loss) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
+        val_acc, val_ratio, histogram = evaluate_accuracy(model, val_loader, static=not gated)
+        stats = EpochStats(epoch, total_loss / max(seen, 1), correct / max(seen, 1), val_acc, val_ratio, tau, histogram)
+        history.append(stats)
+        model.config.provenance = {
+            **(provenance or {}),
+            "train_config": asdict(config),
+            "epochs_done": epoch,
+            "history": [asdict(h) for h in history],
+        }
+        save(model, out_dir)
+        save_training_state(out_dir, optimizer, epoch, history, config)
+        if on_epoch:
+            on_epoch(stats)
+    return history
+
+
+def describe(stats: Sequence[EpochStats]) -> str:
+    """A one-line-per-epoch summary for the terminal."""
+    rows = ["epoch   loss  train_acc  val_acc  val_gflops  tau"]
+    for s in stats:
+        rows.append(
+            f"{s.epoch:>5} {s.loss:>6.3f} {s.train_accuracy:>10.3f} {s.val_accuracy:>8.3f} "
+            f"{s.val_gflops_ratio:>10.2f} {s.tau:>5.2f}"
+        )
+    return "\n".join(rows)
