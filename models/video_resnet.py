@@ -1,0 +1,498 @@
+"""VA-RED2 VideoResNets (DESIGN.md §2): torchvision's ``r3d_18``, ``mc3_18`` and ``r2plus1d_18`` with dynamic
+convolutions in the four residual stages, a soft modulation gate on the stem output, and a bucket table.
+
+The module tree and state-dict names are torchvision's (``stem``, ``layer1..4``, ``avgpool``, ``fc``; BasicBlock
+``conv1``/``conv2``/``downsample``; ``Conv2Plus1D`` as a 4-item Sequential), so torchvision weights load as they
+are; the only extra keys are the cheap-op parameters of each ``DynamicConv3d`` and the ``gate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, overload
+
+import torch
+from torch import Tensor, nn
+
+from . import flops
+from .buckets import BACKBONES, Bucket, BucketTable, conv_frames, default_buckets
+from .dynamic_conv import DynamicConv3d
+from .gate import SoftModulationGate
+
+__all__ = [
+    "BasicBlock",
+    "Conv2Plus1D",
+    "ModelConfig",
+    "VaRed2VideoResNet",
+    "build_model",
+    "from_torchvision",
+    "mc3_18",
+    "r2plus1d_18",
+    "r3d_18",
+]
+
+# torchvision's video presets (Kinetics-400).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+STAGE_PLANES = (64, 128, 256, 512)
+GATE_HIDDEN = 64
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model (and to feed it): architecture, bucket table, input spec, labels.
+
+    ``buckets`` left empty means the backbone's default table for ``frames``; the stored config always lists
+    the resolved names. ``provenance`` is free-form JSON (how the weights were trained) and the only field that
+    may be reassigned: the others describe layers already built (use ``dataclasses.replace`` and a new model).
+    """
+
+    backbone: str = "r2plus1d_18"
+    width: float = 1.0
+    num_classes: int = 400
+    frames: int = 16
+    size: int = 112
+    mean: tuple[float, ...] = KINETICS_MEAN
+    std: tuple[float, ...] = KINETICS_STD
+    labels: tuple[str, ...] = ()
+    buckets: tuple[str, ...] = ()
+    gate_hidden: int = GATE_HIDDEN
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def fail(name: str, problem: str, kind: type[Exception] = ValueError) -> None:
+            raise kind(f"ModelConfig.{name}: {problem}")
+
+        if self.backbone not in BACKBONES:
+            fail("backbone", f"unknown {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        if not _is_number(self.width):
+            fail("width", f"must be a number, got {type(self.width).__name__}", TypeError)
+        if not (math.isfinite(self.width) and self.width > 0):
+            fail("width", f"must be > 0, got {self.width}")
+        object.__setattr__(self, "width", float(self.width))
+        for name in ("num_classes", "frames", "size", "gate_hidden"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                fail(name, f"must be an int, got {type(value).__name__}", TypeError)
+            if value < 1:
+                fail(name, f"must be >= 1, got {value}")
+        for name in ("mean", "std"):
+            value = tuple(getattr(self, name))
+            if len(value) != 3 or not all(_is_number(v) and math.isfinite(v) for v in value):
+                fail(name, f"must be 3 finite numbers (RGB), got {list(value)}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if any(s <= 0 for s in self.std):
+            fail("std", f"must be positive, got {list(self.std)}")
+        labels = tuple(self.labels)
+        if not all(isinstance(label, str) for label in labels):
+            fail("labels", "must be strings", TypeError)
+        if labels and len(labels) != self.num_classes:
+            fail("labels", f"{len(labels)} labels for {self.num_classes} classes")
+        object.__setattr__(self, "labels", labels)
+        try:
+            table = BucketTable(self.buckets) if self.buckets else default_buckets(self.backbone, self.frames)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"ModelConfig.buckets: {error}") from None
+        object.__setattr__(self, "buckets", table.names)
+        if not isinstance(self.provenance, dict):
+            fail("provenance", f"must be a dict, got {type(self.provenance).__name__}", TypeError)
+        self._check_provenance()
+        object.__setattr__(self, "_built", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "provenance" and getattr(self, "_built", False):
+            raise AttributeError(f"ModelConfig.{name} is read-only (only provenance may be reassigned)")
+        object.__setattr__(self, name, value)
+
+    def _check_provenance(self) -> None:
+        try:
+            json.dumps(self.provenance)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"ModelConfig.provenance: must be JSON-serialisable ({error})") from None
+
+    @property
+    def bucket_table(self) -> BucketTable:
+        return BucketTable(self.buckets)
+
+    def to_json(self) -> dict[str, Any]:
+        self._check_provenance()
+        data = asdict(self)
+        for name in ("mean", "std", "labels", "buckets"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> ModelConfig:
+        """From ``to_json``'s dict; every problem is a ValueError naming the field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a model config is a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
+        missing = sorted(known - {"provenance"} - set(data))
+        if missing:
+            raise ValueError(f"missing model config field(s): {', '.join(missing)}")
+        values = dict(data)
+        for name in ("mean", "std", "labels", "buckets"):
+            if not isinstance(values[name], list):
+                raise ValueError(f"ModelConfig.{name}: must be a JSON list, got {type(values[name]).__name__}")
+            values[name] = tuple(values[name])
+        if "labels" in values and not all(isinstance(v, str) for v in values["labels"]):
+            raise ValueError("ModelConfig.labels: must be strings")
+        if not isinstance(values.get("backbone"), str):
+            raise ValueError("ModelConfig.backbone: must be a string")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count at a width multiplier: exact at 1.0, else rounded to a multiple of 8 and at least 8."""
+    if width == 1.0:
+        return channels
+    return max(8, round(channels * width / 8) * 8)
+
+
+def midplanes(in_planes: int, out_planes: int) -> int:
+    """torchvision's Conv2Plus1D hidden width: the (2+1)D block has about the parameters of a full 3×3×3 conv."""
+    return (in_planes * out_planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * out_planes)
+
+
+class Conv2Plus1D(nn.Sequential):
+    """Spatial (1×3×3) conv → BN → ReLU → temporal (3×1×1) conv; both convs dynamic. Indices as torchvision's."""
+
+    def __init__(self, spatial: DynamicConv3d, temporal: DynamicConv3d) -> None:
+        super().__init__(spatial, nn.BatchNorm3d(spatial.out_channels), nn.ReLU(inplace=True), temporal)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock around given convolutions: conv → BN → ReLU → conv → BN, + shortcut, ReLU."""
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, planes: int, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(conv1, nn.BatchNorm3d(planes), nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(conv2, nn.BatchNorm3d(planes))
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.conv2(self.conv1(x))
+        out += residual
+        return self.relu(out)
+
+
+def _conv(c_in: int, c_out: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> nn.Conv3d:
+    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+    return nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
+
+
+class VaRed2VideoResNet(nn.Module):
+    """A VideoResNet-18 whose residual stages run at the policy of a bucket; see the module docstring.
+
+    ``model(x, bucket=k)`` → logits for the whole batch at bucket ``k`` (index or name);
+    ``model(x)`` → ``(logits, choices)``: the gate picks a bucket per sample (argmax) and each group of samples
+    runs its bucket, results in input order. ``x`` is the normalised clip ``[N, 3, frames, H, W]``.
+
+    Not thread-safe: a forward sets the ``policy`` attribute of every dynamic layer.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.buckets = config.bucket_table
+        width = config.width
+        planes = [scaled_channels(p, width) for p in STAGE_PLANES]
+        kind = {"r3d_18": ["3d"] * 4, "mc3_18": ["3d"] + ["2d"] * 3, "r2plus1d_18": ["2plus1d"] * 4}
+        self._kinds = kind[config.backbone]
+        self._gated: list[tuple[str, int, str]] = []  # (conv path, stage, BN path)
+
+        if config.backbone == "r2plus1d_18":
+            stem_mid = scaled_channels(45, width)
+            self.stem = nn.Sequential(
+                _conv(3, stem_mid, (1, 7, 7), (1, 2, 2)),
+                nn.BatchNorm3d(stem_mid),
+                nn.ReLU(inplace=True),
+                _conv(stem_mid, planes[0], (3, 1, 1), (1, 1, 1)),
+                nn.BatchNorm3d(planes[0]),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv3d(3, planes[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+                nn.BatchNorm3d(planes[0]),
+                nn.ReLU(inplace=True),
+            )
+
+        frames = config.frames  # every stem keeps the frame count
+        in_planes = planes[0]
+        layers = []
+        for stage, out_planes in enumerate(planes):
+            stride = 1 if stage == 0 else 2
+            blocks = []
+            for index in range(2):
+                s = stride if index == 0 else 1
+                path = f"layer{stage + 1}.{index}"
+                # As in torchvision, both halves of a block use the hidden width of (block input, block output).
+                mid = midplanes(in_planes, out_planes)
+                conv1, frames_mid = self._make_conv(f"{path}.conv1", stage, in_planes, out_planes, mid, s, frames)
+                conv2, frames_out = self._make_conv(f"{path}.conv2", stage, out_planes, out_planes, mid, 1, frames_mid)
+                downsample = None
+                if s != 1 or in_planes != out_planes:
+                    t_stride = 1 if self._kinds[stage] == "2d" else s
+                    downsample = nn.Sequential(
+                        nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=(t_stride, s, s), bias=False),
+                        nn.BatchNorm3d(out_planes),
+                    )
+                blocks.append(BasicBlock(conv1, conv2, out_planes, downsample))
+                in_planes, frames = out_planes, frames_out
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
+        self.fc = nn.Linear(planes[3], config.num_classes)
+        self.gate = SoftModulationGate(planes[0], len(self.buckets), config.gate_hidden)
+        self._init_weights()
+
+    def _make_conv(
+        self, path: str, stage: int, c_in: int, c_out: int, mid: int, stride: int, frames: int
+    ) -> tuple[nn.Module, int]:
+        """The dynamic conv (or Conv2Plus1D pair) of one BasicBlock half, and its output frame count."""
+        t_levels, c_levels = self.buckets.levels(stage)
+
+        def dynamic(conv: nn.Conv3d, name: str, frames_out: int, bn: str) -> DynamicConv3d:
+            self._gated.append((name, stage, bn))
+            return DynamicConv3d(conv, t_levels=t_levels, c_levels=c_levels, frames_out=frames_out, name=name)
+
+        kind = self._kinds[stage]
+        if kind == "3d":
+            frames_out = conv_frames(frames, 3, stride, 1)
+            conv = _conv(c_in, c_out, (3, 3, 3), (stride, stride, stride))
+            return dynamic(conv, f"{path}.0", frames_out, f"{path}.1"), frames_out
+        if kind == "2d":
+            conv = _conv(c_in, c_out, (1, 3, 3), (1, stride, stride))
+            return dynamic(conv, f"{path}.0", frames, f"{path}.1"), frames
+        frames_out = conv_frames(frames, 3, stride, 1)
+        spatial = dynamic(_conv(c_in, mid, (1, 3, 3), (1, stride, stride)), f"{path}.0.0", frames, f"{path}.0.1")
+        temporal = dynamic(_conv(mid, c_out, (3, 1, 1), (stride, 1, 1)), f"{path}.0.3", frames_out, f"{path}.1")
+        return Conv2Plus1D(spatial, temporal), frames_out
+
+    def _init_weights(self) -> None:
+        """torchvision's VideoResNet initialisation (the gate and cheap ops keep their own)."""
+        for part in (self.stem, *self.stages(), self.fc):
+            for m in part.modules():
+                if isinstance(m, nn.Conv3d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm3d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, 0, 0.01)
+                    nn.init.zeros_(m.bias)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def gated_layers(self) -> list[tuple[str, int, DynamicConv3d, nn.BatchNorm3d]]:
+        """``(module path, stage 0..3, dynamic conv, the BatchNorm3d right after it)`` for every dynamic conv."""
+        result = []
+        for path, stage, bn_path in self._gated:
+            conv, bn = self.get_submodule(path), self.get_submodule(bn_path)
+            assert isinstance(conv, DynamicConv3d) and isinstance(bn, nn.BatchNorm3d)
+            result.append((path, stage, conv, bn))
+        return result
+
+    def set_bucket(self, bucket: int | str | Bucket) -> int:
+        """Set every dynamic layer to its stage's policy in ``bucket``; returns the bucket's index."""
+        index = self.buckets.index(bucket)
+        policies = self.buckets[index].policies
+        for _, stage, conv, _ in self.gated_layers():
+            conv.policy = policies[stage]
+        return index
+
+    def features(self, x: Tensor) -> Tensor:
+        """The stem output, shared by the gate and every bucket."""
+        if x.dim() != 5 or x.shape[1] != 3 or x.shape[2] != self.config.frames:
+            raise ValueError(f"expected a normalised clip [N, 3, {self.config.frames}, H, W], got {list(x.shape)}")
+        return self.stem(x)
+
+    def bucket_logits(self, features: Tensor) -> Tensor:
+        return self.gate(features)
+
+    def forward_features(self, features: Tensor, bucket: int | str | Bucket) -> Tensor:
+        """Residual stages and classifier at one bucket, for the whole batch."""
+        self.set_bucket(bucket)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(features))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+    @overload
+    def forward(self, x: Tensor, bucket: None = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(self, x: Tensor, bucket: int | str | Bucket) -> Tensor: ...
+
+    def forward(self, x: Tensor, bucket: int | str | Bucket | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        features = self.features(x)
+        if bucket is not None:
+            return self.forward_features(features, bucket)
+        choices = self.bucket_logits(features).argmax(dim=1)
+        logits: Tensor | None = None
+        for k in torch.unique(choices).tolist():
+            rows = (choices == k).nonzero(as_tuple=True)[0]
+            part = self.forward_features(features[rows], int(k))
+            if logits is None:
+                logits = part.new_empty(x.shape[0], part.shape[1])
+            logits[rows] = part
+        assert logits is not None
+        return logits, choices
+
+    def flop_count(self, bucket: int | str | Bucket) -> flops.FlopCount:
+        return flops.analytic_flops(self, self.buckets.index(bucket))
+
+    def gflops(self, bucket: int | str | Bucket) -> float:
+        """Giga multiply-adds per clip at ``bucket``: stem, stages (with the cheap ops) and classifier."""
+        return self.flop_count(bucket).gflops
+
+    def gate_gflops(self) -> float:
+        """Giga multiply-adds per clip of the gate MLP (on top of the stem, which every bucket counts)."""
+        return self.gate.macs() / 1e9
+
+
+BucketsArg = BucketTable | Sequence[str | Bucket] | None
+
+
+def _bucket_names(buckets: BucketsArg) -> tuple[str, ...]:
+    if buckets is None:
+        return ()
+    table = buckets if isinstance(buckets, BucketTable) else BucketTable(buckets)
+    return table.names
+
+
+def build_model(config: ModelConfig) -> VaRed2VideoResNet:
+    return VaRed2VideoResNet(config)
+
+
+def _build(
+    backbone: str, num_classes: int, frames: int, size: int, width: float, buckets: BucketsArg, gate_hidden: int
+) -> VaRed2VideoResNet:
+    config = ModelConfig(
+        backbone=backbone,
+        width=width,
+        num_classes=num_classes,
+        frames=frames,
+        size=size,
+        buckets=_bucket_names(buckets),
+        gate_hidden=gate_hidden,
+    )
+    return VaRed2VideoResNet(config)
+
+
+def r3d_18(
+    *,
+    num_classes: int = 400,
+    frames: int = 16,
+    size: int = 112,
+    width: float = 1.0,
+    buckets: BucketsArg = None,
+    gate_hidden: int = GATE_HIDDEN,
+) -> VaRed2VideoResNet:
+    """VA-RED2 R3D-18 (random weights); ``buckets=None`` takes the default table for ``frames``."""
+    return _build("r3d_18", num_classes, frames, size, width, buckets, gate_hidden)
+
+
+def mc3_18(
+    *,
+    num_classes: int = 400,
+    frames: int = 16,
+    size: int = 112,
+    width: float = 1.0,
+    buckets: BucketsArg = None,
+    gate_hidden: int = GATE_HIDDEN,
+) -> VaRed2VideoResNet:
+    """VA-RED2 MC3-18 (random weights); ``buckets=None`` takes the default table for ``frames``."""
+    return _build("mc3_18", num_classes, frames, size, width, buckets, gate_hidden)
+
+
+def r2plus1d_18(
+    *,
+    num_classes: int = 400,
+    frames: int = 16,
+    size: int = 112,
+    width: float = 1.0,
+    buckets: BucketsArg = None,
+    gate_hidden: int = GATE_HIDDEN,
+) -> VaRed2VideoResNet:
+    """VA-RED2 R(2+1)D-18 (random weights); ``buckets=None`` takes the default table for ``frames``."""
+    return _build("r2plus1d_18", num_classes, frames, size, width, buckets, gate_hidden)
+
+
+def detect_backbone(model: nn.Module) -> str:
+    """Which torchvision VideoResNet-18 ``model`` is, from its structure."""
+    from torchvision.models.video.resnet import BasicBlock as TvBasicBlock
+    from torchvision.models.video.resnet import Conv2Plus1D as TvConv2Plus1D
+    from torchvision.models.video.resnet import VideoResNet
+
+    if not isinstance(model, VideoResNet):
+        raise TypeError(f"expected a torchvision VideoResNet, got {type(model).__name__}")
+    layers = [model.layer1, model.layer2, model.layer3, model.layer4]
+    if [len(layer) for layer in layers] != [2, 2, 2, 2] or not all(
+        isinstance(block, TvBasicBlock) for layer in layers for block in layer
+    ):
+        raise ValueError("only the 18-layer BasicBlock VideoResNets (r3d_18, mc3_18, r2plus1d_18) are supported")
+    first = model.layer2[0].conv1[0]
+    if len(model.stem) == 6 and isinstance(first, TvConv2Plus1D):
+        return "r2plus1d_18"
+    if len(model.stem) == 3 and isinstance(first, nn.Conv3d):
+        if first.kernel_size == (3, 3, 3):
+            return "r3d_18"
+        if first.kernel_size == (1, 3, 3):
+            return "mc3_18"
+    raise ValueError("unrecognised VideoResNet layout: not r3d_18, mc3_18 or r2plus1d_18")
+
+
+def from_torchvision(
+    model: nn.Module, buckets: BucketsArg = None, *, frames: int = 16, size: int = 112
+) -> VaRed2VideoResNet:
+    """Convert a torchvision ``r3d_18``/``mc3_18``/``r2plus1d_18`` (weights copied; cheap ops at identity init).
+
+    ``buckets=None`` takes the backbone's default table for ``frames``. The result is in the source's mode.
+    """
+    backbone = detect_backbone(model)
+    state = model.state_dict()
+    fc = model.get_submodule("fc")
+    assert isinstance(fc, nn.Linear)
+    if fc.in_features != STAGE_PLANES[-1]:
+        raise ValueError(f"expected a full-width VideoResNet (fc over {STAGE_PLANES[-1]} features), got {fc}")
+    config = ModelConfig(
+        backbone=backbone, num_classes=fc.out_features, frames=frames, size=size, buckets=_bucket_names(buckets)
+    )
+    ours = VaRed2VideoResNet(config)
+    result = ours.load_state_dict(state, strict=False)
+    extra = [k for k in result.missing_keys if not _is_vared2_key(k)]
+    if extra or result.unexpected_keys:
+        raise ValueError(
+            f"torchvision {backbone} state dict does not match: missing {extra}, unexpected {result.unexpected_keys}"
+        )
+    return ours.train(model.training)
+
+
+def _is_vared2_key(key: str) -> bool:
+    """State-dict keys that torchvision models do not have: the gate and the cheap-op parameters."""
+    parts = key.split(".")
+    return parts[0] == "gate" or any(
+        p in ("temporal_scale", "temporal_shift", "channel_weight", "channel_bias") for p in parts
+    )
