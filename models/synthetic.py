@@ -237,15 +237,20 @@ def generate(n: int, seed: int = 0, frames: int = 16, size: int = 64) -> list[Cl
 
 
 def split_ids(labels: list[int], seed: int, val_fraction: float) -> set[int]:
-    """The validation clip ids: ``round(val_fraction × count)`` of each class, chosen by the seed (stratified)."""
+    """The validation clip ids: ``round(val_fraction × len(labels))`` clips, spread evenly over the classes.
+
+    Each class's clips are shuffled by the seed; clips are then taken in order of their rank within their class
+    (every class's first, then every class's second, …), so the split is stratified even for tiny sets.
+    """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    val: set[int] = set()
+    keys: list[tuple[float, float, int]] = []
     for label in range(len(CLASSES)):
         ids = [i for i, y in enumerate(labels) if y == label]
-        chosen = np.random.default_rng([seed, 2, label]).permutation(len(ids))[: round(val_fraction * len(ids))]
-        val.update(ids[k] for k in chosen)
-    return val
+        rng = np.random.default_rng([seed, 2, label])
+        for rank, k in enumerate(rng.permutation(len(ids))):
+            keys.append(((rank + 0.5) / len(ids), float(rng.uniform()), ids[k]))
+    return {i for _, _, i in sorted(keys)[: round(val_fraction * len(labels))]}
 
 
 def _write_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:

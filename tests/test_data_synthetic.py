@@ -127,7 +127,7 @@ def test_write_dataset_layout(tmp_path: Path) -> None:
     info = json.loads((out / "dataset.json").read_text())
     assert info["seed"] == 5 and info["clips"] == 30 and info["spec"]["frames"] == 8
     train, val = _csv_rows(out / "train.csv"), _csv_rows(out / "val.csv")
-    assert len(train) + len(val) == 30 and len(val) == info["counts"]["val"]["clips"] > 0
+    assert len(train) + len(val) == 30 and len(val) == info["counts"]["val"]["clips"] == 6
     assert sum(info["counts"]["train"]["motion"].values()) == len(train)
     expected = generate(30, seed=5, frames=8, size=32)
     for row in train + val:
@@ -141,6 +141,15 @@ def test_write_dataset_layout(tmp_path: Path) -> None:
     assert decoded.shape == original.shape
     # The codec smooths part of the sensor noise (std up to 6) and halves the chroma resolution, nothing more.
     assert np.abs(decoded.astype(np.float64) - original).mean() < 8.0
+
+
+def test_validation_split_is_stratified_and_exact() -> None:
+    labels = [synthetic.clip_label(0, i) for i in range(10 * len(CLASSES))]
+    val = synthetic.split_ids(labels, seed=0, val_fraction=0.2)
+    assert len(val) == 2 * len(CLASSES)
+    assert Counter(labels[i] for i in val) == dict.fromkeys(range(len(CLASSES)), 2)
+    assert val == synthetic.split_ids(labels, seed=0, val_fraction=0.2) != synthetic.split_ids(labels, 1, 0.2)
+    assert synthetic.split_ids(labels, seed=0, val_fraction=0.0) == set()
 
 
 def test_interrupted_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
