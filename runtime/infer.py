@@ -1,0 +1,67 @@
+"""``vared2 infer ENGINE_DIR VIDEO… [--stride N] [--json]``: classify the sliding windows of videos.
+
+The CLI (``vared2.cli``) parses the arguments and calls :func:`infer`; errors propagate as exceptions (the CLI
+turns bad input into exit code 2 with a one-line reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from .api import Runtime
+from .result import Result
+from .video import is_url
+
+COLUMNS = ("video", "start s", "end s", "frames", "label", "score", "bucket", "GFLOPs", "ms")
+
+
+def _row(result: Result) -> tuple[str, ...]:
+    return (
+        result.source or "",
+        f"{result.start:.2f}" if result.start is not None else "",
+        f"{result.end:.2f}" if result.end is not None else "",
+        f"{result.start_frame}-{result.end_frame}" if result.window is not None else "",
+        result.label,
+        f"{result.score:.3f}",
+        f"{result.bucket} ({result.bucket_name})",
+        f"{result.gflops:.3f}",
+        f"{result.timings['total']:.1f}",
+    )
+
+
+def infer(
+    engine_dir: str | os.PathLike[str],
+    videos: Sequence[str | os.PathLike[str]],
+    stride: int = 8,
+    as_json: bool = False,
+    out: TextIO = sys.stdout,
+    *,
+    threads: int | None = None,
+) -> int:
+    """Print one line per window of each video — a table, or JSON lines (``Result.to_dict``) — and return the
+    number of windows. Every video path is checked to exist before anything is printed; an unreadable or
+    truncated file raises before its first line."""
+    if not videos:
+        raise ValueError("no videos given")
+    for video in videos:
+        if not is_url(os.fspath(video)) and not Path(video).is_file():
+            raise FileNotFoundError(f"{os.fspath(video)}: no such video file")
+    count = 0
+    with Runtime.open(engine_dir, threads=threads) as runtime:
+        if not as_json:
+            widths = [len(c) for c in COLUMNS]
+            out.write("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip() + "\n")
+        for video in videos:
+            for result in runtime.stream(video, stride=stride):
+                count += 1
+                if as_json:
+                    out.write(json.dumps(result.to_dict()) + "\n")
+                else:
+                    out.write("  ".join(_row(result)) + "\n")
+                out.flush()
+    return count

@@ -1,0 +1,274 @@
+"""TensorRT backend: ``.plan`` engines on an NVIDIA GPU, through TensorRT's Python API and pycuda.
+
+Written against the TensorRT 10 named-tensor API (``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``), the way Polygraphy's ``TrtRunner`` drives an engine. It has not run on a GPU in this
+repository's CI (no GPU there); its tests are marked ``gpu`` and run with ``./build.sh gpu-check``.
+
+Per call: the clip goes to the device once; the gate writes ``features`` into device memory, where they stay —
+a bucket engine reads them in place (all rows) or from a device-side gather (a subset) — and only
+``bucket_logits`` and each bucket's ``logits`` come back to the host. Calls from several threads each check out
+a *worker* (execution contexts, a stream and buffers of their own) from a pool; ``contexts`` sets its size.
+
+``tensorrt`` and ``pycuda`` are imported here only, when a TensorRT engine directory is opened. CUDA graphs
+(``cuda_graphs=True``) additionally need ``cuda-python`` (pycuda has no graph API); each worker captures one graph
+per engine, batch size and input address on its second use and replays it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vared2.engines.manifest import Manifest
+
+from .backends import GateOutput, check_backend_version
+from .errors import BackendError, DeviceMismatchError
+
+
+def _import_tensorrt() -> tuple[Any, Any]:
+    try:
+        import pycuda.driver as cuda
+        import tensorrt as trt
+    except ImportError as error:
+        raise BackendError(
+            f"these are TensorRT engines, which need the tensorrt and pycuda packages ({error}); "
+            "install them on a machine with an NVIDIA GPU, or build ONNX Runtime engines instead"
+        ) from error
+    return trt, cuda
+
+
+def _volume(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+class _EngineInfo:
+    """A deserialised engine and its I/O tensors: name → (dtype, shape without the batch axis)."""
+
+    def __init__(self, trt: Any, runtime: Any, path: Path, max_batch: int) -> None:
+        self.path = path
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BackendError(
+                f"{path}: TensorRT could not deserialize this plan (built with another TensorRT version or GPU, "
+                "or a plugin it needs is not registered); the TensorRT log above says why"
+            )
+        self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        self.outputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            shape = tuple(self.engine.get_tensor_shape(name))
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs[name] = (dtype, shape[1:])
+                _min, _opt, most = self.engine.get_tensor_profile_shape(name, 0)
+                if most[0] < max_batch:
+                    raise BackendError(
+                        f"{path}: input {name!r} accepts batches up to {most[0]}, the manifest says {max_batch}"
+                    )
+            else:
+                self.outputs[name] = (dtype, shape[1:])
+
+
+class _Worker:
+    """Execution contexts, one stream and device/pinned buffers sized for ``max_batch``: one call at a time."""
+
+    def __init__(self, cuda: Any, gate: _EngineInfo, buckets: list[_EngineInfo], max_batch: int, graphs: bool):
+        self.cuda = cuda
+        self.max_batch = max_batch
+        self.stream = cuda.Stream()
+        self.gate_context = gate.engine.create_execution_context()
+        self.bucket_contexts = [b.engine.create_execution_context() for b in buckets]
+        clip_dtype, clip_shape = gate.inputs["clip"]
+        feat_dtype, feat_shape = gate.outputs["features"]
+        logit_dtype, logit_shape = gate.outputs["bucket_logits"]
+        self.feature_row_bytes = _volume(feat_shape) * feat_dtype.itemsize
+        self.clip_host = cuda.pagelocked_empty((max_batch, *clip_shape), clip_dtype)
+        self.clip_device = cuda.mem_alloc(self.clip_host.nbytes)
+        self.features = cuda.mem_alloc(max_batch * self.feature_row_bytes)
+        self.gathered = cuda.mem_alloc(max_batch * self.feature_row_bytes)
+        self.bucket_logits_host = cuda.pagelocked_empty((max_batch, *logit_shape), logit_dtype)
+        self.bucket_logits_device = cuda.mem_alloc(self.bucket_logits_host.nbytes)
+        out_dtype, out_shape = buckets[0].outputs["logits"]
+        self.logits_host = cuda.pagelocked_empty((max_batch, *out_shape), out_dtype)
+        self.logits_device = cuda.mem_alloc(self.logits_host.nbytes)
+        self.graphs: dict[tuple[int, int, int], Any] | None = {} if graphs else None
+        self.seen: set[tuple[int, int, int]] = set()
+
+    def _execute(self, key: tuple[int, int, int], context: Any) -> None:
+        """``execute_async_v3`` on this worker's stream, or the CUDA graph captured for ``key``."""
+        if self.graphs is None:
+            if not context.execute_async_v3(self.stream.handle):
+                raise BackendError("TensorRT execute_async_v3 failed; the TensorRT log above says why")
+            return
+        graph = self.graphs.get(key)
+        if graph is not None:
+            _check(graph.cudart.cudaGraphLaunch(graph.exec, self.stream.handle))
+            return
+        if not context.execute_async_v3(self.stream.handle):
+            raise BackendError("TensorRT execute_async_v3 failed; the TensorRT log above says why")
+        if key in self.seen:  # shapes and addresses are settled after one plain run: capture for the next call
+            self.graphs[key] = _CudaGraph.capture(context, self.stream.handle)
+        self.seen.add(key)
+
+    def run_gate(self, clip: np.ndarray) -> GateOutput:
+        n = clip.shape[0]
+        host = self.clip_host[:n]
+        np.copyto(host, clip)
+        self.cuda.memcpy_htod_async(self.clip_device, host, self.stream)
+        context = self.gate_context
+        context.set_input_shape("clip", tuple(clip.shape))
+        context.set_tensor_address("clip", int(self.clip_device))
+        context.set_tensor_address("features", int(self.features))
+        context.set_tensor_address("bucket_logits", int(self.bucket_logits_device))
+        self._execute((-1, n, int(self.clip_device)), context)
+        logits = self.bucket_logits_host[:n]
+        self.cuda.memcpy_dtoh_async(logits, self.bucket_logits_device, self.stream)
+        self.stream.synchronize()
+        return GateOutput(batch=n, bucket_logits=logits.copy(), features=self.features)
+
+    def run_bucket(self, bucket: int, gate: GateOutput, rows: np.ndarray) -> np.ndarray:
+        n = len(rows)
+        source = int(gate.features)
+        if n != gate.batch or np.any(rows != np.arange(gate.batch)):
+            # Gather this bucket's rows on the device; the batch axis is outermost, so a row is contiguous.
+            size = self.feature_row_bytes
+            for i, row in enumerate(rows):
+                self.cuda.memcpy_dtod_async(int(self.gathered) + i * size, source + int(row) * size, size, self.stream)
+            source = int(self.gathered)
+        context = self.bucket_contexts[bucket]
+        feat_shape = tuple(context.engine.get_tensor_shape("features"))[1:]
+        context.set_input_shape("features", (n, *feat_shape))
+        context.set_tensor_address("features", source)
+        context.set_tensor_address("logits", int(self.logits_device))
+        self._execute((bucket, n, source), context)
+        out = self.logits_host[:n]
+        self.cuda.memcpy_dtoh_async(out, self.logits_device, self.stream)
+        self.stream.synchronize()
+        return out.copy()
+
+
+def _check(result: Any) -> Any:
+    """cuda-python returns ``(error, *values)``; raise on an error, else return the values."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise BackendError(f"CUDA graph call failed with CUDA error {int(error)} ({error})")
+    return values[0] if len(values) == 1 else values
+
+
+class _CudaGraph:
+    """A captured ``execute_async_v3``: replaying it skips TensorRT's per-launch host work."""
+
+    def __init__(self, cudart: Any, graph: Any, exec_: Any) -> None:
+        self.cudart, self.graph, self.exec = cudart, graph, exec_
+
+    @classmethod
+    def capture(cls, context: Any, stream: int) -> _CudaGraph:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError as error:
+            raise BackendError(f"cuda_graphs=True needs the cuda-python package ({error})") from error
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _check(cudart.cudaStreamBeginCapture(stream, mode))
+        try:
+            if not context.execute_async_v3(stream):
+                raise BackendError("TensorRT execute_async_v3 failed while capturing a CUDA graph")
+        finally:
+            graph = _check(cudart.cudaStreamEndCapture(stream))
+        return cls(cudart, graph, _check(cudart.cudaGraphInstantiate(graph, 0)))
+
+
+def check_device(manifest: Manifest, name: str, capability: tuple[int, int]) -> None:
+    """Plans run only on the compute capability they were built for (unless built hardware-compatible)."""
+    if manifest.build_options.get("hardware_compatibility"):
+        return
+    built = manifest.device.get("compute_capability")
+    here = f"{capability[0]}.{capability[1]}"
+    if built is None:
+        raise DeviceMismatchError("device.compute_capability: missing; TensorRT manifests must record the GPU")
+    if str(built) != here:
+        raise DeviceMismatchError(
+            f"device.compute_capability: the engines in {manifest.name!r} were built for compute capability "
+            f"{built} ({manifest.device.get('name', 'unknown GPU')}); this GPU ({name}) is {here}; rebuild them here"
+        )
+
+
+class TrtBackend:
+    """The gate and bucket ``.plan`` engines of a TensorRT engine directory, on one GPU."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        manifest: Manifest,
+        *,
+        device: int = 0,
+        contexts: int = 1,
+        cuda_graphs: bool = False,
+    ) -> None:
+        if contexts < 1:
+            raise ValueError(f"contexts must be at least 1, got {contexts}")
+        trt, cuda = _import_tensorrt()
+        check_backend_version(manifest, trt.__version__, exact=3)
+        cuda.init()
+        gpu = cuda.Device(device)
+        check_device(manifest, gpu.name(), gpu.compute_capability())
+        self._cuda = cuda
+        self._context = gpu.retain_primary_context()
+        self._context.push()
+        try:
+            logger = trt.Logger(trt.Logger.WARNING)
+            trt.init_libnvinfer_plugins(logger, "")
+            self._runtime = trt.Runtime(logger)
+            directory = Path(directory)
+            gate = _EngineInfo(trt, self._runtime, directory / manifest.gate.file, manifest.max_batch)
+            buckets = [
+                _EngineInfo(trt, self._runtime, directory / b.file, manifest.max_batch) for b in manifest.buckets
+            ]
+            self._check_interface(gate, buckets)
+            self._engines = [gate, *buckets]
+            self._pool: queue.Queue[_Worker] = queue.Queue()
+            for _ in range(contexts):
+                self._pool.put(_Worker(cuda, gate, buckets, manifest.max_batch, cuda_graphs))
+        finally:
+            self._context.pop()
+
+    @staticmethod
+    def _check_interface(gate: _EngineInfo, buckets: list[_EngineInfo]) -> None:
+        if set(gate.inputs) != {"clip"} or not {"features", "bucket_logits"} <= set(gate.outputs):
+            raise BackendError(
+                f"{gate.path}: a gate engine has input 'clip' and outputs 'features', 'bucket_logits'; "
+                f"this one has inputs {list(gate.inputs)}, outputs {list(gate.outputs)}"
+            )
+        features = gate.outputs["features"]
+        for b in buckets:
+            if b.inputs.get("features") != features or "logits" not in b.outputs:
+                raise BackendError(
+                    f"{b.path}: a bucket engine reads the gate's features {features} and writes 'logits'; "
+                    f"this one has inputs {b.inputs}, outputs {list(b.outputs)}"
+                )
+            if b.outputs["logits"] != buckets[0].outputs["logits"]:
+                raise BackendError(f"{b.path}: logits {b.outputs['logits']} differ from bucket 0's")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[_Worker]:
+        """A worker for one call, with the CUDA context current on this thread."""
+        worker = self._pool.get()
+        self._context.push()
+        try:
+            yield worker
+        finally:
+            self._cuda.Context.pop()
+            self._pool.put(worker)
+
+    def close(self) -> None:
+        self._context.push()
+        try:
+            while not self._pool.empty():
+                self._pool.get_nowait()
+            self._engines = []
+        finally:
+            self._cuda.Context.pop()
