@@ -1,0 +1,151 @@
+"""Ahead-of-time compilation of the Triton kernels to PTX, without a GPU (DESIGN.md §3, §8).
+
+``compile_ptx("channel_reconstruct", 86, "fp16")`` returns PTX for ``sm_86``. Triton compiles for a named
+``GPUTarget`` with its bundled LLVM and ``ptxas`` (which also checks the PTX), so this runs on a CPU-only
+machine; results are cached in memory and by Triton on disk.
+
+Two adjustments make the PTX fit TensorRT's AOT plugins (``plugins/tensorrt_plugin.py``):
+
+- The PTX ISA version is lowered to the oldest that supports the target (7.8, or 8.0 for Hopper) instead of
+  the newest the bundled ``ptxas`` knows: the driver that JIT-compiles the PTX must understand its version.
+- Triton appends two hidden pointer parameters (global and profile scratch) to every kernel. TensorRT passes
+  exactly the plugin's inputs, its int32 extra arguments and its outputs, so the hidden parameters are removed
+  from the entry point after checking the kernel does not use them (zero scratch sizes, no reference).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_kernels
+
+SUPPORTED_ARCHS = (75, 80, 86, 87, 89, 90)
+DTYPES = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What TensorRT needs to know about one kernel: its arguments in launch order."""
+
+    function: triton.JITFunction
+    inputs: tuple[str, ...]
+    scalars: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def signature(self, dtype: str) -> dict[str, str]:
+        pointers = {name: f"*{dtype}" for name in (*self.inputs, *self.outputs)}
+        return {name: pointers.get(name, "i32") for name in (*self.inputs, *self.scalars, *self.outputs)}
+
+
+KERNELS: dict[str, KernelSpec] = {
+    "temporal_reconstruct": KernelSpec(
+        triton_kernels.temporal_reconstruct_kernel,
+        inputs=("x_ptr", "scale_ptr", "shift_ptr"),
+        scalars=("channels", "frames", "plane", "factor"),
+        outputs=("y_ptr",),
+    ),
+    "channel_reconstruct": KernelSpec(
+        triton_kernels.channel_reconstruct_kernel,
+        inputs=("x_ptr", "weight_ptr", "bias_ptr"),
+        scalars=("computed", "out_channels", "frames", "height", "width"),
+        outputs=("y_ptr",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """A kernel compiled for one target: PTX text plus what a launch needs."""
+
+    name: str  # the PTX entry point
+    ptx: str
+    num_warps: int
+    shared_mem: int
+    block: int
+
+
+def min_ptx_version(arch: int) -> int:
+    """The oldest PTX ISA (as Triton's ``ptx_version`` option, e.g. 78 = 7.8) supporting ``sm_<arch>``."""
+    return 80 if arch >= 90 else 78
+
+
+def _strip_hidden_params(ptx: str, entry: str, keep: int) -> str:
+    """Drop the entry's parameters after the first ``keep`` when nothing in the PTX references them."""
+    header = re.search(rf"\.entry {re.escape(entry)}\((.*?)\)", ptx, flags=re.S)
+    if header is None:
+        raise RuntimeError(f"no .entry {entry} in the compiled PTX")
+    params = [p.strip() for p in header.group(1).split(",") if p.strip()]
+    extra = params[keep:]
+    for param in extra:
+        name = param.split()[-1]
+        if len(re.findall(rf"\b{re.escape(name)}\b", ptx)) != 1:
+            raise RuntimeError(f"{entry}: hidden parameter {name} is used by the kernel; it cannot be dropped")
+    if not extra:
+        return ptx
+    body = ",\n".join(f"\t{p}" for p in params[:keep])
+    return ptx[: header.start(1)] + "\n" + body + "\n" + ptx[header.end(1) :]
+
+
+@functools.cache
+def compile_kernel(
+    kernel_name: str, arch: int, dtype: str, block: int = 256, ptx_version: int | None = -1
+) -> CompiledKernel:
+    """Compile ``kernel_name`` for ``sm_<arch>`` with ``dtype`` storage ("fp32" or "fp16").
+
+    ``ptx_version``: -1 picks ``min_ptx_version(arch)``; None keeps Triton's default (the newest).
+    """
+    if kernel_name not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel_name!r}; known: {sorted(KERNELS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if not isinstance(arch, int) or arch < 75:
+        raise ValueError(f"arch must be a compute capability as an int >= 75 (e.g. 86 for sm_86), got {arch!r}")
+    if block < 32 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 32, got {block}")
+    spec = KERNELS[kernel_name]
+    options: dict[str, int] = {"num_warps": triton_kernels.warps_for(block)}
+    version = min_ptx_version(arch) if ptx_version == -1 else ptx_version
+    if version is not None:
+        options["ptx_version"] = version
+    source = ASTSource(fn=spec.function, signature=spec.signature(dtype), constexprs={"BLOCK": block})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    metadata = compiled.metadata
+    for field in ("global_scratch_size", "profile_scratch_size"):
+        if getattr(metadata, field, 0):
+            raise RuntimeError(f"{kernel_name}: needs {field}={getattr(metadata, field)}; TensorRT cannot provide it")
+    keep = len(spec.inputs) + len(spec.scalars) + len(spec.outputs)
+    ptx = _strip_hidden_params(compiled.asm["ptx"], metadata.name, keep)
+    return CompiledKernel(metadata.name, ptx, metadata.num_warps, metadata.shared, block)
+
+
+def compile_ptx(kernel_name: str, arch: int, dtype: str, block: int = 256) -> str:
+    """PTX text of ``kernel_name`` ("temporal_reconstruct" or "channel_reconstruct") for ``sm_<arch>``."""
+    return compile_kernel(kernel_name, arch, dtype, block).ptx
+
+
+def assemble(ptx: str, arch: int) -> bytes:
+    """Assemble PTX to a cubin with the ``ptxas`` bundled in Triton: proves the (edited) PTX is valid."""
+    from triton import knobs
+
+    tool = knobs.nvidia.ptxas
+    if tool is None:
+        raise FileNotFoundError("Triton's bundled ptxas was not found")
+    target = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        source, cubin = Path(tmp) / "kernel.ptx", Path(tmp) / "kernel.cubin"
+        source.write_text(ptx)
+        result = subprocess.run(
+            [tool.path, f"-arch={target}", str(source), "-o", str(cubin)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"ptxas -arch={target} failed: {result.stderr.strip()}")
+        return cubin.read_bytes()
