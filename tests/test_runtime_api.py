@@ -231,3 +231,53 @@ def test_a_wrong_file_fails_at_open_naming_the_interface(tmp_path: Path) -> None
 def test_missing_provider_is_a_clear_error(engine_dir: Path) -> None:
     with pytest.raises(BackendError, match=r"no CUDAExecutionProvider.*install onnxruntime-gpu"):
         Runtime.open(engine_dir, providers=["CUDAExecutionProvider"])
+
+
+def test_shared_weights_file_feeds_every_session(tmp_path: Path) -> None:
+    """With ``manifest.weights``, sessions take their initializers from the shared file, not their own copies:
+    a bias changed only in weights.bin changes the result exactly as expected."""
+    shared_weights = pytest.importorskip("vared2.runtime.shared_weights")
+    import onnx
+    from onnx import numpy_helper
+    from test_runtime_models import fill_engine_dir
+
+    from vared2.engines.manifest import Manifest, WeightsEntry, sha256_file, write_engine_dir
+
+    delta = np.linspace(-2.0, 3.0, len(LABELS)).astype(np.float32)
+
+    def fill(directory: Path) -> Manifest:
+        manifest = fill_engine_dir(directory)
+        alignment, tensors, models, blobs = 4096, [], {}, []
+        offset = alignment  # the header (index JSON, well under 4 KiB here) is padded to one alignment unit
+        for file in [manifest.gate.file, *(b.file for b in manifest.buckets)]:
+            models[file] = {}
+            for init in onnx.load(str(directory / file)).graph.initializer:
+                array = numpy_helper.to_array(init)
+                if file == "bucket_1.onnx" and init.name == "fc_b":
+                    array = array + delta
+                models[file][init.name] = len(tensors)
+                tensors.append(
+                    {"offset": offset, "length": array.nbytes, "dtype": str(array.dtype), "shape": list(array.shape)}
+                )
+                blobs.append(array.tobytes() + b"\0" * (-array.nbytes % alignment))
+                offset += len(blobs[-1])
+        header = shared_weights.encode_header({"alignment": alignment, "tensors": tensors, "models": models}, alignment)
+        assert len(header) == alignment
+        (directory / "weights.bin").write_bytes(header + b"".join(blobs))
+        weights = WeightsEntry("weights.bin", sha256_file(directory / "weights.bin"))
+        return Manifest(**{**manifest.__dict__, "weights": weights})
+
+    write_engine_dir(tmp_path / "shared", fill)
+    rt = Runtime.open(tmp_path / "shared", threads=1)
+    batch = clips(4, seed=5)
+    got = rt.classify(batch, bucket=1)
+    _, plain = reference(tmp_path / "shared", batch, buckets=np.full(4, 1))
+    shifted = np.log(plain) + delta
+    expected = np.exp(shifted - shifted.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert isinstance(got, list)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in got]), expected, rtol=1e-5, atol=1e-7)
+    unchanged = rt.classify(batch, bucket=0)
+    _, plain0 = reference(tmp_path / "shared", batch, buckets=np.zeros(4))
+    assert isinstance(unchanged, list)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in unchanged]), plain0, rtol=1e-5, atol=1e-7)
