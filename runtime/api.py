@@ -45,6 +45,8 @@ class Runtime:
         self.clip_shape = (spec.frames, spec.size, spec.size, 3)
         self.labels = list(spec.labels)
         self._gflops = np.array([manifest.gate.gflops + b.gflops for b in manifest.buckets])
+        dims = ", ".join(map(str, self.clip_shape))
+        self._expected_shape = f"[T, H, W, 3] = {list(self.clip_shape)} or [N, {dims}]"
 
     @classmethod
     def open(
@@ -80,7 +82,7 @@ class Runtime:
     # ---- input checks ---------------------------------------------------------------------------------
     def _check_clip(self, clip: Any) -> tuple[np.ndarray, bool]:
         """``[T,H,W,3]`` or ``[N,T,H,W,3]`` uint8 → a contiguous batch and whether the input was a single clip."""
-        expected = "[T, H, W, 3] = {} or [N, {}]".format(list(self.clip_shape), ", ".join(map(str, self.clip_shape)))
+        expected = self._expected_shape
         if not isinstance(clip, np.ndarray):
             raise TypeError(f"clip must be a numpy uint8 array of shape {expected}, got {type(clip).__name__}")
         if clip.dtype != np.uint8:
