@@ -79,7 +79,7 @@ def to_onnx(
     """Export one module with a dynamic batch axis, attach the custom ops' functions and check it."""
     torch_ops.register_onnx_symbolics(OPSET)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             module.eval(),

@@ -44,6 +44,113 @@ def cli() -> None:
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 out_dir = click.Path(file_okay=False, path_type=Path)
+BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
+DATA_HELP = "A synthetic benchmark directory (train.csv/val.csv), a CSV list, or a root/<class>/<video> folder."
+
+
+@cli.command()
+@click.option("--out", "out", type=out_dir, required=True, help="Directory to write the benchmark into.")
+@click.option("--clips", default=2000, show_default=True, help="Number of clips (train + val).")
+@click.option("--seed", default=0, show_default=True, help="Everything is deterministic from this seed.")
+@click.option("--frames", default=16, show_default=True, help="Frames written per clip.")
+@click.option("--size", default=64, show_default=True, help="Frame width and height written.")
+@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction: float, overwrite: bool) -> None:
+    """Write the synthetic video benchmark: MP4 files plus a train/val split."""
+    from vared2.models.synthetic import write_dataset
+
+    path = run_stage(
+        lambda: write_dataset(
+            out, clips=clips, seed=seed, frames=frames, size=size, val_fraction=val_fraction, overwrite=overwrite
+        )
+    )
+    click.echo(f"wrote {clips} clips to {path}")
+
+
+@cli.command()
+@click.option("--data", type=click.Path(exists=True, path_type=Path), required=True, help=DATA_HELP)
+@click.option("--out", "out", type=out_dir, required=True, help="Checkpoint directory to write (and resume from).")
+@click.option("--static", is_flag=True, help="Train the full bucket only: the static baseline.")
+@click.option("--resume", is_flag=True, help="Continue the run saved in OUT.")
+@click.option("--backbone", default="r2plus1d_18", show_default=True, type=click.Choice(BACKBONES))
+@click.option("--width", default=0.25, show_default=True, help="Channel width multiplier.")
+@click.option("--frames", default=8, show_default=True, help="Frames per clip (T).")
+@click.option("--size", default=56, show_default=True, help="Crop size (H = W).")
+@click.option("--epochs", default=12, show_default=True)
+@click.option("--warmup-epochs", default=3, show_default=True, help="Epochs on the full bucket before the gate.")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--target-ratio", default=0.55, show_default=True, help="Target mean GFLOPs as a fraction of full.")
+@click.option("--flops-weight", default=2.0, show_default=True, help="Weight of the FLOPs term in the loss.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
+def train(
+    data: Path,
+    out: Path,
+    static: bool,
+    resume: bool,
+    backbone: str,
+    width: float,
+    frames: int,
+    size: int,
+    epochs: int,
+    warmup_epochs: int,
+    batch_size: int,
+    lr: float,
+    target_ratio: float,
+    flops_weight: float,
+    seed: int,
+    threads: int | None,
+) -> None:
+    """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
+    from vared2.models.recipe import run_training
+
+    def go() -> None:
+        config = TrainConfig(
+            epochs=epochs,
+            warmup_epochs=0 if static else warmup_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            target_ratio=target_ratio,
+            flops_weight=flops_weight,
+            seed=seed,
+            static=static,
+            threads=threads,
+        )
+        command = " ".join(["vared2", *sys.argv[1:]])
+        history = run_training(
+            data, out, config, backbone=backbone, width=width, frames=frames, size=size, resume=resume, command=command
+        )
+        click.echo(describe(history))
+        click.echo(f"checkpoint: {out}")
+
+    from vared2.models.train import TrainConfig, describe
+
+    run_stage(go)
+
+
+@cli.command()
+@click.argument("checkpoint", type=existing_dir)
+@click.option("--data", type=click.Path(exists=True, path_type=Path), required=True, help=DATA_HELP)
+@click.option("--split", default="val", show_default=True, help="Which CSV split of DATA to evaluate.")
+@click.option("--bucket", default=None, help="Force one bucket (id or name) instead of the gate.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the bucket histogram (PNG).")
+def evaluate(
+    checkpoint: Path, data: Path, split: str, bucket: str | None, json_path: Path | None, plot: Path | None
+) -> None:
+    """Accuracy, mean GFLOPs, the bucket histogram and GFLOPs by motion level of CHECKPOINT on DATA."""
+    from vared2.models.recipe import run_evaluation
+
+    def go() -> None:
+        key: int | str | None = int(bucket) if bucket is not None and bucket.isdigit() else bucket
+        result = run_evaluation(checkpoint, data, split=split, bucket=key, plot=plot)
+        click.echo(result.table())
+        if json_path:
+            json_path.write_text(result.to_json() + "\n")
+
+    run_stage(go)
 
 
 @cli.command()

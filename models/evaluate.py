@@ -1,0 +1,124 @@
+"""``vared2 evaluate``: accuracy and cost of a trained model on a labelled split.
+
+Reports what decides whether an adaptive model is worth deploying: accuracy, mean GFLOPs and its fraction
+of the full bucket, which buckets the gate picks, and how the cost follows the content (GFLOPs per motion
+level: static clips should cost less than fast ones).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vared2.models.dataset import MOTION_LEVELS
+from vared2.models.video_resnet import VaRed2VideoResNet
+
+
+@dataclass
+class Evaluation:
+    samples: int
+    accuracy: float
+    mean_gflops: float
+    full_gflops: float
+    gflops_ratio: float
+    buckets: list[str]
+    histogram: list[int]
+    gflops_by_motion: dict[str, float] = field(default_factory=dict)
+    accuracy_by_motion: dict[str, float] = field(default_factory=dict)
+    count_by_motion: dict[str, int] = field(default_factory=dict)
+    forced_bucket: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        mode = "gate" if self.forced_bucket is None else f"bucket {self.buckets[self.forced_bucket]}"
+        rows = [
+            f"samples {self.samples}   accuracy {self.accuracy:.4f}   ({mode})",
+            f"mean GFLOPs {self.mean_gflops:.4f} of {self.full_gflops:.4f} full = {self.gflops_ratio:.3f} "
+            f"({1 - self.gflops_ratio:.1%} fewer)",
+            "",
+            f"{'bucket':<28} {'clips':>6} {'share':>7}",
+        ]
+        for name, count in zip(self.buckets, self.histogram, strict=True):
+            rows.append(f"{name:<28} {count:>6} {count / max(self.samples, 1):>7.1%}")
+        if self.gflops_by_motion:
+            rows += ["", f"{'motion':<10} {'clips':>6} {'GFLOPs':>9} {'accuracy':>9}"]
+            for level, gflops in self.gflops_by_motion.items():
+                count, accuracy = self.count_by_motion[level], self.accuracy_by_motion[level]
+                rows.append(f"{level:<10} {count:>6} {gflops:>9.4f} {accuracy:>9.3f}")
+        return "\n".join(rows)
+
+
+@torch.no_grad()
+def evaluate(
+    model: VaRed2VideoResNet, dataset: Dataset, *, batch_size: int = 16, bucket: int | str | None = None
+) -> Evaluation:
+    """Run ``dataset`` (items ``(clip, label, motion id)``) through the gate, or one forced bucket."""
+    model.eval()
+    names = [b.name for b in model.buckets]
+    costs = torch.tensor([model.gflops(k) for k in range(len(names))]) + model.gate_gflops()
+    forced = None if bucket is None else model.buckets.index(bucket)
+    if forced is not None:
+        costs = torch.tensor([model.gflops(k) for k in range(len(names))])  # a forced bucket runs no gate
+    correct = torch.zeros(0, dtype=torch.bool)
+    chosen = torch.zeros(0, dtype=torch.long)
+    motions = torch.zeros(0, dtype=torch.long)
+    for clips, labels, motion in DataLoader(dataset, batch_size=batch_size):
+        if forced is not None:
+            logits, choices = model(clips, bucket=forced), torch.full((len(labels),), forced)
+        else:
+            logits, choices = model(clips)
+        correct = torch.cat([correct, logits.argmax(1) == labels])
+        chosen = torch.cat([chosen, choices])
+        motions = torch.cat([motions, torch.as_tensor(motion)])
+    if len(correct) == 0:
+        raise ValueError("evaluate: the dataset is empty")
+    per_sample = costs[chosen]
+    full = float(model.gflops(0))
+    result = Evaluation(
+        samples=len(correct),
+        accuracy=float(correct.float().mean()),
+        mean_gflops=float(per_sample.mean()),
+        full_gflops=full,
+        gflops_ratio=float(per_sample.mean()) / full,
+        buckets=names,
+        histogram=torch.bincount(chosen, minlength=len(names)).tolist(),
+        forced_bucket=forced,
+    )
+    for level_id, level in enumerate(MOTION_LEVELS):
+        mask = motions == level_id
+        if bool(mask.any()):
+            result.gflops_by_motion[level] = float(per_sample[mask].mean())
+            result.accuracy_by_motion[level] = float(correct[mask].float().mean())
+            result.count_by_motion[level] = int(mask.sum())
+    return result
+
+
+def plot_histogram(evaluations: Sequence[tuple[str, Evaluation]], path: Path) -> Path:
+    """A bar chart of the buckets the gate chose, one group of bars per evaluation (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = evaluations[0][1].buckets
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 3.6))
+    width = 0.8 / len(evaluations)
+    for i, (label, ev) in enumerate(evaluations):
+        shares = [c / max(ev.samples, 1) for c in ev.histogram]
+        ax.bar([x + i * width for x in range(len(names))], shares, width=width, label=label)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("share of clips")
+    ax.set_title("Buckets chosen by the gate")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,101 @@
+"""Training and evaluation from directories: what ``vared2 train`` and ``vared2 evaluate`` run.
+
+Resolves a data directory into train/val datasets, builds the model from the dataset's classes, and records
+how the checkpoint was made (command, seed, data spec) in its ``model.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from vared2.models.checkpoint import load
+from vared2.models.dataset import VideoFolderDataset
+from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
+from vared2.models.train import EpochStats, TrainConfig, train
+from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model
+
+BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
+
+
+def split_source(data: Path, split: str) -> Path:
+    """The CSV file or class folder of one split of ``data``."""
+    data = Path(data)
+    if data.is_file():
+        return data
+    for candidate in (data / f"{split}.csv", data / split):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(
+        f"{data}: no '{split}' split; expected {data / f'{split}.csv'} (as `vared2 synth` writes) "
+        f"or a folder {data / split}/<class>/<video>"
+    )
+
+
+def describe_data(data: Path) -> dict[str, object]:
+    """What the checkpoint records about its data: the path and, for the synthetic set, its spec."""
+    info: dict[str, object] = {"path": str(data)}
+    spec = Path(data) / "dataset.json"
+    if spec.is_file():
+        summary = json.loads(spec.read_text())
+        info.update({k: summary[k] for k in ("generator", "seed", "clips", "spec", "codec") if k in summary})
+        info["dataset_json_sha256"] = hashlib.sha256(spec.read_bytes()).hexdigest()
+    return info
+
+
+def run_training(
+    data: Path,
+    out: Path,
+    config: TrainConfig,
+    *,
+    backbone: str = "r2plus1d_18",
+    width: float = 0.25,
+    frames: int = 8,
+    size: int = 56,
+    resume: bool = False,
+    command: str = "",
+) -> list[EpochStats]:
+    """Train a fresh (or resumed) model on ``data`` and keep it in ``out``."""
+    if backbone not in BUILDERS:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+    train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
+    val_set = VideoFolderDataset(
+        split_source(data, "val"), frames=frames, size=size, classes=train_set.classes, cache=True
+    )
+    config_ = ModelConfig(
+        backbone=backbone,
+        width=width,
+        num_classes=len(train_set.classes),
+        frames=frames,
+        size=size,
+        labels=tuple(train_set.classes),
+    )
+    model = build_model(config_)
+    provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
+    return train(model, train_set, val_set, out, config, resume=resume, provenance=provenance)
+
+
+def run_evaluation(
+    checkpoint: Path,
+    data: Path,
+    *,
+    split: str = "val",
+    bucket: int | str | None = None,
+    plot: Path | None = None,
+) -> Evaluation:
+    """Evaluate a checkpoint on one split of ``data``; optionally plot the bucket histogram."""
+    model: VaRed2VideoResNet = load(Path(checkpoint))
+    config = model.config
+    dataset = VideoFolderDataset(
+        split_source(data, split),
+        frames=config.frames,
+        size=config.size,
+        mean=config.mean,
+        std=config.std,
+        classes=config.labels or None,
+    )
+    result = evaluate(model, dataset, bucket=bucket)
+    if plot is not None:
+        plot_histogram([(Path(checkpoint).name, result)], Path(plot))
+    return result
