@@ -1,0 +1,175 @@
+"""``vared2 build``: an exported ONNX directory → an engine directory, written atomically (DESIGN.md §5).
+
+The engine directory is built in a temporary sibling and renamed into place only when every engine
+passed its check and the manifest re-read cleanly (``vared2.engines.manifest.write_engine_dir``): an
+interrupted or failed build leaves no directory behind, and a previous good one untouched.
+
+Rebuilding is incremental at directory granularity: the manifest records the sha256 of every source file
+(``export.json`` and each ONNX file), the build options and the backend version; if those match and the
+existing directory still verifies, ``build_engines`` returns it without building anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vared2.engines.manifest import Manifest, ManifestError, sha256_file, write_engine_dir
+from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, EXPORT_JSON, read_export_spec
+
+log = logging.getLogger(__name__)
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def source_digest(onnx_dir: Path) -> dict[str, str]:
+    """sha256 of ``export.json`` and of every ONNX file it lists (and their external data, if any)."""
+    spec = read_export_spec(onnx_dir)
+    files = [EXPORT_JSON, spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
+    extra = sorted(p.name for p in onnx_dir.iterdir() if p.is_file() and p.suffix in (".data", ".bin"))
+    return {name: sha256_file(onnx_dir / name) for name in [*files, *extra]}
+
+
+def _backend_version(backend: str) -> str:
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+    from vared2.engines.tensorrt_engine import import_tensorrt
+
+    return str(import_tensorrt().__version__)
+
+
+def build_key(onnx_dir: Path, backend: str, options: dict[str, Any]) -> str:
+    """One digest of everything a build depends on: sources, options, backend version."""
+    payload = {
+        "sources": source_digest(onnx_dir),
+        "backend": backend,
+        "backend_version": _backend_version(backend),
+        "options": options,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def up_to_date(out_dir: Path, key: str) -> bool:
+    """Whether ``out_dir`` is a complete, unmodified engine directory built from exactly ``key``."""
+    if not (Path(out_dir) / "manifest.json").is_file():
+        return False
+    try:
+        manifest = Manifest.load(out_dir, verify=True)
+    except (ManifestError, OSError) as error:
+        log.info("%s: existing engines unusable (%s); rebuilding", out_dir, error)
+        return False
+    return manifest.build_options.get("build_key") == key
+
+
+def build_engines(
+    onnx_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    backend: str = "onnxruntime",
+    fp16: bool = False,
+    max_batch: int = 8,
+    threads: int | None = None,
+    optimization: str = DEFAULT_LEVEL,
+    opt_batch: int = 1,
+    timing_cache: Path | str | None = None,
+    use_plugins: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build (or reuse) the engine directory ``out_dir`` for ``onnx_dir``; returns ``out_dir``.
+
+    ONNX Runtime options: ``threads`` (recorded as the default session thread count), ``optimization``
+    (the graph optimisation level sessions use). TensorRT options: ``fp16``, ``opt_batch``, ``timing_cache``,
+    ``use_plugins``. ``max_batch`` is recorded for both (TensorRT's profile maximum). ``force`` rebuilds even
+    when the directory is up to date.
+    """
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and fp16:
+        raise ValueError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+    read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
+
+    options: dict[str, Any]
+    if backend == "onnxruntime":
+        options = {"max_batch": max_batch, "threads": threads, "optimization": optimization}
+    else:
+        options = {"max_batch": max_batch, "fp16": fp16, "opt_batch": opt_batch, "use_plugins": use_plugins}
+    key = build_key(onnx_dir, backend, options)
+    if not force and up_to_date(out_dir, key):
+        message = f"{out_dir}: engines are up to date (same sources, options and {backend} version); nothing to build"
+        log.info(message)
+        if progress:
+            print(message, file=sys.stderr)
+        return out_dir
+
+    spec = read_export_spec(onnx_dir)
+    bar = tqdm(total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress)
+
+    started: list[str] = []
+
+    def step(file: str) -> None:
+        """Called as each engine starts: the previous one is done."""
+        if started:
+            bar.update(1)
+        started.append(file)
+        bar.set_postfix_str(file)
+
+    def fill(work: Path) -> Manifest:
+        manifest: Manifest
+        if backend == "onnxruntime":
+            from vared2.engines.onnxruntime_engine import build_onnxruntime
+
+            manifest = build_onnxruntime(
+                onnx_dir,
+                work,
+                threads=threads,
+                optimization=optimization,
+                max_batch=max_batch,
+                name=out_dir.name,
+                progress=step,
+            )
+        else:
+            from vared2.engines.tensorrt_engine import build_tensorrt
+
+            manifest = build_tensorrt(
+                onnx_dir,
+                work,
+                fp16=fp16,
+                max_batch=max_batch,
+                opt_batch=opt_batch,
+                timing_cache=timing_cache if timing_cache is not None else out_dir.parent / "timing.cache",
+                use_plugins=use_plugins,
+                name=out_dir.name,
+                progress=step,
+            )
+        bar.update(1)
+        extra = {"build_key": key, "build_options": options, "sources": source_digest(onnx_dir)}
+        return Manifest.from_dict(
+            {**manifest.to_dict(), "build_options": {**manifest.build_options, **extra}, "created_by": created_by()}
+        )
+
+    try:
+        write_engine_dir(out_dir, fill)
+    finally:
+        bar.close()
+    return out_dir
+
+
+def created_by() -> str:
+    """``vared2 <version>`` for the manifest."""
+    try:
+        from importlib.metadata import version
+
+        return f"vared2 {version('vared2')}"
+    except Exception:
+        return "vared2"

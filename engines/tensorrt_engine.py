@@ -1,0 +1,236 @@
+"""TensorRT engines (NVIDIA GPUs), built with Polygraphy's TensorRT loaders (DESIGN.md §5).
+
+One ``.plan`` per bucket and one for the gate; one optimisation profile over the batch axis
+(``1..max_batch``, ``opt_batch`` the typical batch); one timing cache file shared by every build, so
+tactics timed for one bucket are reused by the next. The vared2 plugins are registered before parsing
+(TensorRT ≥ 10.9: ahead-of-time ``tensorrt.plugin`` kernels, and the ONNX parser prefers a registered
+plugin over the model-local function); older TensorRT (JetPack 6 ships 10.3) skips registration and
+the parser turns the local functions into ordinary layers. The network of each engine is inspected for
+plugin layers, and the manifest records which path each engine took.
+
+TensorRT and Polygraphy's TensorRT modules are imported only inside the functions here. This path has
+not run on the machine it was written on (no GPU): ``tests/test_engines_tensorrt.py`` covers it on a
+GPU host (``./build.sh gpu-check``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, sha256_file
+from vared2.engines.onnxruntime_engine import model_spec, read_export_spec
+
+#: The first TensorRT whose ``tensorrt.plugin`` has ahead-of-time (``aot_impl``) plugins.
+AOT_PLUGIN_VERSION = (10, 9)
+TIMING_CACHE = "timing.cache"
+CUSTOM_OPS = ("TemporalReconstruct", "ChannelReconstruct")
+
+
+class TensorRTUnavailableError(ImportError):
+    """TensorRT (or Polygraphy's TensorRT backend) is not installed here."""
+
+
+def import_tensorrt() -> Any:
+    """``import tensorrt`` with an error that says what to install."""
+    try:
+        import tensorrt as trt
+    except ImportError as error:
+        raise TensorRTUnavailableError(
+            "the tensorrt backend needs NVIDIA TensorRT's Python package (`pip install tensorrt`, or JetPack's "
+            "python3-libnvinfer on Jetson) and an NVIDIA GPU; use --backend onnxruntime on this machine"
+        ) from error
+    return trt
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.13.0.35"`` → ``(10, 13, 0, 35)`` (non-numeric tails dropped)."""
+    out = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def gpu_info(device: int = 0) -> dict[str, Any]:
+    """Name and compute capability of a GPU through the CUDA driver API (``libcuda``, present wherever the
+    NVIDIA driver is, Jetson included) — no CUDA Python package needed."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as error:
+        raise RuntimeError(f"no NVIDIA driver here (libcuda.so.1: {error})") from error
+
+    def check(status: int, call: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"CUDA driver call {call} failed with error {status}")
+
+    check(cuda.cuInit(0), "cuInit")
+    handle = ctypes.c_int()
+    check(cuda.cuDeviceGet(ctypes.byref(handle), device), "cuDeviceGet")
+    name = ctypes.create_string_buffer(256)
+    check(cuda.cuDeviceGetName(name, 256, handle), "cuDeviceGetName")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76 (cuda.h).
+    check(cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, handle), "cuDeviceGetAttribute(major)")
+    check(cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, handle), "cuDeviceGetAttribute(minor)")
+    return {
+        "type": "cuda",
+        "index": device,
+        "name": name.value.decode(errors="replace"),
+        "compute_capability": f"{major.value}.{minor.value}",
+    }
+
+
+def register_vared2_plugins(trt_version: str) -> bool:
+    """Register the vared2 AOT plugins when this TensorRT supports them; False means the parser will use the
+    ONNX local functions."""
+    if version_tuple(trt_version)[:2] < AOT_PLUGIN_VERSION:
+        return False
+    from vared2.plugins.tensorrt_plugin import register_plugins
+
+    register_plugins()
+    return True
+
+
+def has_custom_ops(onnx_path: Path) -> bool:
+    """Whether the ONNX graph has any ``vared2::`` node (the full bucket and the gate have none)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(node.domain == "vared2" and node.op_type in CUSTOM_OPS for node in model.graph.node)
+
+
+def batch_profile_shapes(onnx_path: Path, max_batch: int, opt_batch: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Per graph input, (min, opt, max) shapes: the batch axis varies, every other axis is the static one."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        rest = []
+        for i, d in enumerate(dims[1:], start=1):
+            if not d.HasField("dim_value"):
+                raise ValueError(f"{onnx_path}: input {value.name!r} axis {i} is dynamic; only the batch axis may be")
+            rest.append(int(d.dim_value))
+        shapes[value.name] = tuple((b, *rest) for b in (1, opt_batch, max_batch))
+    return shapes
+
+
+def plugin_layers(network: Any, trt: Any) -> list[str]:
+    """Names of the plugin layers of a parsed network."""
+    kinds = {trt.LayerType.PLUGIN, trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3}
+    return [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in kinds]
+
+
+def build_plan(
+    onnx_path: Path,
+    plan_path: Path,
+    *,
+    fp16: bool,
+    max_batch: int,
+    opt_batch: int,
+    timing_cache: Path,
+) -> str | None:
+    """Build one ``.plan``; returns how the custom ops were realised (``"plugin"``, ``"local-functions"``,
+    or None when the graph has none)."""
+    trt = import_tensorrt()
+    try:
+        from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    except ImportError as error:
+        raise TensorRTUnavailableError(f"Polygraphy's TensorRT backend is unavailable ({error})") from error
+
+    profile = Profile()
+    for name, (lo, opt, hi) in batch_profile_shapes(onnx_path, max_batch, opt_batch).items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
+    plugins = plugin_layers(network, trt)
+    config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=str(timing_cache))
+    serialized = EngineBytesFromNetwork(
+        (builder, network, parser), config=config, save_timing_cache=str(timing_cache)
+    )()
+    if serialized is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
+    plan_path.write_bytes(bytes(memoryview(serialized)))
+    if not has_custom_ops(onnx_path):
+        return None
+    return "plugin" if plugins else "local-functions"
+
+
+def build_tensorrt(
+    onnx_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    fp16: bool = False,
+    max_batch: int = 8,
+    opt_batch: int = 1,
+    timing_cache: Path | str | None = None,
+    use_plugins: bool = True,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Write the TensorRT engines of ``onnx_dir`` into ``out_dir`` (a working directory) and return their
+    manifest (``vared2.engines.build`` writes it atomically).
+
+    ``timing_cache`` (default: ``timing.cache`` beside the engine directory) is loaded before and saved
+    after every build, so each bucket — and a later rebuild on the same GPU — starts from the tactics
+    already timed.
+    """
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+    if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"opt_batch: expected an integer in 1..{max_batch} (max_batch), got {opt_batch!r}")
+    spec = read_export_spec(onnx_dir)
+    trt = import_tensorrt()
+    device = gpu_info()
+    cache = Path(timing_cache) if timing_cache is not None else out_dir.parent / TIMING_CACHE
+    registered = register_vared2_plugins(trt.__version__) if use_plugins else False
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def plan(source: str) -> tuple[str, str | None]:
+        if progress is not None:
+            progress(source)
+        target = Path(source).with_suffix(".plan").name
+        path = build_plan(
+            onnx_dir / source, out_dir / target, fp16=fp16, max_batch=max_batch, opt_batch=opt_batch, timing_cache=cache
+        )
+        return target, path
+
+    gate_file, _ = plan(spec["gate"]["file"])
+    buckets = []
+    for b in spec["buckets"]:
+        file, path = plan(b["file"])
+        buckets.append(
+            BucketEntry(
+                id=int(b["id"]),
+                name=str(b["name"]),
+                policy=tuple((int(p[0]), int(p[1])) for p in b["policy"]),
+                gflops=float(b["gflops"]),
+                file=file,
+                sha256=sha256_file(out_dir / file),
+                path=path,
+            )
+        )
+    return Manifest(
+        name=name or out_dir.name,
+        backend="tensorrt",
+        backend_version=trt.__version__,
+        precision="fp16" if fp16 else "fp32",
+        device=device,
+        max_batch=max_batch,
+        model=model_spec(spec),
+        gate=GateEntry(file=gate_file, sha256=sha256_file(out_dir / gate_file), gflops=float(spec["gate"]["gflops"])),
+        buckets=tuple(buckets),
+        build_options={
+            "opt_batch": opt_batch,
+            "use_plugins": use_plugins,
+            "plugins_registered": registered,
+            "timing_cache": str(cache),
+        },
+    )
