@@ -24,7 +24,7 @@ CHILD = r"""
 import json, os, sys
 assert os.environ["TRITON_INTERPRET"] == "1" and "triton" not in sys.modules
 import torch
-from vared2.plugins import reference, triton_kernels
+from vared2.plugins import reference, tensorrt_plugin, triton_kernels
 
 temporal_cases, channel_cases = json.loads(sys.argv[1])
 torch.manual_seed(0)
@@ -45,6 +45,24 @@ for dtype in (torch.float32, torch.float16):
         want = reference.channel_reconstruct(x.float(), wt.float(), b.float(), out)
         results[f"channel-{dtype}-{[n, cc, out, t, h, w]}"] = [list(got.shape), list(want.shape), str(got.dtype),
             (got.float() - want.to(dtype).float()).abs().max().item(), want.abs().max().item()]
+# TensorRT's AOT launch, replayed: inputs, the plugin's int32 extra arguments, outputs, on the plugin's grid.
+for n, c, tc, h, w, r in temporal_cases:
+    x, a, b = torch.randn(n, c, tc, h, w), torch.randn(r, c), torch.randn(r, c)
+    block = triton_kernels.block_for(h * w)
+    extra, gx, gy = tensorrt_plugin.temporal_launch([n, c, tc, h, w], r, block)
+    y = torch.full((n, c, tc * r, h, w), float("nan"))
+    triton_kernels.temporal_reconstruct_kernel[(gx, gy)](x, a, b, *extra, y, BLOCK=block)
+    want = reference.temporal_reconstruct(x, a, b, r)
+    results[f"aot-temporal-{[n, c, tc, h, w, r]}"] = (y - want).abs().max().item()
+for n, cc, out, t, h, w in channel_cases:
+    g = out - cc
+    x, wt, b = torch.randn(n, cc, t, h, w), torch.randn(g, 1, 1, 3, 3), torch.randn(g)
+    block = triton_kernels.block_for(h * w)
+    extra, gx, gy = tensorrt_plugin.channel_launch([n, cc, t, h, w], out, block)
+    y = torch.full((n, out, t, h, w), float("nan"))
+    triton_kernels.channel_reconstruct_kernel[(gx, gy)](x, wt, b, *extra, y, BLOCK=block)
+    want = reference.channel_reconstruct(x, wt, b, out)
+    results[f"aot-channel-{[n, cc, out, t, h, w]}"] = (y - want).abs().max().item()
 print(json.dumps(results))
 """
 
@@ -82,6 +100,18 @@ def test_temporal_kernel_matches_reference(interpreted: dict[str, list], case: t
 @pytest.mark.parametrize("case", CHANNEL_CASES, ids=str)
 def test_channel_kernel_matches_reference(interpreted: dict[str, list], case: tuple, dtype: str) -> None:
     _check(interpreted[f"channel-{dtype}-{list(case)}"], dtype)
+
+
+@pytest.mark.parametrize("case", TEMPORAL_CASES, ids=str)
+def test_temporal_kernel_with_tensorrt_launch_geometry(interpreted: dict[str, list], case: tuple) -> None:
+    """The AOT plugin's extra arguments and grid drive the kernel to the reference result (NaN-filled output:
+    every element must be written)."""
+    assert interpreted[f"aot-temporal-{list(case)}"] <= 1e-5
+
+
+@pytest.mark.parametrize("case", CHANNEL_CASES, ids=str)
+def test_channel_kernel_with_tensorrt_launch_geometry(interpreted: dict[str, list], case: tuple) -> None:
+    assert interpreted[f"aot-channel-{list(case)}"] <= 1e-5
 
 
 def test_launchers_reject_bad_input() -> None:
