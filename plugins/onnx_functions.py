@@ -11,7 +11,7 @@ Formulations (chosen by measurement on ONNX Runtime's CPU kernels; numbers in do
 
 - ``TemporalReconstruct``: one broadcast ``Mul`` + ``Add`` over a 6-D view ``[N, C, Tc, 1, H, W]`` against
   ``[C, 1, R, 1, 1]``, then a free ``Reshape`` to ``[N, C, R*Tc, H, W]``. A function body cannot loop over
-  ``factor`` (an attribute), so a broadcast is the general form; a flat 5-D view or a Tile first were slower.
+  ``factor`` (an attribute), so a broadcast is the general form; a flat 5-D view was no faster, a Tile first slower.
 - ``ChannelReconstruct``: a single depthwise ``Conv`` with ``group = out_channels``. A ``Conv`` over only the
   ``G`` generated channels would need ``group = G = out_channels - C_c`` as a static attribute, which the body
   cannot compute; instead every output channel ``k`` convolves ``x[:, k mod C_c]`` (one ``Gather``, faster

@@ -84,6 +84,32 @@ def source_only(cc: int, out: int, shape: list[int | str], how: str) -> ModelPro
     return _model(nodes, {"x": shape}, {})
 
 
+def temporal_variant(c: int, tc: int, r: int, how: str) -> ModelProto:
+    """Alternatives to the 6-D broadcast: a flat 5-D view ``[N, C, Tc, 1, H·W]``, or Tile along R first."""
+    nodes = [
+        _const("flat", [0, 0, 0, 1, -1]),
+        helper.make_node("Reshape", ["x", "flat"], ["x5"]),
+        _const("coef", [0, 1, -1, 1]),
+        helper.make_node("Transpose", ["scale"], ["st"], perm=[1, 0]),
+        helper.make_node("Reshape", ["st", "coef"], ["a"]),
+        helper.make_node("Transpose", ["shift"], ["bt"], perm=[1, 0]),
+        helper.make_node("Reshape", ["bt", "coef"], ["b"]),
+    ]
+    source = "x5"
+    if how == "tile":
+        nodes += [_const("reps", [1, 1, 1, r, 1]), helper.make_node("Tile", ["x5", "reps"], ["xt"])]
+        source = "xt"
+    nodes += [
+        helper.make_node("Mul", [source, "a"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["y5"]),
+        _const("head", [0, 0, -1]),
+        helper.make_node("Shape", ["x"], ["hw"], start=3),
+        helper.make_node("Concat", ["head", "hw"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["y5", "shape"], ["y"]),
+    ]
+    return _model(nodes, {"x": ["N", c, tc, "H", "W"], "scale": [r, c], "shift": [r, c]}, {})
+
+
 def time_sessions(
     models: dict[str, ModelProto], feeds: dict[str, np.ndarray], threads: int, repeat: int
 ) -> dict[str, float]:
@@ -181,7 +207,12 @@ def main() -> None:
         # The floor: one Concat writing the same number of output bytes.
         copy = _model([helper.make_node("Concat", ["x"] * r, ["y"], axis=2)], {"x": ["N", c, tc, h, w]}, {})
         print(f"\nTemporalReconstruct x=[{n},{c},{tc},{h},{w}], R={r}")
-        rows = {"function: 6-D broadcast Mul + Add": model, "floor: Concat of R copies (same output bytes)": copy}
+        rows = {
+            "function: 6-D broadcast Mul + Add": model,
+            "5-D flat view, broadcast Mul + Add": temporal_variant(c, tc, r, "flat"),
+            "Tile along R, then Mul + Add": temporal_variant(c, tc, r, "tile"),
+            "floor: Concat of R copies (same output bytes)": copy,
+        }
         for label, ms in time_sessions(rows, feeds, args.threads, args.repeat).items():
             print(f"  {label:52s} {ms:8.3f}")
 
