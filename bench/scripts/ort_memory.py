@@ -5,6 +5,7 @@ after importing numpy and onnxruntime):
 
 * ``embedded``  — independent sessions on the exported ONNX files (weights inside each file)
 * ``external``  — sessions on the engine files, ONNX Runtime loading ``weights.bin`` itself (external data)
+* ``external+arena`` — the same, all sessions sharing one CPU arena (``session.use_env_allocators``)
 * ``shared``    — sessions on the engine files with ``vared2.runtime.shared_weights`` (one memory map,
   one ``OrtValue`` per tensor, handed to every session with ``add_initializer``)
 
@@ -28,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SCHEMES = ("embedded", "external", "shared")
+SCHEMES = ("embedded", "external", "external+arena", "shared")
 MIB = 1 << 20
 
 
@@ -46,7 +47,7 @@ def child(scheme: str, onnx_dir: Path, engine_dir: Path, optimization: str, thre
     import onnxruntime as ort
 
     from vared2.engines.onnxruntime_engine import read_export_spec, session_options
-    from vared2.runtime.shared_weights import SharedWeights
+    from vared2.runtime.shared_weights import SharedWeights, register_shared_allocator
 
     spec = read_export_spec(onnx_dir)
     files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
@@ -56,8 +57,11 @@ def child(scheme: str, onnx_dir: Path, engine_dir: Path, optimization: str, thre
         options = session_options(threads=threads, optimization=optimization)
         if scheme == "embedded":
             return ort.InferenceSession(str(onnx_dir / file), options, providers=["CPUExecutionProvider"])
-        if scheme == "external":
+        if scheme.startswith("external"):
             options.add_session_config_entry("session.disable_prepacking", "1")
+            if scheme == "external+arena":
+                register_shared_allocator()
+                options.add_session_config_entry("session.use_env_allocators", "1")
             return ort.InferenceSession(str(engine_dir / file), options, providers=["CPUExecutionProvider"])
         options = SharedWeights.open(engine_dir).session_options_for(file, options)
         return ort.InferenceSession(str(engine_dir / file), options, providers=["CPUExecutionProvider"])
@@ -101,8 +105,11 @@ def measure(onnx_dir: Path, engine_dir: Path, optimization: str, threads: int | 
     return results
 
 
-def latency_by_level(onnx_dir: Path, engine_dir: Path, threads: int | None, runs: int = 20) -> dict[str, float]:
-    """Median latency (ms) of the full bucket, batch 1, at each optimisation level, shared weights."""
+def latency_by_level(onnx_dir: Path, engine_dir: Path, threads: int | None, rounds: int = 15) -> dict[str, float]:
+    """Median latency (ms) of the full bucket, batch 1, at each optimisation level, shared weights.
+
+    The levels take turns run by run, so a noisy neighbour on the machine slows them all alike.
+    """
     import numpy as np
     import onnxruntime as ort
 
@@ -110,27 +117,22 @@ def latency_by_level(onnx_dir: Path, engine_dir: Path, threads: int | None, runs
     from vared2.runtime.shared_weights import SharedWeights
 
     file = read_export_spec(onnx_dir)["buckets"][0]["file"]
-    out = {}
+    shared = SharedWeights.open(engine_dir)
+    sessions = {}
     for level in LEVELS:
-        options = SharedWeights.open(engine_dir).session_options_for(
-            file, session_options(threads=threads, optimization=level)
-        )
-        session = ort.InferenceSession(str(engine_dir / file), options, providers=["CPUExecutionProvider"])
-        arg = session.get_inputs()[0]
-        x = (
-            np.random.default_rng(0)
-            .standard_normal([d if isinstance(d, int) else 1 for d in arg.shape])
-            .astype(np.float32)
-        )
-        for _ in range(3):
-            session.run(None, {arg.name: x})
-        times = []
-        for _ in range(runs):
+        options = shared.session_options_for(file, session_options(threads=threads, optimization=level))
+        sessions[level] = ort.InferenceSession(str(engine_dir / file), options, providers=["CPUExecutionProvider"])
+    arg = sessions["disabled"].get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in arg.shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    times: dict[str, list[float]] = {level: [] for level in LEVELS}
+    for round_ in range(rounds + 2):
+        for level, session in sessions.items():
             start = time.perf_counter()
             session.run(None, {arg.name: x})
-            times.append((time.perf_counter() - start) * 1e3)
-        out[level] = statistics.median(times)
-    return out
+            if round_ >= 2:  # two warm-up rounds
+                times[level].append((time.perf_counter() - start) * 1e3)
+    return {level: statistics.median(t) for level, t in times.items()}
 
 
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
@@ -201,10 +203,10 @@ def main() -> None:
             f"{os.cpu_count()} CPUs; weights.bin {weights:.1f} MiB"
         )
         results = {} if args.skip_memory else measure(onnx_dir, engine_dir, args.optimization, args.threads)
-        print(f"{'scheme':<10} {'1 session (MiB)':>16} {'all sessions (MiB)':>19} {'sessions':>9} {'all / one':>10}")
+        print(f"{'scheme':<15} {'1 session (MiB)':>16} {'all sessions (MiB)':>19} {'sessions':>9} {'all / one':>10}")
         for scheme, r in results.items():
             ratio = r["all"] / r["one"] if r["one"] > 0 else float("nan")
-            print(f"{scheme:<10} {r['one']:>16.1f} {r['all']:>19.1f} {int(r['sessions']):>9} {ratio:>10.2f}")
+            print(f"{scheme:<15} {r['one']:>16.1f} {r['all']:>19.1f} {int(r['sessions']):>9} {ratio:>10.2f}")
         if args.levels:
             print("full bucket, batch 1, median latency (ms) by optimisation level:")
             for level, ms in latency_by_level(onnx_dir, engine_dir, args.threads).items():
