@@ -27,6 +27,13 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
         echo "$want" > "$stamp"
     fi
+    # TensorRT's published API description, for the test that checks every TensorRT name the code uses.
+    # --no-deps and a folder of their own: the stubs' dependencies are TensorRT itself, and a stub-only
+    # `tensorrt` package in site-packages would make `import tensorrt` look like a real installation.
+    if [ ! -f "$VENV/tensorrt-api/tensorrt/__init__.pyi" ]; then
+        "$VENV/bin/python" -m pip install --quiet --no-deps --target "$VENV/tensorrt-api" \
+            tensorrt-stubs==10.13.0.35.1 tensorrt-cu12-bindings==10.13.0.35
+    fi
 }
 
 # mypy cannot follow setuptools' package-dir mapping, so it checks a tree of links laid out as the package.

@@ -61,6 +61,14 @@ class FoldedGatedConv(nn.Module):
     The cheap ops run as ``torch.ops.vared2.*`` so the ONNX exporter emits the ``vared2::`` nodes.
     """
 
+    weight: Tensor
+    bias: Tensor
+    t_scale: Tensor
+    t_shift: Tensor
+    c_weight: Tensor
+    c_bias: Tensor
+    post_shift: Tensor
+
     def __init__(self, layer: DynamicConv3d, bn: nn.BatchNorm3d, policy: Policy, name: str) -> None:
         super().__init__()
         pt, pc = policy
@@ -68,7 +76,7 @@ class FoldedGatedConv(nn.Module):
         self.out_channels = layer.out_channels
         self.computed = layer.computed_channels_at(pc)
         self.stride = (layer.stride[0] * self.factor, layer.stride[1], layer.stride[2])
-        self.padding = layer.padding
+        self.padding = tuple(int(p) for p in layer.padding)
         has_channel_op = self.computed < self.out_channels
 
         s_all, t_all = batchnorm_affine(bn)

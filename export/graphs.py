@@ -57,6 +57,9 @@ class GateGraph(nn.Module):
     """uint8 RGB clip ``[N, T, H, W, 3]`` → (stem features, bucket logits); normalisation in the graph so
     the runtime hands over decoded frames as they are."""
 
+    scale: Tensor
+    offset: Tensor
+
     def __init__(self, model: VaRed2VideoResNet) -> None:
         super().__init__()
         config = model.config

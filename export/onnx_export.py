@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -79,12 +80,12 @@ def to_onnx(
     """Export one module with a dynamic batch axis, attach the custom ops' functions and check it."""
     torch_ops.register_onnx_symbolics(OPSET)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():  # no_grad: the custom ops return views of fresh tensors
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             module.eval(),
             example,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # file-like objects are accepted by the TorchScript exporter
             dynamo=False,
             opset_version=OPSET,
             input_names=input_names,
@@ -110,7 +111,7 @@ def export_model(model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: 
 
     with atomic_directory(Path(out_dir)) as work:
         onnx.save(to_onnx(gate, (clip,), ["clip"], ["features", "bucket_logits"]), str(work / "gate.onnx"))
-        entries = []
+        entries: list[dict[str, Any]] = []
         for index, graph in enumerate(buckets):
             name = f"bucket_{index}.onnx"
             onnx.save(to_onnx(graph, (features,), ["features"], ["logits"]), str(work / name))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from polygraphy.comparator import Comparator, CompareFunc, RunResults
+from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
 from polygraphy.comparator.struct import IterationResult
 from polygraphy.logger import G_LOGGER
 
@@ -64,7 +64,7 @@ def _compare(graph: str, ort_out: dict[str, np.ndarray], torch_out: dict[str, np
     )
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
         accuracy = Comparator.compare_accuracy(
-            results, compare_func=CompareFunc.simple(atol=ATOL, rtol=0.0, check_shapes=True)
+            results, compare_func=SimpleCompareFunc(atol=ATOL, rtol=0.0, check_shapes=True)
         )
     diffs = {name: float(np.max(np.abs(ort_out[name] - torch_out[name]))) for name in torch_out}
     return Check(graph, diffs, bool(accuracy))

@@ -231,7 +231,7 @@ def train(
     steps = config.epochs * max(len(train_loader), 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
 
-    start, history = 0, []
+    start, history = 0, list[EpochStats]()
     if resume:
         model.load_state_dict(load(out_dir).state_dict())
         start, history = load_training_state(out_dir, optimizer)

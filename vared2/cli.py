@@ -180,6 +180,19 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
     run_stage(check)
 
 
+@cli.command()
+@click.argument("engine_dir", type=existing_dir)
+@click.argument("videos", nargs=-1, required=True)
+@click.option("--stride", default=8, show_default=True, help="Frames between the starts of two windows.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per window instead of a table.")
+@click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
+def infer(engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool, threads: int | None) -> None:
+    """Classify sliding windows of VIDEOS (files or stream URLs) with the engines in ENGINE_DIR."""
+    from vared2.runtime.infer import infer as run_infer
+
+    run_stage(lambda: run_infer(engine_dir, list(videos), stride=stride, as_json=as_json, threads=threads))
+
+
 def main() -> None:
     cli(prog_name="vared2")
 

@@ -1,0 +1,213 @@
+"""Export (DESIGN.md §4, issue 4): every bucket to ONNX with the vared2 custom ops, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx.reference import ReferenceEvaluator
+from safetensors.torch import load_file, save_file
+
+from vared2.cli import cli
+from vared2.export.onnx_export import EXPORT_JSON, export_checkpoint, export_model
+from vared2.export.verify import verify_model
+from vared2.models import VaRed2VideoResNet, mc3_18, r2plus1d_18, r3d_18, save
+
+# Standard operators the bucket graphs may use: all of them are in onnx-tensorrt's supported-operator list.
+TENSORRT_PARSER_OPS = {
+    "Conv", "Relu", "Add", "Mul", "Reshape", "Flatten", "Gemm", "MatMul", "GlobalAveragePool",
+    "ReduceMean", "Concat", "Slice", "Transpose", "Unsqueeze", "Squeeze", "Shape", "Gather", "Constant",
+    "Cast", "Sub", "Abs", "Div", "Identity",
+}  # fmt: skip
+CUSTOM_OPS = {("vared2", "TemporalReconstruct"), ("vared2", "ChannelReconstruct")}
+
+
+def perturb(model: VaRed2VideoResNet, seed: int = 0) -> VaRed2VideoResNet:
+    """Random BatchNorm statistics and cheap-op parameters, so folding and reconstruction are really
+    exercised (fresh models have identity BatchNorm and copy-initialised cheap ops)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)  # type: ignore[union-attr]
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)  # type: ignore[union-attr]
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+        for name, param in model.named_parameters():
+            if "temporal" in name or "channel" in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def tiny(build=r2plus1d_18, **kwargs) -> VaRed2VideoResNet:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return perturb(build(width=0.125, frames=4, size=32, num_classes=5, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[VaRed2VideoResNet, Path]:
+    model = tiny()
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    export_model(model, out)
+    return model, out
+
+
+def test_every_bucket_is_exported_with_the_custom_ops(tiny_export: tuple[VaRed2VideoResNet, Path]) -> None:
+    model, out = tiny_export
+    spec = json.loads((out / EXPORT_JSON).read_text())
+    assert [b["name"] for b in spec["buckets"]] == [b.name for b in model.buckets]
+    for entry in spec["buckets"]:
+        graph = onnx.load(str(out / entry["file"]))
+        onnx.checker.check_model(graph, full_check=True)
+        assert graph.opset_import[0].version == 17 or any(o.version == 17 for o in graph.opset_import)
+        ops = {(n.domain or "", n.op_type) for n in graph.graph.node}
+        standard = {op for domain, op in ops if domain in ("", "ai.onnx")}
+        assert standard <= TENSORRT_PARSER_OPS, f"{entry['file']}: {standard - TENSORRT_PARSER_OPS}"
+        assert "BatchNormalization" not in standard, "BatchNorm must be folded"
+        custom = [n for n in graph.graph.node if n.domain == "vared2"]
+        policies = [tuple(p) for p in entry["policy"]]
+        if all(p == (0, 0) for p in policies):
+            assert custom == []
+        else:
+            assert custom, f"{entry['name']} has no vared2 nodes"
+            assert {(n.domain, n.op_type) for n in custom} <= CUSTOM_OPS
+            for node in custom:
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                assert attrs["plugin_namespace"] == b"vared2" and attrs["plugin_version"] == b"1"
+            assert {f.name for f in graph.functions} >= {n.op_type for n in custom}
+        # The batch axis is dynamic, every other axis static.
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        assert dims[0].dim_param and all(d.dim_value > 0 for d in dims[1:])
+
+
+def test_gate_takes_uint8_clips_and_normalises_in_graph(tiny_export: tuple[VaRed2VideoResNet, Path]) -> None:
+    _model, out = tiny_export
+    gate = onnx.load(str(out / "gate.onnx"))
+    clip = gate.graph.input[0]
+    assert clip.name == "clip" and clip.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in clip.type.tensor_type.shape.dim[1:]] == [4, 32, 32, 3]
+    assert [o.name for o in gate.graph.output] == ["features", "bucket_logits"]
+
+
+def test_tiny_model_matches_pytorch_through_onnxruntime(tiny_export: tuple[VaRed2VideoResNet, Path]) -> None:
+    model, out = tiny_export
+    report = verify_model(out, model, batch=3)
+    assert report.passed, report.table()
+    assert len(report.checks) == 1 + len(model.buckets)
+    assert max(max(c.max_abs.values()) for c in report.checks) <= 1e-4
+
+
+@pytest.mark.parametrize("build", [r3d_18, mc3_18])
+def test_other_backbones_export_and_match(build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tiny(build)
+    export_model(model, tmp_path / "onnx")
+    report = verify_model(tmp_path / "onnx", model)
+    assert report.passed, report.table()
+
+
+def test_verify_detects_a_wrong_weight(tiny_export: tuple[VaRed2VideoResNet, Path], tmp_path: Path) -> None:
+    model, out = tiny_export
+    broken = tmp_path / "onnx"
+    broken.mkdir()
+    for f in out.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    graph = onnx.load(str(broken / "bucket_1.onnx"))
+    init = graph.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(init).copy()
+    values.flat[0] += 0.5
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    onnx.save(graph, str(broken / "bucket_1.onnx"))
+    report = verify_model(broken, model)
+    assert not report.passed
+    assert [c.graph for c in report.checks if not c.passed] == ["bucket_1"]
+
+
+def test_onnx_reference_evaluator_agrees_with_onnxruntime(tiny_export: tuple[VaRed2VideoResNet, Path]) -> None:
+    """An independent check of the graphs' standard semantics, the local functions included."""
+    _model, out = tiny_export
+    spec = json.loads((out / EXPORT_JSON).read_text())
+    # The bucket with both cheap ops: temporal and channel reconstruction.
+    entry = max(spec["buckets"], key=lambda b: sum(pt > 0 and pc > 0 for pt, pc in b["policy"]))
+    features = np.random.default_rng(0).standard_normal((1, *spec["gate"]["features_shape"])).astype(np.float32)
+    path = str(out / entry["file"])
+    expected = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"features": features})[0]
+    got = ReferenceEvaluator(path).run(None, {"features": features})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_r2plus1d_18_all_buckets_match_at_8x112x112(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = perturb(r2plus1d_18(frames=8, size=112, num_classes=400))
+    export_model(model, tmp_path / "onnx")
+    report = verify_model(tmp_path / "onnx", model, batch=1)
+    assert report.passed, report.table()
+    assert len(report.checks) == 1 + len(model.buckets) >= 6
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    directory = tmp_path / "ckpt"
+    save(tiny(), directory)
+    return directory
+
+
+def test_missing_tensor_fails_before_writing(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    missing = next(name for name in tensors if name.endswith("weight"))
+    del tensors[missing]
+    save_file(tensors, str(ckpt / "model.safetensors"))
+    out = tmp_path / "onnx"
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
+        export_checkpoint(ckpt, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == [ckpt]
+
+
+def test_unknown_backbone_fails_before_writing(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    config = json.loads((ckpt / "model.json").read_text())
+    config["config"]["backbone"] = "resnet9000"
+    (ckpt / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="resnet9000"):
+        export_checkpoint(ckpt, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_bucket_table_the_model_cannot_run_fails_before_writing(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    config = json.loads((ckpt / "model.json").read_text())
+    section = config["config"]
+    # 4 input frames: the last stage has one frame, so R = 2 cannot divide it.
+    section["buckets"] = [*section["buckets"], "t1c0/t1c0/t1c0/t1c0"]
+    (ckpt / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="layer4"):
+        export_checkpoint(ckpt, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_cli_export_and_verify_exit_codes(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["verify", str(tmp_path / "onnx"), "--checkpoint", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    assert "all graphs match" in result.output
+    # A checkpoint that differs from the exported one is a failed check: exit code 1.
+    other = tmp_path / "other"
+    model = tiny()
+    perturb(model, seed=1)
+    save(model, other)
+    result = runner.invoke(cli, ["verify", str(tmp_path / "onnx"), "--checkpoint", str(other)])
+    assert result.exit_code == 1
+    assert "MISMATCH" in result.output
+    # Bad input: exit code 2 with a one-line reason.
+    result = runner.invoke(cli, ["export", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "model.json" in result.output
