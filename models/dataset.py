@@ -44,13 +44,16 @@ KINETICS_STD: tuple[float, float, float] = (0.22803, 0.22145, 0.216989)
 def normalize_clip(
     clip: np.ndarray, mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD
 ) -> torch.Tensor:
-    """RGB uint8 ``[T, H, W, 3]`` → float32 ``[3, T, H, W]``, ``(x / 255 - mean) / std`` per channel."""
+    """RGB uint8 ``[T, H, W, 3]`` → float32 ``[3, T, H, W]``, ``(x / 255 - mean) / std`` per channel.
+
+    Done in numpy: on a busy 2-core machine torch's thread pool made this 21 ms a clip instead of 0.3 ms.
+    """
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
         raise ValueError(f"clip must be uint8 [T, H, W, 3], got {clip.dtype} {list(clip.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-    return x.sub_(m).div_(s)
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1, 1)
+    x = np.ascontiguousarray(clip.transpose(3, 0, 1, 2)).astype(np.float32) / np.float32(255.0)
+    return torch.from_numpy((x - m) / s)
 
 
 def _check_input_spec(frames: int, size: int, mean: Sequence[float], std: Sequence[float]) -> None:

@@ -56,9 +56,9 @@ MOTION_LEVELS: tuple[str, ...] = ("static", "slow", "fast")
 # unambiguous with every 2nd frame (a triangle repeats every 120°, so steps up to 60° keep their direction)
 # but reverses apparent direction with every 4th frame.
 SPEEDS: dict[str, dict[str, tuple[float, float]]] = {
-    "translate": {"slow": (0.010, 0.018), "fast": (0.035, 0.050)},
-    "rotate": {"slow": (3.0, 7.0), "fast": (20.0, 28.0)},
-    "scale": {"slow": (0.012, 0.020), "fast": (0.040, 0.055)},
+    "translate": {"slow": (0.015, 0.025), "fast": (0.040, 0.055)},
+    "rotate": {"slow": (4.0, 8.0), "fast": (20.0, 28.0)},
+    "scale": {"slow": (0.015, 0.025), "fast": (0.040, 0.055)},
 }
 _KIND = {"left": "translate", "right": "translate", "up": "translate", "down": "translate"}
 _KIND.update({"cw": "rotate", "ccw": "rotate", "grow": "scale", "shrink": "scale"})
@@ -77,7 +77,7 @@ class SyntheticSpec:
     size: int = 64
     fps: int = 16
     noise: tuple[float, float] = (2.0, 6.0)
-    radius: tuple[float, float] = (0.10, 0.15)  # object size (equal-area disc radius), fraction of the frame
+    radius: tuple[float, float] = (0.14, 0.20)  # object size (equal-area disc radius), fraction of the frame
 
     def __post_init__(self) -> None:
         if self.frames < 2:
