@@ -1,0 +1,116 @@
+"""The main job of ``./build.sh``: checkpoint → ONNX → parity check → engines → short benchmark.
+
+On a fresh machine it deploys the shipped demo checkpoint on the embedded default (ONNX Runtime, CPU) and
+says where everything is and what to run next. Every stage is the same function the ``vared2`` verbs call.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from vared2.cli import CheckFailed, run_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"
+
+
+def step(title: str) -> float:
+    click.secho(f"==> {title}", bold=True, err=True)
+    return time.perf_counter()
+
+
+def done(start: float) -> None:
+    click.echo(f"    done in {time.perf_counter() - start:.1f} s", err=True)
+
+
+def write_sample_video(path: Path, clips: int = 6, seed: int = 7) -> Path:
+    """A short MP4 of consecutive synthetic clips (static and moving), to try ``vared2 infer`` on."""
+    import numpy as np
+
+    from vared2.models.synthetic import generate
+    from vared2.models.video_io import write_video
+
+    frames = np.concatenate([clip.frames for clip in generate(clips, seed=seed)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.mp4")
+    write_video(tmp, frames)
+    tmp.replace(path)
+    return path
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEMO_CHECKPOINT,
+    show_default=True,
+    help="The checkpoint directory to deploy (model.safetensors + model.json).",
+)
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--fp16", is_flag=True, help="Build fp16 engines (TensorRT only).")
+@click.option("--max-batch", default=8, show_default=True, help="Largest batch the engines serve.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=ROOT / "artifacts",
+    show_default=True,
+    help="Where the ONNX files, engines and benchmark go.",
+)
+@click.option("--name", default=None, help="Name of the deployment (default: the checkpoint folder's name).")
+@click.option("--skip-bench", is_flag=True, help="Stop after building and verifying the engines.")
+def main(
+    checkpoint: Path, backend: str, fp16: bool, max_batch: int, out: Path, name: str | None, skip_bench: bool
+) -> None:
+    """Deploy CHECKPOINT: export, verify parity, build one engine per bucket, benchmark."""
+    from vared2.engines.build import build_engines
+    from vared2.export.onnx_export import export_checkpoint
+    from vared2.export.verify import verify_checkpoint
+
+    name = name or ("demo" if checkpoint.resolve() == DEMO_CHECKPOINT else checkpoint.resolve().name)
+    onnx_dir, engine_dir = out / "onnx" / name, out / "engines" / name
+
+    start = step(f"export {checkpoint} → {onnx_dir}")
+    exported = run_stage(lambda: export_checkpoint(checkpoint, onnx_dir))
+    done(start)
+
+    start = step("verify: every graph through ONNX Runtime against PyTorch eager")
+
+    def verify() -> None:
+        report = verify_checkpoint(onnx_dir, checkpoint)
+        click.echo(report.table())
+        if not report.passed:
+            raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
+
+    run_stage(verify)
+    done(start)
+
+    start = step(f"build {backend} engines → {engine_dir}")
+    run_stage(lambda: build_engines(onnx_dir, engine_dir, backend=backend, fp16=fp16, max_batch=max_batch))
+    done(start)
+
+    if not skip_bench:
+        start = step("benchmark (short run; `vared2 bench` for a full one)")
+        from vared2.bench import run_bench
+
+        run_stage(lambda: run_bench(engine_dir, warmup_ms=200, iterations=10, duration_s=1.0))
+        done(start)
+
+    sample = out / "samples" / "sample.mp4"
+    if not sample.exists():
+        write_sample_video(sample)
+    click.secho("\nvared2 is deployed.", bold=True)
+    click.echo(f"  checkpoint   {checkpoint}")
+    click.echo(f"  ONNX         {exported.directory}")
+    click.echo(f"  engines      {engine_dir}   ({backend})")
+    click.echo("\nNext:")
+    click.echo(f"  .venv/bin/vared2 infer {engine_dir} {sample}")
+    click.echo(f"  .venv/bin/vared2 bench {engine_dir}")
+    click.echo(f"  python -c 'from vared2.runtime import Runtime; rt = Runtime.open(\"{engine_dir}\")'")
+
+
+if __name__ == "__main__":
+    main(prog_name="./build.sh", args=sys.argv[1:])
