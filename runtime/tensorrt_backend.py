@@ -12,12 +12,16 @@ a *worker* (execution contexts, a stream and buffers of their own) from a pool; 
 ``tensorrt`` and ``pycuda`` are imported here only, when a TensorRT engine directory is opened. CUDA graphs
 (``cuda_graphs=True``) additionally need ``cuda-python`` (pycuda has no graph API); each worker captures one graph
 per engine, batch size and input address on its second use and replays it afterwards.
+
+``_Worker.time_gate`` / ``time_bucket`` run the same engines timed with CUDA events (trtexec's H2D, GPU compute,
+D2H and enqueue times) for ``vared2 bench``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +102,7 @@ class _Worker:
         self.logits_device = cuda.mem_alloc(self.logits_host.nbytes)
         self.graphs: dict[tuple[int, int, int], Any] | None = {} if graphs else None
         self.seen: set[tuple[int, int, int]] = set()
+        self._events: list[Any] | None = None
 
     def _execute(self, key: tuple[int, int, int], context: Any) -> None:
         """``execute_async_v3`` on this worker's stream, or the CUDA graph captured for ``key``."""
@@ -150,6 +155,69 @@ class _Worker:
         self.cuda.memcpy_dtoh_async(out, self.logits_device, self.stream)
         self.stream.synchronize()
         return out.copy()
+
+    # ---- timing hooks for vared2.bench (trtexec's Enqueue Time, H2D Latency, GPU Compute Time, D2H Latency) ----
+    def _timing_events(self) -> list[Any]:
+        if self._events is None:
+            self._events = [self.cuda.Event() for _ in range(4)]
+        return self._events
+
+    def time_gate(self, clip: np.ndarray) -> tuple[GateOutput, dict[str, float]]:
+        """One gate run as ``run_gate``, timed with CUDA events on this worker's stream: ``h2d`` (the clip),
+        ``compute``, ``d2h`` (``bucket_logits``) in device milliseconds and ``enqueue`` (host milliseconds of
+        ``execute_async_v3``)."""
+        n = clip.shape[0]
+        host = self.clip_host[:n]
+        np.copyto(host, clip)
+        context = self.gate_context
+        context.set_input_shape("clip", tuple(clip.shape))
+        context.set_tensor_address("clip", int(self.clip_device))
+        context.set_tensor_address("features", int(self.features))
+        context.set_tensor_address("bucket_logits", int(self.bucket_logits_device))
+        start, copied, computed, done = self._timing_events()
+        start.record(self.stream)
+        self.cuda.memcpy_htod_async(self.clip_device, host, self.stream)
+        copied.record(self.stream)
+        t0 = time.perf_counter()
+        self._execute((-1, n, int(self.clip_device)), context)
+        enqueue = (time.perf_counter() - t0) * 1e3
+        computed.record(self.stream)
+        logits = self.bucket_logits_host[:n]
+        self.cuda.memcpy_dtoh_async(logits, self.bucket_logits_device, self.stream)
+        done.record(self.stream)
+        self.stream.synchronize()
+        times = {
+            "enqueue": enqueue,
+            "h2d": copied.time_since(start),
+            "compute": computed.time_since(copied),
+            "d2h": done.time_since(computed),
+        }
+        return GateOutput(batch=n, bucket_logits=logits.copy(), features=self.features), times
+
+    def time_bucket(self, bucket: int, gate: GateOutput) -> dict[str, float]:
+        """One run of bucket ``bucket`` on all rows of ``gate``'s device features, timed like ``time_gate``.
+        The features stay on the device (the serving path), so ``h2d`` is 0; ``d2h`` is the logits."""
+        n = gate.batch
+        context = self.bucket_contexts[bucket]
+        feat_shape = tuple(context.engine.get_tensor_shape("features"))[1:]
+        context.set_input_shape("features", (n, *feat_shape))
+        context.set_tensor_address("features", int(gate.features))
+        context.set_tensor_address("logits", int(self.logits_device))
+        start, _, computed, done = self._timing_events()
+        start.record(self.stream)
+        t0 = time.perf_counter()
+        self._execute((bucket, n, int(gate.features)), context)
+        enqueue = (time.perf_counter() - t0) * 1e3
+        computed.record(self.stream)
+        self.cuda.memcpy_dtoh_async(self.logits_host[:n], self.logits_device, self.stream)
+        done.record(self.stream)
+        self.stream.synchronize()
+        return {
+            "enqueue": enqueue,
+            "h2d": 0.0,
+            "compute": computed.time_since(start),
+            "d2h": done.time_since(computed),
+        }
 
 
 def _check(result: Any) -> Any:
