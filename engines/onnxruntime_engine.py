@@ -56,6 +56,8 @@ TOLERANCE = 1e-4
 class ParityError(RuntimeError):
     """An engine's output differs from its source ONNX beyond the tolerance: the build fails."""
 
+    failed_check = True  # the CLI's exit code 1
+
 
 @dataclass
 class PackStats:

@@ -272,6 +272,11 @@ def train(
         }
         save(model, out_dir)
         save_training_state(out_dir, optimizer, epoch, history, config)
+        tqdm.write(
+            f"epoch {epoch}/{config.epochs}: loss {stats.loss:.3f}  train acc {stats.train_accuracy:.3f}  "
+            f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full  tau {tau:.2f}  buckets {histogram}",
+            file=sys.stderr,
+        )
         if on_epoch:
             on_epoch(stats)
     return history

@@ -22,18 +22,25 @@ T = TypeVar("T")
 class CheckFailed(Exception):
     """A verification ran and its result is negative (exit code 1)."""
 
+    failed_check = True
+
 
 def run_stage(action: Callable[[], T]) -> T:
-    """Run one stage, turning the errors users cause into a one-line reason and exit code 2."""
+    """Run one stage, turning the errors users cause into a one-line reason and exit code 2, and failed
+    checks into exit code 1. Stages mark "a check ran and failed" errors (an engine's parity, say) with a
+    class attribute ``failed_check = True``, so the CLI need not import them."""
     try:
         return action()
-    except CheckFailed as err:
-        click.echo(f"vared2: check failed: {err}", err=True)
-        sys.exit(1)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as err:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        # KeyError's str() adds quotes; a bucket-name error is both a KeyError and a ValueError.
         reason = err.args[0] if isinstance(err, KeyError) and err.args else err
         click.echo(f"vared2: error: {reason}", err=True)
         sys.exit(2)
+    except Exception as err:
+        if not getattr(err, "failed_check", False):
+            raise
+        click.echo(f"vared2: check failed: {err}", err=True)
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -178,6 +185,49 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
             raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
 
     run_stage(check)
+
+
+@cli.command()
+@click.argument("onnx_dir", type=existing_dir)
+@click.option("--out", "out", type=out_dir, required=True, help="Engine directory to write.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--fp16", is_flag=True, help="fp16 engines (TensorRT).")
+@click.option("--max-batch", default=8, show_default=True, help="Largest batch (TensorRT's profile maximum).")
+@click.option("--opt-batch", default=1, show_default=True, help="The batch TensorRT optimizes for.")
+@click.option("--threads", type=int, default=None, help="Default CPU threads per session (ONNX Runtime).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT timing cache file.")
+@click.option("--no-plugins", is_flag=True, help="TensorRT: parse the ONNX local functions instead of the plugins.")
+@click.option("--force", is_flag=True, help="Rebuild even when the engine directory is up to date.")
+def build(
+    onnx_dir: Path,
+    out: Path,
+    backend: str,
+    fp16: bool,
+    max_batch: int,
+    opt_batch: int,
+    threads: int | None,
+    timing_cache: Path | None,
+    no_plugins: bool,
+    force: bool,
+) -> None:
+    """Build one engine per bucket (and one for the gate) from the ONNX files in ONNX_DIR."""
+    from vared2.engines.build import build_engines
+
+    path = run_stage(
+        lambda: build_engines(
+            onnx_dir,
+            out,
+            backend=backend,
+            fp16=fp16,
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            threads=threads,
+            timing_cache=timing_cache,
+            use_plugins=not no_plugins,
+            force=force,
+        )
+    )
+    click.echo(f"engines: {path}")
 
 
 @cli.command()
