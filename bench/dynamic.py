@@ -1,0 +1,189 @@
+"""The dynamic workload: labelled videos through ``Runtime.classify`` (gate + the chosen bucket) against the static
+full engine (the same calls with bucket 0 forced), clip by clip.
+
+Clips are prepared exactly as for training and evaluation: every frame decoded and prepared by the runtime's own
+video code (``vared2.runtime.video``: short side resized, centre crop), then the manifest's ``frames`` picked
+uniformly — the centre of each of ``frames`` equal segments (the rule of ``vared2.models.video_io``, repeated here
+because the bench may not import the training stack). Decoding happens before any timing.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vared2.runtime import Result, Runtime
+from vared2.runtime.video import decode
+
+from .stats import Stats
+
+
+@dataclass(frozen=True)
+class LabelledClip:
+    path: Path
+    label: str
+    clip: np.ndarray  # uint8 [T, S, S, 3]
+
+
+def sample_indices(num_frames: int, frames: int) -> list[int]:
+    """``frames`` indices spread over ``num_frames``: the centre of each of ``frames`` equal segments."""
+    if num_frames < frames:
+        raise ValueError(f"cannot sample {frames} distinct frames from a video of {num_frames} frames")
+    return [(2 * i + 1) * num_frames // (2 * frames) for i in range(frames)]
+
+
+def read_list(data: Path | str, split: str = "val") -> list[tuple[Path, str]]:
+    """``(video, label)`` rows of ``DATA_DIR/<split>.csv`` (or of a CSV file given directly): ``path,label[,…]``
+    with paths relative to the CSV's folder."""
+    data = Path(data)
+    csv_path = data / f"{split}.csv" if data.is_dir() else data
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: no such file (--data takes a directory with {split}.csv, or a CSV)")
+    rows = []
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{csv_path}: expected a header with columns path,label[,motion], got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise ValueError(f"{csv_path}:{line}: empty path or label")
+            rows.append((csv_path.parent / row["path"], row["label"]))
+    if not rows:
+        raise ValueError(f"{csv_path}: no videos listed")
+    return rows
+
+
+def load_clips(rt: Runtime, data: Path | str, limit: int | None = None) -> list[LabelledClip]:
+    """Decode the listed videos into model clips; labels must be the engine's class names."""
+    spec = rt.manifest.model
+    rows = read_list(data)
+    if limit is not None:
+        rows = rows[:limit]
+    known = set(spec.labels)
+    clips = []
+    for path, label in rows:
+        if label not in known:
+            raise ValueError(
+                f"{path}: label {label!r} is not one of the engine's classes ({', '.join(spec.labels)}); "
+                "was this engine trained on this data set?"
+            )
+        frames = [f.rgb for f in decode(path, spec.size, spec.resize_to)]
+        picked = np.stack([frames[i] for i in sample_indices(len(frames), spec.frames)])
+        clips.append(LabelledClip(path, label, picked))
+    return clips
+
+
+@dataclass
+class WorkloadResult:
+    """One way of serving the clips: per-clip latency, cost and correctness."""
+
+    latency_ms: list[float]
+    gflops: list[float]
+    correct: list[bool]
+    buckets: list[int]
+
+    @property
+    def mean_ms(self) -> float:
+        return float(np.mean(self.latency_ms))
+
+    @property
+    def mean_gflops(self) -> float:
+        return float(np.mean(self.gflops))
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct))
+
+    def to_dict(self, names: Sequence[str], percentiles: Sequence[float], samples: bool = True) -> dict[str, Any]:
+        counts = Counter(self.buckets)
+        out: dict[str, Any] = {
+            "mean_ms": self.mean_ms,
+            "latency": Stats.of(self.latency_ms, percentiles).to_dict(),
+            "mean_gflops": self.mean_gflops,
+            "accuracy": self.accuracy,
+            "bucket_counts": {names[b]: counts[b] for b in sorted(counts)},
+        }
+        if samples:
+            out["samples_ms"] = list(self.latency_ms)
+        return out
+
+
+@dataclass
+class DynamicResult:
+    """The dynamic workload against the static full engine on the same clips."""
+
+    data: str
+    clips: int
+    dynamic: WorkloadResult
+    full: WorkloadResult
+    full_gflops: float  # gate + bucket 0
+
+    @property
+    def flops_fraction(self) -> float:
+        """Mean GFLOPs of the dynamic path ÷ the static full path (the gate counted in both)."""
+        return self.dynamic.mean_gflops / self.full_gflops
+
+    @property
+    def latency_fraction(self) -> float:
+        return self.dynamic.mean_ms / self.full.mean_ms
+
+    @property
+    def target_ratio(self) -> float:
+        """Dynamic mean latency ÷ (its FLOPs fraction × the full mean latency); issue 7 wants ≤ 1.1."""
+        return self.dynamic.mean_ms / (self.flops_fraction * self.full.mean_ms)
+
+    def to_dict(self, names: Sequence[str], percentiles: Sequence[float], samples: bool = True) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "clips": self.clips,
+            "dynamic": self.dynamic.to_dict(names, percentiles, samples),
+            "static_full": self.full.to_dict(names, percentiles, samples),
+            "flops_fraction": self.flops_fraction,
+            "latency_fraction": self.latency_fraction,
+            "target_ratio": self.target_ratio,
+        }
+
+
+def run_dynamic(
+    rt: Runtime,
+    data: Path | str,
+    *,
+    warmup_ms: float = 200.0,
+    limit: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DynamicResult:
+    """Classify every clip twice, interleaved so drifts in machine load hit both alike: through the gate's choice,
+    and with bucket 0 forced. Latency is the host wall time of each ``classify`` call (batch 1)."""
+    clips = load_clips(rt, data, limit)
+    if progress is not None:
+        progress(f"dynamic workload: {len(clips)} clips from {data}")
+    start = time.perf_counter()
+    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+        rt.classify(clips[0].clip)
+        rt.classify(clips[0].clip, bucket=0)
+
+    def timed(clip: np.ndarray, **kwargs: Any) -> tuple[Result, float]:
+        t0 = time.perf_counter()
+        result = rt.classify(clip, **kwargs)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        assert isinstance(result, Result)
+        return result, elapsed
+
+    dynamic = WorkloadResult([], [], [], [])
+    full = WorkloadResult([], [], [], [])
+    for item in clips:
+        for kwargs, into in (({}, dynamic), ({"bucket": 0}, full)):
+            result, ms = timed(item.clip, **kwargs)
+            into.latency_ms.append(ms)
+            into.gflops.append(result.gflops)
+            into.correct.append(result.label == item.label)
+            into.buckets.append(result.bucket)
+    full_gflops = rt.manifest.gate.gflops + rt.manifest.buckets[0].gflops
+    return DynamicResult(str(data), len(clips), dynamic, full, full_gflops)

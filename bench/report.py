@@ -1,0 +1,253 @@
+"""What ``vared2 bench`` found: per-bucket results, the efficiency table, and the files it writes
+(``--json``, ``--latency-table``, ``--plot``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ceiling import ConvOnly
+from .dynamic import DynamicResult
+from .timing import Trace
+
+LATENCY_TABLE_FORMAT = "vared2-latency-table"
+LATENCY_TABLE_VERSION = 1
+
+
+def policy_string(policy: tuple[tuple[int, int], ...]) -> str:
+    """``((1, 1), (0, 0))`` → ``t1c1/t0c0``."""
+    return "/".join(f"t{pt}c{pc}" for pt, pc in policy)
+
+
+@dataclass
+class BucketResult:
+    """One bucket engine timed alone on the gate's features, against the full bucket."""
+
+    id: int
+    name: str
+    policy: tuple[tuple[int, int], ...]
+    gflops: float
+    trace: Trace
+    full_gflops: float
+    full_median_ms: float
+    conv_only: ConvOnly | None = None
+
+    @property
+    def median_ms(self) -> float:
+        return self.trace.latency.median
+
+    @property
+    def flops_fraction(self) -> float:
+        return self.gflops / self.full_gflops
+
+    @property
+    def latency_fraction(self) -> float:
+        return self.median_ms / self.full_median_ms
+
+    @property
+    def speedup(self) -> float:
+        return self.full_median_ms / self.median_ms
+
+    @property
+    def efficiency(self) -> float:
+        """FLOPs fraction ÷ latency fraction: 1 when time falls exactly with FLOPs."""
+        return self.flops_fraction / self.latency_fraction
+
+    @property
+    def ceiling(self) -> float | None:
+        return None if self.conv_only is None else self.conv_only.ceiling
+
+    @property
+    def of_ceiling(self) -> float | None:
+        """Efficiency ÷ ceiling: how much of what its convolutions allow the whole bucket reaches."""
+        return None if self.ceiling is None else self.efficiency / self.ceiling
+
+    def to_dict(self, samples: bool = True) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "policy": [list(p) for p in self.policy],
+            "gflops": self.gflops,
+            "flops_fraction": self.flops_fraction,
+            "median_ms": self.median_ms,
+            "latency_fraction": self.latency_fraction,
+            "speedup": self.speedup,
+            "efficiency": self.efficiency,
+            "ceiling": self.ceiling,
+            "efficiency_over_ceiling": self.of_ceiling,
+            "conv_only": None if self.conv_only is None else self.conv_only.to_dict(samples),
+            "trace": self.trace.to_dict(samples),
+        }
+
+
+@dataclass
+class BenchReport:
+    """Every number of one ``vared2 bench`` run (``to_dict`` is the ``--json`` file)."""
+
+    engine_dir: str
+    engine: dict[str, Any]  # name, backend, version, precision, device, max batch
+    host: dict[str, Any]
+    settings: dict[str, Any]
+    gate: Trace
+    gate_gflops: float
+    buckets: list[BucketResult]
+    dynamic: DynamicResult | None = None
+    ceiling_note: str | None = None
+    load_average: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def full(self) -> BucketResult:
+        return self.buckets[0]
+
+    @property
+    def gate_fraction(self) -> float:
+        """The gate's median latency ÷ the full bucket's."""
+        return self.gate.latency.median / self.full.median_ms
+
+    @property
+    def unstable(self) -> list[str]:
+        names = ["gate"] if self.gate.unstable else []
+        return names + [f"bucket {b.id} ({b.name})" for b in self.buckets if b.trace.unstable]
+
+    def table(self) -> str:
+        """The efficiency table (plain text, aligned)."""
+        head = (
+            f"{'id':>2}  {'bucket':<24} {'policy':<20} {'GFLOPs':>7} {'FLOPs':>6} {'median ms':>10} "
+            f"{'speedup':>7} {'effic.':>6} {'ceiling':>7} {'eff/ceil':>8}"
+        )
+        lines = [head, "-" * len(head)]
+        for b in self.buckets:
+            ceiling = "-" if b.ceiling is None else f"{b.ceiling:.2f}"
+            of_ceiling = "-" if b.of_ceiling is None else f"{b.of_ceiling:.2f}"
+            lines.append(
+                f"{b.id:>2}  {b.name:<24} {policy_string(b.policy):<20} {b.gflops:>7.3f} {b.flops_fraction:>6.1%} "
+                f"{b.median_ms:>10.3f} {b.speedup:>6.2f}x {b.efficiency:>6.2f} {ceiling:>7} {of_ceiling:>8}"
+            )
+        lines.append(
+            f"gate: median {self.gate.latency.median:.3f} ms = {self.gate_fraction:.2%} of the full bucket "
+            f"({self.gate_gflops:.4g} GFLOPs)"
+        )
+        if self.ceiling_note:
+            lines.append(f"ceiling: {self.ceiling_note}")
+        if self.dynamic is not None:
+            d = self.dynamic
+            lines += [
+                "",
+                f"dynamic workload: {d.clips} clips from {d.data} (batch 1, gate + chosen bucket vs bucket 0 forced)",
+                f"{'':<12} {'mean ms':>9} {'median ms':>10} {'mean GFLOPs':>12} {'accuracy':>9}",
+                f"{'dynamic':<12} {d.dynamic.mean_ms:>9.3f} {_median(d.dynamic.latency_ms):>10.3f} "
+                f"{d.dynamic.mean_gflops:>12.4f} {d.dynamic.accuracy:>9.2%}",
+                f"{'static full':<12} {d.full.mean_ms:>9.3f} {_median(d.full.latency_ms):>10.3f} "
+                f"{d.full.mean_gflops:>12.4f} {d.full.accuracy:>9.2%}",
+                f"FLOPs fraction {d.flops_fraction:.3f}, latency fraction {d.latency_fraction:.3f}; "
+                f"mean latency ÷ (FLOPs fraction × full) = {d.target_ratio:.3f}",
+            ]
+        return "\n".join(lines)
+
+    def to_dict(self, samples: bool = True) -> dict[str, Any]:
+        names = [b.name for b in self.buckets]
+        return {
+            "format": "vared2-bench",
+            "version": 1,
+            "engine_dir": self.engine_dir,
+            "engine": self.engine,
+            "host": self.host,
+            "settings": self.settings,
+            "load_average": self.load_average,
+            "gate": {
+                "gflops": self.gate_gflops,
+                "median_ms": self.gate.latency.median,
+                "fraction_of_full": self.gate_fraction,
+                "trace": self.gate.to_dict(samples),
+            },
+            "buckets": [b.to_dict(samples) for b in self.buckets],
+            "ceiling_note": self.ceiling_note,
+            "dynamic": None
+            if self.dynamic is None
+            else self.dynamic.to_dict(names, self.settings["percentiles"], samples),
+            "unstable": self.unstable,
+        }
+
+    def latency_table(self) -> dict[str, Any]:
+        """The measured per-bucket latency in a form training can read (bucket name → median ms)."""
+        return {
+            "format": LATENCY_TABLE_FORMAT,
+            "version": LATENCY_TABLE_VERSION,
+            "statistic": "median",
+            "unit": "ms",
+            "batch": self.settings["batch"],
+            "engine": self.engine["name"],
+            "backend": self.engine["backend"],
+            "backend_version": self.engine["backend_version"],
+            "precision": self.engine["precision"],
+            "device": self.engine["device"],
+            "host": self.host,
+            "threads": self.settings["threads"],
+            "gate_ms": self.gate.latency.median,
+            "buckets": {b.name: b.median_ms for b in self.buckets},
+            "bucket_ids": {b.name: b.id for b in self.buckets},
+            "gflops": {b.name: b.gflops for b in self.buckets},
+        }
+
+
+def _median(values: list[float]) -> float:
+    from .stats import median
+
+    return median(values)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Write via a temporary sibling and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(report: BenchReport, path: Path | str) -> Path:
+    return _write_text(Path(path), json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def write_latency_table(report: BenchReport, path: Path | str) -> Path:
+    return _write_text(Path(path), json.dumps(report.latency_table(), indent=2) + "\n")
+
+
+def write_plot(report: BenchReport, path: Path | str) -> Path:
+    """Median latency against GFLOPs per bucket, with the ideal line (latency proportional to FLOPs, through the
+    full bucket's point). matplotlib is imported here only, with the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = report.full
+    xs = [b.gflops for b in report.buckets]
+    ys = [b.median_ms for b in report.buckets]
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    top = max(xs) * 1.08
+    ax.plot([0, top], [0, full.median_ms * top / full.gflops], "--", color="grey", label="ideal: latency ∝ FLOPs")
+    ax.scatter(xs, ys, color="tab:blue", zorder=3, label="bucket (median)")
+    for b in report.buckets:
+        ax.annotate(f"{b.id}: {b.name}\neff {b.efficiency:.2f}", (b.gflops, b.median_ms), fontsize=7,
+                    textcoords="offset points", xytext=(5, -10))  # fmt: skip
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, max(max(ys), full.median_ms) * 1.15)
+    ax.set_xlabel("GFLOPs (multiply-adds) per clip")
+    ax.set_ylabel(f"median latency (ms), batch {report.settings['batch']}")
+    engine = report.engine
+    ax.set_title(f"{engine['name']} — {engine['backend']} {engine['backend_version']}, {engine['precision']}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

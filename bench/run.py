@@ -1,0 +1,249 @@
+"""``vared2 bench ENGINE_DIR``: trtexec-style timing of the gate and of every bucket engine alone, the efficiency
+table with each bucket's ceiling, and optionally the dynamic workload (DESIGN.md §7, issue 7)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from vared2.runtime import Runtime
+
+from .ceiling import measure_ceilings
+from .dynamic import run_dynamic
+from .report import BenchReport, BucketResult, policy_string, write_json, write_latency_table, write_plot
+from .stats import DEFAULT_PERCENTILES, parse_percentiles
+from .timing import Trace, check_settings, measure, summary_lines
+
+#: Seed of the random clip the gate and (through the gate's features) the buckets are timed on.
+SEED = 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def run_bench(
+    engine_dir: str | os.PathLike[str],
+    *,
+    warmup_ms: float = 200.0,
+    iterations: int = 10,
+    duration_s: float = 3.0,
+    percentiles: str | Sequence[float] = DEFAULT_PERCENTILES,
+    batch: int = 1,
+    json_path: str | os.PathLike[str] | None = None,
+    latency_table: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    out: TextIO | None = None,
+    ceiling: bool = True,
+    clips: int | None = None,
+    verify: bool = True,
+) -> BenchReport:
+    """Benchmark an engine directory and print trtexec-style summaries and the efficiency table to ``out``.
+
+    The gate runs on a seeded random uint8 clip batch of ``batch``; each bucket engine runs alone on the gate's
+    ``features`` for it. ``ceiling`` (ONNX Runtime engines; needs ``onnx``) times each bucket's convolutions alone.
+    ``data`` (a directory with ``val.csv``, or a CSV) adds the dynamic workload over its first ``clips`` videos.
+    ``json_path``, ``latency_table`` and ``plot`` name files to write.
+    """
+    out = sys.stdout if out is None else out
+    engine_dir = Path(engine_dir)
+    check_settings(warmup_ms, iterations, duration_s, batch)
+    pcts = parse_percentiles(percentiles)
+    if clips is not None and (isinstance(clips, bool) or not isinstance(clips, int) or clips < 1):
+        raise ValueError(f"--clips: expected an integer >= 1, got {clips!r}")
+    if data is not None and not Path(data).exists():
+        raise FileNotFoundError(f"{data}: no such data directory or CSV file (--data)")
+    load_before = _load_average()
+
+    def say(line: str = "") -> None:
+        print(line, file=out, flush=True)
+
+    rt = Runtime.open(engine_dir, threads=threads, verify=verify)
+    try:
+        manifest = rt.manifest
+        if batch > manifest.max_batch:
+            raise ValueError(f"--batch: {batch} exceeds the engines' max batch {manifest.max_batch} (manifest.json)")
+        device = manifest.backend == "tensorrt"
+        settings = {
+            "warmup_ms": warmup_ms,
+            "iterations": iterations,
+            "duration_s": duration_s,
+            "percentiles": list(pcts),
+            "batch": batch,
+            "threads": threads,
+            "data": None if data is None else str(data),
+            "clips": clips,
+            "seed": SEED,
+        }
+        engine = {
+            "name": manifest.name,
+            "backend": manifest.backend,
+            "backend_version": manifest.backend_version,
+            "precision": manifest.precision,
+            "device": manifest.device,
+            "max_batch": manifest.max_batch,
+            "optimization": manifest.build_options.get("optimization"),
+        }
+        backend = f"{manifest.backend} {manifest.backend_version}"
+        say(f"=== {manifest.name}: {backend}, {manifest.precision}, batch {batch} ===")
+        say(f"Host: {cpu_model()}, {os.cpu_count()} logical CPUs, threads {threads or 'default'}, load {load_before}")
+        say(f"Warmup: {warmup_ms:g} ms, iterations: {iterations}, duration: {duration_s:g} s")
+
+        def timed(step: Any) -> Trace:
+            return measure(
+                step, warmup_ms=warmup_ms, iterations=iterations, duration_s=duration_s, batch=batch, percentiles=pcts
+            )
+
+        def report(title: str, trace: Trace) -> None:
+            say()
+            say(f"--- {title} ---")
+            for line in summary_lines(trace):
+                say(line)
+
+        spec = manifest.model
+        clip = np.random.default_rng(SEED).integers(0, 256, (batch, spec.frames, spec.size, spec.size, 3), np.uint8)
+        rows = np.arange(batch)
+        with rt.backend.session() as session:
+            # TensorRT: the worker's CUDA-event hooks; ONNX Runtime: the serving calls, timed on the host.
+            gate_out = session.run_gate(clip)
+
+            def gate_step() -> dict[str, float] | None:
+                if device:
+                    return session.time_gate(clip)[1]  # type: ignore[attr-defined]
+                session.run_gate(clip)
+                return None
+
+            gate_trace = timed(gate_step)
+            report(f"gate: uint8 clip {list(clip.shape)} → features + bucket logits", gate_trace)
+            traces: list[Trace] = []
+            for entry in manifest.buckets:
+
+                def bucket_step(b: int = entry.id) -> dict[str, float] | None:
+                    if device:
+                        return session.time_bucket(b, gate_out)  # type: ignore[attr-defined]
+                    session.run_bucket(b, gate_out, rows)
+                    return None
+
+                trace = timed(bucket_step)
+                traces.append(trace)
+                report(f"bucket {entry.id}: {entry.name} ({entry.gflops:.4g} GFLOPs)", trace)
+
+        full = manifest.buckets[0]
+        buckets = [
+            BucketResult(e.id, e.name, e.policy, e.gflops, t, full.gflops, traces[0].latency.median)
+            for e, t in zip(manifest.buckets, traces, strict=True)
+        ]
+        note = None
+        if ceiling:
+            note = _ceilings(rt, buckets, engine_dir, batch, threads, warmup_ms, iterations, duration_s, pcts, say)
+        else:
+            note = "not measured (ceiling disabled)"
+        result = BenchReport(
+            engine_dir=str(engine_dir),
+            engine=engine,
+            host=host_info(),
+            settings=settings,
+            gate=gate_trace,
+            gate_gflops=manifest.gate.gflops,
+            buckets=buckets,
+            ceiling_note=note,
+        )
+        if data is not None:
+            say()
+            result.dynamic = run_dynamic(rt, Path(data), warmup_ms=warmup_ms, limit=clips, progress=say)
+    finally:
+        rt.close()
+    result.load_average = {"before": load_before, "after": _load_average()}
+
+    say()
+    say("=== Efficiency (median latency; efficiency = FLOPs fraction ÷ latency fraction) ===")
+    say(result.table())
+    for name in result.unstable:
+        say(f"[W] {name}: unstable timing (coefficient of variance above 2.5 %)")
+    if json_path is not None:
+        say(f"JSON: {write_json(result, Path(json_path))}")
+    if latency_table is not None:
+        say(f"Latency table: {write_latency_table(result, Path(latency_table))}")
+    if plot is not None:
+        say(f"Plot: {write_plot(result, Path(plot))}")
+    return result
+
+
+def _ceilings(
+    rt: Runtime,
+    buckets: list[BucketResult],
+    engine_dir: Path,
+    batch: int,
+    threads: int | None,
+    warmup_ms: float,
+    iterations: int,
+    duration_s: float,
+    pcts: Sequence[float],
+    say: Any,
+) -> str | None:
+    """Measure and attach each bucket's ceiling; a note instead when it cannot be measured here."""
+    if rt.manifest.backend != "onnxruntime":
+        return f"not measured: the ceiling uses ONNX Runtime graphs, these are {rt.manifest.backend} engines"
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return "not measured: needs the onnx package (pip install onnx)"
+    say()
+    started = time.perf_counter()
+    results = measure_ceilings(
+        engine_dir,
+        rt.manifest,
+        batch=batch,
+        threads=threads,
+        warmup_ms=warmup_ms,
+        iterations=iterations,
+        duration_s=duration_s,
+        percentiles=pcts,
+        progress=lambda text: say(f"--- ceiling: {text} ---"),
+    )
+    for b, r in zip(buckets, results, strict=True):
+        b.conv_only = r
+    medians = [f"{policy_string(b.policy)} {b.conv_only.trace.latency.median:.3f} ms" for b in buckets if b.conv_only]
+    say(f"Conv-only graph medians: {', '.join(medians)} ({time.perf_counter() - started:.1f} s)")
+    return None
