@@ -18,6 +18,8 @@ import numpy as np
 from vared2.engines.manifest import Manifest
 from vared2.runtime.backends import DEFAULT_SESSION_CONFIG
 
+SHARED_KEYS = ("session.disable_prepacking", "session.use_env_allocators")
+
 
 @dataclass(frozen=True)
 class OpProfile:
@@ -87,6 +89,8 @@ def profile_bucket(
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         config = {**DEFAULT_SESSION_CONFIG, **manifest.build_options.get("ort_session_config", {})}
+        if manifest.weights is not None:  # session_options_for sets these two itself (ORT warns about repeats)
+            config = {k: v for k, v in config.items() if k not in SHARED_KEYS}
         for key, value in config.items():
             options.add_session_config_entry(str(key), str(value))
         if manifest.weights is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from vared2.runtime import Runtime
 
-from .ceiling import measure_ceilings
+from .ceiling import conv_layers, measure_ceilings
 from .dynamic import run_dynamic
 from .report import BenchReport, BucketResult, policy_string, write_json, write_latency_table, write_plot
 from .stats import DEFAULT_PERCENTILES, parse_percentiles
@@ -244,6 +244,24 @@ def _ceilings(
     )
     for b, r in zip(buckets, results, strict=True):
         b.conv_only = r
+    stem = stem_in_buckets(engine_dir / rt.manifest.gate.file, rt.manifest.buckets[0].gflops, results[0].gflops)
+    for b in buckets:
+        b.stem_gflops = stem
     medians = [f"{policy_string(b.policy)} {b.conv_only.trace.latency.median:.3f} ms" for b in buckets if b.conv_only]
     say(f"Conv-only graph medians: {', '.join(medians)} ({time.perf_counter() - started:.1f} s)")
     return None
+
+
+def stem_in_buckets(gate_file: Path, manifest_full_gflops: float, full_conv_gflops: float) -> float:
+    """The stem's GFLOPs if the manifest's bucket GFLOPs count it, else 0.
+
+    The stem runs in the gate engine (its output is ``features``), but ``vared2.models`` counts it in every
+    bucket's GFLOPs. The gate graph's convolutions are the stem; the manifest counts it when its full-bucket figure
+    is closer to the full bucket's own convolutions *plus* the stem than to them alone.
+    """
+    try:
+        stem = sum(layer.macs for layer in conv_layers(gate_file, batch=1)) / 1e9
+    except ValueError:  # a gate without convolutions: nothing to account for
+        return 0.0
+    with_stem = abs(manifest_full_gflops - (full_conv_gflops + stem))
+    return stem if with_stem < abs(manifest_full_gflops - full_conv_gflops) else 0.0

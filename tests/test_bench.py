@@ -30,6 +30,7 @@ from vared2.bench import (
 )
 from vared2.bench.ceiling import conv_layers, conv_only_model
 from vared2.bench.profile import profile_bucket
+from vared2.bench.run import stem_in_buckets
 from vared2.bench.stats import fmt, perf_string
 from vared2.engines.build import build_engines
 from vared2.engines.ort_toy import write_toy_onnx_dir
@@ -280,7 +281,11 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
         assert trace["latency"]["percentiles"]["99"] == percentile(trace["samples_ms"]["latency"], 99)
         assert b["latency_fraction"] == pytest.approx(b["median_ms"] / full["median_ms"])
         assert b["efficiency"] == pytest.approx(b["flops_fraction"] / b["latency_fraction"])
-        assert b["efficiency_over_ceiling"] == pytest.approx(b["efficiency"] / b["ceiling"])
+        engine_fraction = b["engine_gflops"] / (full["gflops"] - b["stem_gflops"])
+        assert b["engine_efficiency"] == pytest.approx(engine_fraction / b["latency_fraction"])
+        assert b["efficiency_over_ceiling"] == pytest.approx(b["engine_efficiency"] / b["ceiling"])
+        # the toy's stand-in GFLOPs count its stem's weights like the real model counts the stem
+        assert b["stem_gflops"] == pytest.approx(8 * 3 * 9 * FRAMES * SIZE * SIZE / 1e9)
         conv = b["conv_only"]
         assert conv["ceiling"] == pytest.approx(conv["conv_flops_fraction"] / conv["conv_latency_fraction"])
     assert [b["conv_only"]["conv_flops_fraction"] < 1 for b in saved["buckets"]] == [False, True, True]
@@ -348,6 +353,11 @@ def test_conv_only_graph_keeps_every_conv_at_its_real_shape(engines: Path) -> No
     feeds = {f"x{i}": np.ones(layer.input_shape, np.float32) for i, layer in enumerate(narrow)}
     outputs = session.run(None, feeds)
     assert [o.shape for o in outputs] == [layer.output_shape for layer in narrow]
+
+    own = sum(layer.macs for layer in conv_layers(engines / "bucket_0.onnx")) / 1e9
+    stem = 8 * 3 * 9 * FRAMES * SIZE * SIZE / 1e9
+    assert stem_in_buckets(engines / "gate.onnx", own + stem, own) == pytest.approx(stem)
+    assert stem_in_buckets(engines / "gate.onnx", own, own) == 0.0
 
 
 def test_profile_totals_kernel_time_per_op_type(engines: Path) -> None:
