@@ -27,17 +27,18 @@ def done(start: float) -> None:
     click.echo(f"    done in {time.perf_counter() - start:.1f} s", err=True)
 
 
-def write_sample_video(path: Path, clips: int = 6, seed: int = 7) -> Path:
-    """A short MP4 of consecutive synthetic clips (static and moving), to try ``vared2 infer`` on."""
+def write_sample_video(path: Path, frames: int, size: int, clips: int = 6, seed: int = 7) -> Path:
+    """A short MP4 of consecutive synthetic clips (static and moving) of the model's input size, to try
+    ``vared2 infer`` on."""
     import numpy as np
 
     from vared2.models.synthetic import generate
     from vared2.models.video_io import write_video
 
-    frames = np.concatenate([clip.frames for clip in generate(clips, seed=seed)])
+    video = np.concatenate([clip.frames for clip in generate(clips, seed=seed, frames=frames, size=size)])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.mp4")
-    write_video(tmp, frames)
+    write_video(tmp, video)
     tmp.replace(path)
     return path
 
@@ -101,7 +102,10 @@ def main(
 
     sample = out / "samples" / "sample.mp4"
     if not sample.exists():
-        write_sample_video(sample)
+        from vared2.models.checkpoint import read_config
+
+        config, _ = read_config(checkpoint)
+        write_sample_video(sample, config.frames, config.size)
     click.secho("\nvared2 is deployed.", bold=True)
     click.echo(f"  checkpoint   {checkpoint}")
     click.echo(f"  ONNX         {exported.directory}")
