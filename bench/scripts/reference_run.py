@@ -2,7 +2,7 @@
 engines when they exist. Results go to ``--out`` (JSON, latency tables, plots, op profiles) for docs/benchmarks.md.
 
     .venv/bin/python bench/scripts/reference_run.py [--out artifacts/bench/reference] [--threads 2]
-        [--warmup 200] [--iterations 10] [--duration 3] [--data artifacts/data/synth8] [--clips 120]
+        [--warmup 200] [--iterations 10] [--duration 3] [--data artifacts/data/synth8] [--clips N]
 
 Steps:
 
@@ -126,6 +126,38 @@ def profile(engine_dir: Path, report: BenchReport, threads: int | None, out: Pat
     return profiles
 
 
+def markdown(report: BenchReport) -> str:
+    """The efficiency table as Markdown, for docs/benchmarks.md."""
+    rows = [
+        "| id | bucket | GFLOPs | FLOPs | median ms | p90 ms | CoV | speedup | efficiency | eff. (engine) "
+        "| ceiling | eff./ceiling |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in report.buckets:
+        ceiling = "–" if b.ceiling is None else f"{b.ceiling:.2f}"
+        of = "–" if b.of_ceiling is None else f"{b.of_ceiling:.2f}"
+        rows.append(
+            f"| {b.id} | `{b.name}` | {b.gflops:.2f} | {b.flops_fraction:.1%} | {b.median_ms:.1f} "
+            f"| {b.trace.latency.percentile(90):.1f} | {b.trace.latency.cov_percent:.1f} % | {b.speedup:.2f}× "
+            f"| {b.efficiency:.2f} | {b.engine_efficiency:.2f} | {ceiling} | {of} |"
+        )
+    gate = report.gate.latency
+    rows.append(f"\ngate: median {gate.median:.2f} ms = {report.gate_fraction:.2%} of the full bucket")
+    if report.dynamic is not None:
+        d = report.dynamic
+        rows += [
+            "",
+            "| workload | clips | mean ms | mean GFLOPs | accuracy |",
+            "|---|---:|---:|---:|---:|",
+            f"| dynamic (gate + chosen bucket) | {d.clips} | {d.dynamic.mean_ms:.1f} | {d.dynamic.mean_gflops:.2f} "
+            f"| {d.dynamic.accuracy:.1%} |",
+            f"| static full (bucket 0 forced) | {d.clips} | {d.full.mean_ms:.1f} | {d.full.mean_gflops:.2f} "
+            f"| {d.full.accuracy:.1%} |",
+            f"\nFLOPs fraction {d.flops_fraction:.3f}; mean latency ÷ (FLOPs fraction × full) = {d.target_ratio:.3f}",
+        ]
+    return "\n".join(rows)
+
+
 def bench_one(
     name: str, engine_dir: Path, out: Path, args: argparse.Namespace, timing: dict[str, Any], data: Path | None
 ) -> BenchReport:
@@ -146,6 +178,8 @@ def bench_one(
         clips=args.clips,
     )
     profile(engine_dir, report, args.threads, out)
+    (out / "table.md").write_text(markdown(report) + "\n")
+    print("\n" + markdown(report))
     return report
 
 
@@ -159,7 +193,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--data", type=Path, default=None, help="synthetic data (default: artifacts/data/synth*)")
-    parser.add_argument("--clips", type=int, default=120, help="videos of the dynamic workload")
+    parser.add_argument("--clips", type=int, default=None, help="videos of the dynamic workload (default: all)")
     parser.add_argument("--skip-reference", action="store_true", help="only the demo engines")
     args = parser.parse_args()
 
