@@ -110,19 +110,30 @@ def routed_forward(model: VaRed2VideoResNet, features: Tensor, weights: Tensor) 
 def training_loss(
     model: VaRed2VideoResNet, clips: Tensor, labels: Tensor, *, tau: float, config: TrainConfig, gated: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The loss of one batch: cross-entropy, plus the FLOPs term when the gate routes.
+    """The loss of one batch. Returns (loss, the logits whose accuracy is reported, chosen buckets or None).
 
-    Returns (loss, logits, chosen buckets or None)."""
-    if not gated:
+    * static: cross-entropy of the full bucket.
+    * dynamic warm-up (``gated=False``): the full bucket plus one random other bucket ("sandwich"), so the
+      shared weights and every bucket's cheap ops are trained before the gate starts to route.
+    * gated: each sample's Gumbel-sampled bucket (straight-through), the FLOPs term, and the full bucket
+      again, so routing samples away from it does not let the shared weights drift.
+    """
+    if config.static:
         logits = model(clips, bucket=0)
         return F.cross_entropy(logits, labels), logits, None
     features = model.features(clips)
+    full = model.forward_features(features, 0)
+    loss = F.cross_entropy(full, labels)
+    if not gated:
+        other = int(torch.randint(1, len(model.buckets), ())) if len(model.buckets) > 1 else 0
+        loss = loss + F.cross_entropy(model.forward_features(features, other), labels)
+        return loss, full, None
     gate_logits = model.bucket_logits(features)
     weights = F.gumbel_softmax(gate_logits, tau=tau, hard=True)
     logits = routed_forward(model, features, weights)
     costs = bucket_cost_ratios(model).to(gate_logits.device)
     expected = (gate_logits.softmax(dim=1) * costs).sum(dim=1).mean()
-    loss = F.cross_entropy(logits, labels) + config.flops_weight * (expected - config.target_ratio) ** 2
+    loss = loss + F.cross_entropy(logits, labels) + config.flops_weight * (expected - config.target_ratio) ** 2
     return loss, logits, weights.argmax(dim=1)
 
 
