@@ -243,6 +243,65 @@ def infer(engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool,
     run_stage(lambda: run_infer(engine_dir, list(videos), stride=stride, as_json=as_json, threads=threads))
 
 
+@cli.command()
+@click.argument("engine_dir", type=existing_dir)
+@click.option("--warmup", "warmup_ms", default=200.0, show_default=True, help="Warm-up time per engine (ms).")
+@click.option("--iterations", default=10, show_default=True, help="Run at least this many inferences.")
+@click.option("--duration", "duration_s", default=3.0, show_default=True, help="Run for at least this long (s).")
+@click.option("--percentile", "percentiles", default="90,95,99", show_default=True, help="Percentiles to report.")
+@click.option("--batch", default=1, show_default=True, help="Clips per inference.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every number.")
+@click.option(
+    "--latency-table",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Per-bucket latency for latency-aware gate training.",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Latency vs GFLOPs plot (PNG).")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Videos for the dynamic workload (a directory with val.csv, or a CSV).",
+)
+@click.option("--clips", type=int, default=None, help="Use only the first N videos of --data.")
+@click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
+@click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions alone.")
+def bench(
+    engine_dir: Path,
+    warmup_ms: float,
+    iterations: int,
+    duration_s: float,
+    percentiles: str,
+    batch: int,
+    json_path: Path | None,
+    latency_table: Path | None,
+    plot: Path | None,
+    data: Path | None,
+    clips: int | None,
+    threads: int | None,
+    no_ceiling: bool,
+) -> None:
+    """trtexec-style latency per bucket and for the gate, efficiency vs FLOPs, and a dynamic workload."""
+    from vared2.bench import run_bench
+
+    run_stage(
+        lambda: run_bench(
+            engine_dir,
+            warmup_ms=warmup_ms,
+            iterations=iterations,
+            duration_s=duration_s,
+            percentiles=percentiles,
+            batch=batch,
+            json_path=json_path,
+            latency_table=latency_table,
+            plot=plot,
+            data=data,
+            clips=clips,
+            threads=threads,
+            ceiling=not no_ceiling,
+        )
+    )
+
+
 def main() -> None:
     cli(prog_name="vared2")
 
