@@ -178,7 +178,9 @@ def run_dynamic(
 
     dynamic = WorkloadResult([], [], [], [])
     full = WorkloadResult([], [], [], [])
-    for item in clips:
+    for index, item in enumerate(clips, start=1):
+        if progress is not None and index % 50 == 0:
+            progress(f"  {index}/{len(clips)} clips")
         for kwargs, into in (({}, dynamic), ({"bucket": 0}, full)):
             result, ms = timed(item.clip, **kwargs)
             into.latency_ms.append(ms)
