@@ -54,6 +54,7 @@ def run_training(
     frames: int = 8,
     size: int = 56,
     resume: bool = False,
+    init_from: Path | None = None,
     command: str = "",
 ) -> list[EpochStats]:
     """Train a fresh (or resumed) model on ``data`` and keep it in ``out``."""
@@ -72,7 +73,18 @@ def run_training(
         labels=tuple(train_set.classes),
     )
     model = build_model(config_)
+    if init_from is not None and not resume:
+        start = load(Path(init_from))
+        if start.config.to_json() | {"provenance": {}} != model.config.to_json() | {"provenance": {}}:
+            raise ValueError(
+                f"--init-from {init_from}: its architecture differs from this run's "
+                f"({start.config.backbone} w{start.config.width} {start.config.frames}x{start.config.size}, "
+                f"{start.config.num_classes} classes, buckets {list(start.config.buckets)})"
+            )
+        model.load_state_dict(start.state_dict())
     provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
+    if init_from is not None:
+        provenance["init_from"] = {"path": str(init_from), "provenance": load(Path(init_from)).config.provenance}
     return train(model, train_set, val_set, out, config, resume=resume, provenance=provenance)
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     tau_end: float = 0.5
     seed: int = 0
     static: bool = False
+    freeze_bn: bool = False
     threads: int | None = None
 
     def validate(self) -> None:
@@ -82,7 +83,7 @@ def temperature(config: TrainConfig, epoch: int) -> float:
     gated = config.epochs - config.warmup_epochs
     if gated <= 1 or epoch <= config.warmup_epochs:
         return config.tau_start
-    progress = (epoch - config.warmup_epochs) / (gated - 1)
+    progress = (epoch - config.warmup_epochs - 1) / (gated - 1)
     return config.tau_start * (config.tau_end / config.tau_start) ** progress
 
 
@@ -259,6 +260,12 @@ def train(
         tau = temperature(config, epoch)
         generator.manual_seed(config.seed * 1000 + epoch)  # each epoch's order depends on (seed, epoch) only
         model.train()
+        if config.freeze_bn:
+            # Fine-tuning from a trained network: every bucket is normalised with the full network's BatchNorm
+            # statistics, which batches of mixed buckets would otherwise blur.
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm3d):
+                    module.eval()
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):

@@ -92,6 +92,13 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 @click.option("--flops-weight", default=2.0, show_default=True, help="Weight of the FLOPs term in the loss.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
+@click.option(
+    "--init-from",
+    type=existing_dir,
+    default=None,
+    help="Start from this checkpoint's weights (e.g. the static baseline) instead of random ones.",
+)
+@click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (when fine-tuning with --init-from).")
 def train(
     data: Path,
     out: Path,
@@ -109,6 +116,8 @@ def train(
     flops_weight: float,
     seed: int,
     threads: int | None,
+    init_from: Path | None,
+    freeze_bn: bool,
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
     from vared2.models.recipe import run_training
@@ -123,11 +132,21 @@ def train(
             flops_weight=flops_weight,
             seed=seed,
             static=static,
+            freeze_bn=freeze_bn,
             threads=threads,
         )
         command = " ".join(["vared2", *sys.argv[1:]])
         history = run_training(
-            data, out, config, backbone=backbone, width=width, frames=frames, size=size, resume=resume, command=command
+            data,
+            out,
+            config,
+            backbone=backbone,
+            width=width,
+            frames=frames,
+            size=size,
+            resume=resume,
+            init_from=init_from,
+            command=command,
         )
         click.echo(describe(history))
         click.echo(f"checkpoint: {out}")
