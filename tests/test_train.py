@@ -127,3 +127,37 @@ def test_train_rejects_bad_data_with_a_clear_reason(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "c")])
     assert result.exit_code == 2
     assert "train" in result.output and "empty" in result.output
+
+
+def test_freeze_bn_keeps_the_full_networks_statistics(clips: ClipListDataset, tmp_path: Path) -> None:
+    model = tiny_model()
+    before = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    config = TrainConfig(epochs=1, warmup_epochs=0, batch_size=12, freeze_bn=True)
+    train(model, clips, clips, tmp_path / "ft", config)
+    after = dict(model.named_buffers())
+    assert all(torch.equal(after[n], b) for n, b in before.items())
+    assert any(not torch.equal(p, q) for p, q in zip(tiny_model().parameters(), model.parameters(), strict=True))
+
+
+def test_init_from_a_different_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    from vared2.models import save
+    from vared2.models.recipe import run_training
+
+    runner = CliRunner()
+    data = tmp_path / "data"
+    assert (
+        runner.invoke(cli, ["synth", "--out", str(data), "--clips", "24", "--frames", "8", "--size", "40"]).exit_code
+        == 0
+    )
+    save(r2plus1d_18(width=0.25, frames=FRAMES, size=SIZE, num_classes=12), tmp_path / "other")
+    with pytest.raises(ValueError, match="init-from"):
+        run_training(
+            data,
+            tmp_path / "c",
+            TrainConfig(epochs=1),
+            width=0.125,
+            frames=FRAMES,
+            size=SIZE,
+            init_from=tmp_path / "other",
+        )
+    assert not (tmp_path / "c").exists()
