@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vared2.engines.manifest import Manifest, ManifestError, sha256_file, write_engine_dir
-from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, EXPORT_JSON, read_export_spec
+from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, EXPORT_JSON, GRAPH_REWRITE, read_export_spec
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -101,7 +101,7 @@ def build_engines(
 
     options: dict[str, Any]
     if backend == "onnxruntime":
-        options = {"max_batch": max_batch, "threads": threads, "optimization": optimization}
+        options = {"max_batch": max_batch, "threads": threads, "optimization": optimization, "rewrite": GRAPH_REWRITE}
     else:
         options = {"max_batch": max_batch, "fp16": fp16, "opt_batch": opt_batch, "use_plugins": use_plugins}
     key = build_key(onnx_dir, backend, options)

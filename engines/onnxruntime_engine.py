@@ -29,6 +29,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, WeightsEntry, sha256_file
+from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 
 EXPORT_JSON = "export.json"
 # The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
@@ -41,14 +42,18 @@ ALIGNMENT = 4096
 #: Tensors smaller than this stay inside the engine file (shape constants, scalars): sharing them saves
 #: nothing and keeps kernels that need constant inputs at creation time happy.
 MIN_EXTERNAL_BYTES = 1024
-#: ONNX Runtime optimisation levels by name; see ``docs/engines.md`` for why "extended" is the default.
+#: ONNX Runtime optimisation levels by name; see ``docs/performance.md`` for why "all" is the default.
 LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-DEFAULT_LEVEL = "extended"
+#: "all" lets ONNX Runtime run the specialised reconstruction's 2-D depthwise convolutions with its NCHWc kernels
+#: (``vared2.engines.ort_specialize``); the 3-D convolutions are the same at every level (docs/performance.md).
+DEFAULT_LEVEL = "all"
+#: Version of the build-time graph rewrite (part of the build key: a new rewrite rebuilds existing engines).
+GRAPH_REWRITE = "ort-specialize-1"
 #: Parity between an engine and the ONNX file it was built from (same input, fp32).
 TOLERANCE = 1e-4
 
@@ -107,6 +112,8 @@ def pack_weights(
     candidates: list[tuple[str, TensorProto, np.ndarray]] = []
     for file, model in models.items():
         for tensor in model.graph.initializer:
+            if is_specialized_initializer(tensor.name):
+                continue  # per-bucket constants of a specialised reconstruction: small, never shared, kept inline
             array = _tensor_array(tensor)
             if array.nbytes >= min_bytes:
                 candidates.append((file, tensor, array))
@@ -311,12 +318,15 @@ def build_onnxruntime(
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
+    rewrite: bool = True,
 ) -> Manifest:
     """Write the ONNX Runtime engines of ``onnx_dir`` into ``out_dir`` (an empty working directory) and
     return their manifest (not written: ``vared2.engines.build`` does that, atomically).
 
     Every engine is run against its source ONNX on the same seeded input; a difference beyond
-    ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory.
+    ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
+    each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``), so
+    the parity check also checks the rewrite against the exported graph.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     spec = read_export_spec(onnx_dir)
@@ -324,6 +334,8 @@ def build_onnxruntime(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
     models = {file: onnx.load(str(onnx_dir / file)) for file in files}
+    if rewrite:
+        models = {file: specialize(model) for file, model in models.items()}
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)
     for file, model in models.items():
         # save_model would re-externalise by its own rules; the tensors already point into weights.bin.
@@ -376,6 +388,7 @@ def build_onnxruntime(
         build_options={
             "threads": threads,
             "optimization": optimization,
+            "graph_rewrite": GRAPH_REWRITE if rewrite else None,
             # Sessions share one CPU arena (registered by vared2.runtime.shared_weights): docs/engines.md.
             "ort_session_config": {"session.use_env_allocators": "1", "session.disable_prepacking": "1"},
             "weights_alignment": ALIGNMENT,

@@ -1,0 +1,97 @@
+"""Interleaved A/B latency of ONNX files in ONNX Runtime, for a shared, noisy machine.
+
+    .venv/bin/python bench/scripts/perf_ab.py A.onnx B.onnx@all C.onnx [--threads 1] [--reps 15] [--batch 1]
+
+Each argument is an ONNX file, optionally ``@level`` (disabled|basic|extended|all; default extended). Every
+repetition runs each variant once, in a fresh random order, so load spikes hit all variants alike; the table
+gives the median, the interquartile range and the median relative to the first variant. Sessions use the
+runtime's options (sequential execution, intra-op spinning off). Inputs are random: a float input gets
+``max(N(0,1), 0)`` (post-ReLU features), a uint8 input uniform bytes; dynamic axes take ``--batch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session(path: str, level: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def feeds(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arg in sess.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in arg.shape]
+        if arg.type == "tensor(uint8)":
+            out[arg.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            out[arg.name] = np.maximum(rng.standard_normal(shape, dtype=np.float32), 0)
+    return out
+
+
+def time_interleaved(
+    variants: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray]]], reps: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Milliseconds per run of every variant, ``reps`` rounds in shuffled order after ``warmup`` rounds."""
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    order = random.Random(0)
+    for rep in range(warmup + reps):
+        order.shuffle(names)
+        for name in names:
+            sess, feed = variants[name]
+            start = time.perf_counter()
+            sess.run(None, feed)
+            if rep >= warmup:
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def report(samples: dict[str, list[float]]) -> None:
+    first = statistics.median(next(iter(samples.values())))
+    print(f"{'variant':<48} {'median ms':>10} {'q1':>8} {'q3':>8} {'vs first':>9}")
+    for name, values in samples.items():
+        q1, med, q3 = np.percentile(values, [25, 50, 75])
+        print(f"{name:<48} {med:>10.2f} {q1:>8.2f} {q3:>8.2f} {med / first:>9.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    variants = {}
+    for spec in args.models:
+        path, _, level = spec.partition("@")
+        level = level or "extended"
+        sess = session(path, level, args.threads)
+        variants[f"{Path(path).parent.name}/{Path(path).name}@{level}"] = (sess, feeds(sess, args.batch))
+    report(time_interleaved(variants, args.reps))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Build-time specialisation of a bucket graph for ONNX Runtime's CPU kernels (docs/performance.md).
+
+The exported ``vared2::TemporalReconstruct`` / ``vared2::ChannelReconstruct`` nodes carry generic model-local
+functions: a function body cannot see its caller's shapes or compute attributes, so ϕs runs as one depthwise
+3-D ``Conv`` with ``group = out_channels`` over ``Gather(x, k mod C_c)`` (identity filters for the computed
+channels), and the shape arithmetic of both bodies runs at every call (the batch axis is dynamic, so ONNX
+Runtime cannot fold it). An ONNX Runtime engine file is read only by ONNX Runtime, so the builder rewrites each
+custom node into a function of its own, in domain ``vared2.ort``, with every shape and weight fixed:
+
+* ϕs (``ChannelReconstruct``) without ``Gather``: generated channel ``g`` reads computed channel ``g mod C_c``,
+  so the ``G`` generated channels are blocks of ``C_c`` channels that each read ``x`` in order (the last block a
+  prefix ``x[:, :G mod C_c]``). Each block is a depthwise convolution of ``x`` itself. It runs as a 2-D
+  convolution over the free view ``[N, C_c·T, H, W]`` with ``group = C_c·T`` (each filter repeated over ``T``):
+  ONNX Runtime's ``all`` level turns such 2-D depthwise convolutions into its NCHWc kernel, 2–3× faster than
+  the 3-D im2col path, and every block shares one input reorder.
+* The BatchNorm shift of the computed channels (the ``Add`` after ϕs, see ``vared2.export.fold``) is split: the
+  computed channels' part becomes an ``Add`` over ``C_c`` channels instead of ``C_out``; the generated channels'
+  part (zero) folds into the depthwise biases. A ``ReLU`` right after is pushed into the parts (fused into the
+  depthwise convolutions), so nothing runs over all ``C_out`` channels except the one ``Concat``.
+* ϕt (``TemporalReconstruct``): the same broadcast ``Mul`` + ``Add``, with its coefficients and output shape as
+  constants.
+
+Each rewrite is exact up to float summation order (parity is checked by the builder). Specialised functions keep
+the partial convolutions at the top level and their own convolutions inside, so graph tools that look at
+top-level ``Conv`` nodes (the bench's convolution-only ceiling) still see only the partial convolutions. Nodes
+whose parameters are not constants are left as they are (their generic function still runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from vared2.plugins import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
+
+#: Domain of the specialised functions (one per rewritten node); ONNX Runtime inlines them at load.
+SPECIALIZED_DOMAIN = "vared2.ort"
+SPECIALIZED_VERSION = 1
+#: Initializers the rewrite adds are named ``<value>.ort.<part>``; they stay inside the engine file (small, per
+#: bucket, never shared: ``is_specialized_initializer``).
+SPECIALIZED_SUFFIX = ".ort"
+OPSET = 17
+
+
+@dataclass
+class _Graph:
+    """What the rewrite needs to know about the main graph."""
+
+    shapes: dict[str, list[int | None]]
+    constants: Callable[[str], np.ndarray | None]
+    consumers: dict[str, list[NodeProto]]
+    outputs: set[str]
+
+
+@dataclass
+class _Rewrite:
+    """One specialised node: the call in the main graph, its function, its new initializers, what it absorbed."""
+
+    node: NodeProto
+    function: FunctionProto
+    initializers: list[TensorProto] = field(default_factory=list)
+    absorbed: list[NodeProto] = field(default_factory=list)
+
+
+def _analyse(model: ModelProto) -> _Graph:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int | None]] = {}
+    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    initializers = {t.name: t for t in model.graph.initializer}
+    aliases: dict[str, str] = {}
+    constant_nodes: dict[str, TensorProto] = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.domain == "" and node.input[0] in initializers:
+            aliases[node.output[0]] = node.input[0]
+        if node.op_type == "Constant" and node.domain == "":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constant_nodes[node.output[0]] = value
+
+    def constant(name: str) -> np.ndarray | None:
+        name = aliases.get(name, name)
+        tensor = initializers.get(name) or constant_nodes.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    consumers: dict[str, list[NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return _Graph(shapes, constant, consumers, {o.name for o in model.graph.output})
+
+
+def _sole_consumer(graph: _Graph, name: str, op_type: str) -> NodeProto | None:
+    """The only node reading ``name``, if it is a default-domain ``op_type`` and ``name`` is no graph output."""
+    users = graph.consumers.get(name, [])
+    if len(users) != 1 or name in graph.outputs or users[0].op_type != op_type or users[0].domain != "":
+        return None
+    return users[0]
+
+
+def _int64(name: str, values: list[int]) -> NodeProto:
+    tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name)
+    return helper.make_node("Constant", [], [name], value=tensor)
+
+
+def _function(name: str, inputs: list[str], outputs: list[str], nodes: list[NodeProto], doc: str) -> FunctionProto:
+    return helper.make_function(
+        SPECIALIZED_DOMAIN,
+        name,
+        inputs=inputs,
+        outputs=outputs,
+        nodes=nodes,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        doc_string=doc,
+    )
+
+
+def _static_5d(graph: _Graph, name: str) -> tuple[int, int, int, int] | None:
+    """``(C, T, H, W)`` of a ``[N, C, T, H, W]`` value whose axes other than the batch are static."""
+    shape = graph.shapes.get(name)
+    if shape is None or len(shape) != 5 or any(d is None or d < 1 for d in shape[1:]):
+        return None
+    c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
+    return c, t, h, w
+
+
+def _temporal(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
+    dims = _static_5d(graph, node.input[0])
+    scale, shift = graph.constants(node.input[1]), graph.constants(node.input[2])
+    if dims is None or scale is None or shift is None:
+        return None
+    c, tc, h, w = dims
+    factor = scale.shape[0]
+    prefix = f"{node.output[0]}{SPECIALIZED_SUFFIX}"
+    a = numpy_helper.from_array(scale.T.reshape(c, 1, factor, 1, 1).astype(np.float32), f"{prefix}.scale")
+    b = numpy_helper.from_array(shift.T.reshape(c, 1, factor, 1, 1).astype(np.float32), f"{prefix}.shift")
+    body = [
+        _int64("axis", [3]),
+        helper.make_node("Unsqueeze", ["x", "axis"], ["x6"]),  # [N, C, Tc, 1, H, W]
+        helper.make_node("Mul", ["x6", "a"], ["ax"]),  # against [C, 1, R, 1, 1]: [N, C, Tc, R, H, W]
+        helper.make_node("Add", ["ax", "b"], ["y6"]),
+        _int64("shape", [-1, c, factor * tc, h, w]),
+        helper.make_node("Reshape", ["y6", "shape"], ["y"]),
+    ]
+    # Shape inference may not see through the generic function; what follows (ϕs) needs this shape.
+    graph.shapes[node.output[0]] = [None, c, factor * tc, h, w]
+    name = f"{TEMPORAL_RECONSTRUCT}_{index}"
+    function = _function(
+        name, ["x", "a", "b"], ["y"], body, f"TemporalReconstruct factor {factor}, x [N,{c},{tc},{h},{w}]"
+    )
+    call = helper.make_node(name, [node.input[0], a.name, b.name], [node.output[0]], domain=SPECIALIZED_DOMAIN)
+    call.name = node.name or name
+    return _Rewrite(call, function, [a, b])
+
+
+def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
+    dims = _static_5d(graph, node.input[0])
+    weight, bias = graph.constants(node.input[1]), graph.constants(node.input[2])
+    if dims is None or weight is None or bias is None:
+        return None
+    cc, t, h, w = dims
+    generated = weight.shape[0]
+    out_channels = cc + generated
+    prefix = f"{node.output[0]}{SPECIALIZED_SUFFIX}"
+
+    # The exporter's BatchNorm shift (an Add of a per-channel constant) and a ReLU right after it, if present.
+    absorbed: list[NodeProto] = []
+    shift = np.zeros(out_channels)
+    output = node.output[0]
+    relu = False
+    add = _sole_consumer(graph, output, "Add")
+    if add is not None:
+        other = add.input[1] if add.input[0] == output else add.input[0]
+        value = graph.constants(other)
+        if (
+            value is not None
+            and value.size == out_channels
+            and value.shape in {(1, out_channels, 1, 1, 1), (out_channels, 1, 1, 1)}
+        ):
+            shift = value.reshape(-1).astype(np.float64)
+            absorbed.append(add)
+            output = add.output[0]
+            activation = _sole_consumer(graph, output, "Relu")
+            if activation is not None:
+                absorbed.append(activation)
+                output = activation.output[0]
+                relu = True
+
+    inputs = ["x"]
+    args = [node.input[0]]
+    initializers: list[TensorProto] = []
+
+    def parameter(name: str, array: np.ndarray) -> str:
+        tensor = numpy_helper.from_array(np.ascontiguousarray(array.astype(np.float32)), f"{prefix}.{name}")
+        initializers.append(tensor)
+        inputs.append(name)
+        args.append(tensor.name)
+        return name
+
+    body = [_int64("view4", [-1, cc * t, h, w]), helper.make_node("Reshape", ["x", "view4"], ["x4"])]
+    parts = []
+    dw_bias = bias.astype(np.float64) + shift[cc:]
+    for block, start in enumerate(range(0, generated, cc)):
+        n = min(cc, generated - start)
+        source = "x4"
+        if n < cc:  # the last block reads the first n computed channels: T·n planes of the view
+            body += [
+                _int64(f"start{block}", [0]),
+                _int64(f"end{block}", [n * t]),
+                _int64(f"axes{block}", [1]),
+                helper.make_node("Slice", ["x4", f"start{block}", f"end{block}", f"axes{block}"], [f"src{block}"]),
+            ]
+            source = f"src{block}"
+        filters = np.repeat(weight[start : start + n].reshape(n, 1, 3, 3), t, axis=0)  # plane (c, t) → filter c
+        f_name = parameter(f"w{block}", filters)
+        b_name = parameter(f"b{block}", np.repeat(dw_bias[start : start + n], t))
+        made = f"d{block}"
+        body.append(
+            helper.make_node(
+                "Conv", [source, f_name, b_name], [made], group=n * t, kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            )
+        )
+        if relu:
+            body.append(helper.make_node("Relu", [made], [f"{made}r"]))
+            made = f"{made}r"
+        body += [
+            _int64(f"view5_{block}", [-1, n, t, h, w]),
+            helper.make_node("Reshape", [made, f"view5_{block}"], [f"g{block}"]),
+        ]
+        parts.append(f"g{block}")
+
+    kept = "x"
+    if np.any(shift[:cc] != 0):
+        t_name = parameter("shift", shift[:cc].reshape(1, cc, 1, 1, 1))
+        body.append(helper.make_node("Add", ["x", t_name], ["xs"]))
+        kept = "xs"
+    if relu:
+        body.append(helper.make_node("Relu", [kept], ["xr"]))
+        kept = "xr"
+    body.append(helper.make_node("Concat", [kept, *parts], ["y"], axis=1))
+
+    name = f"{CHANNEL_RECONSTRUCT}_{index}"
+    doc = (
+        f"ChannelReconstruct x [N,{cc},{t},{h},{w}] -> {out_channels} channels"
+        + (", + BatchNorm shift" if absorbed else "")
+        + (", ReLU" if relu else "")
+    )
+    function = _function(name, inputs, ["y"], body, doc)
+    call = helper.make_node(name, args, [output], domain=SPECIALIZED_DOMAIN)
+    call.name = node.name or name
+    return _Rewrite(call, function, initializers, absorbed)
+
+
+def is_specialized_initializer(name: str) -> bool:
+    """Whether an initializer was added by ``specialize`` (the weights packer keeps those inside the engine file)."""
+    return name.rpartition(".")[0].endswith(SPECIALIZED_SUFFIX)
+
+
+def _prune(model: ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads (e.g. Identity aliases of replaced parameters), then unused
+    initializers."""
+    while True:
+        used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        keep = [n for n in model.graph.node if any(o in used for o in n.output)]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def specialize(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` with every ``vared2`` node replaced by a shape- and weight-specialised function (see
+    the module docstring). A model without ``vared2`` nodes comes back unchanged (as a copy)."""
+    if not isinstance(model, ModelProto):
+        raise TypeError(f"specialize: expected an onnx.ModelProto, got {type(model).__name__}")
+    result = ModelProto()
+    result.CopyFrom(model)
+    if not any(node.domain == DOMAIN for node in result.graph.node):
+        return result
+    graph = _analyse(result)
+    rewrites: dict[int, _Rewrite] = {}
+    for position, node in enumerate(result.graph.node):
+        if node.domain != DOMAIN:
+            continue
+        make = (
+            _temporal
+            if node.op_type == TEMPORAL_RECONSTRUCT
+            else _channel
+            if node.op_type == CHANNEL_RECONSTRUCT
+            else None
+        )
+        rewrite = make(node, len(rewrites), graph) if make is not None else None
+        if rewrite is not None:
+            rewrites[position] = rewrite
+    if not rewrites:
+        return result
+    absorbed_outputs = {o for r in rewrites.values() for n in r.absorbed for o in n.output}
+    nodes = []
+    for position, node in enumerate(result.graph.node):
+        if position in rewrites:
+            nodes.append(rewrites[position].node)
+        elif not any(o in absorbed_outputs for o in node.output):
+            nodes.append(node)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(t for r in rewrites.values() for t in r.initializers)
+    result.functions.extend(r.function for r in rewrites.values())
+    if not any(node.domain == DOMAIN for node in result.graph.node):
+        kept_functions = [f for f in result.functions if f.domain != DOMAIN]
+        del result.functions[:]
+        result.functions.extend(kept_functions)
+        kept_opsets = [o for o in result.opset_import if o.domain != DOMAIN]
+        del result.opset_import[:]
+        result.opset_import.extend(kept_opsets)
+    result.opset_import.append(helper.make_opsetid(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION))
+    del result.graph.value_info[:]  # stale for the absorbed values; ONNX Runtime infers shapes itself
+    _prune(result)
+    onnx.checker.check_model(result)
+    return result

@@ -1,0 +1,175 @@
+"""The ONNX Runtime engine builder's graph rewrite (``vared2.engines.ort_specialize``): every specialised node
+equals the reference semantics (and the generic function it replaces), whatever the channel split, with and
+without the BatchNorm shift and ReLU it absorbs; a whole exported bucket keeps its outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from vared2.engines.ort_specialize import SPECIALIZED_DOMAIN, is_specialized_initializer, specialize
+from vared2.plugins import DOMAIN, reference
+from vared2.plugins.onnx_functions import OPSET, PLUGIN_ATTRIBUTES, attach_functions
+
+LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray], level: str) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def _layer_model(
+    cc: int, out: int, t: int, h: int, w: int, *, factor: int, post: str, seed: int
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``x`` → [TemporalReconstruct] → ChannelReconstruct → [Add shift [→ Relu]], parameters as initializers
+    (as the exporter writes them); returns the model and its parameters."""
+    rng = np.random.default_rng(seed)
+    g = out - cc
+    params = {
+        "scale": rng.uniform(0.5, 1.5, (factor, cc)).astype(np.float32),
+        "tshift": rng.normal(0, 0.3, (factor, cc)).astype(np.float32),
+        "weight": rng.normal(0, 0.5, (g, 1, 1, 3, 3)).astype(np.float32),
+        "bias": rng.normal(0, 0.3, g).astype(np.float32),
+        "shift": np.concatenate([rng.normal(0, 0.5, cc), np.zeros(g)]).reshape(1, out, 1, 1, 1).astype(np.float32),
+    }
+    nodes, source = [], "x"
+    if factor > 1:
+        node = helper.make_node("TemporalReconstruct", ["x", "scale", "tshift"], ["xt"], domain=DOMAIN, factor=factor)
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in PLUGIN_ATTRIBUTES.items())
+        nodes.append(node)
+        source = "xt"
+    node = helper.make_node("ChannelReconstruct", [source, "weight", "bias"], ["y0"], domain=DOMAIN, out_channels=out)
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in PLUGIN_ATTRIBUTES.items())
+    nodes.append(node)
+    last = "y0"
+    if post in ("add", "add_relu"):
+        nodes.append(helper.make_node("Add", ["y0", "shift"], ["y1"]))
+        last = "y1"
+    if post == "add_relu":
+        nodes.append(helper.make_node("Relu", ["y1"], ["y2"]))
+        last = "y2"
+    used = {i for n in nodes for i in n.input}
+    inits = [numpy_helper.from_array(v, k) for k, v in params.items() if k in used]
+    tc = t // factor
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cc, tc, h, w])],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", out, t, h, w])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return attach_functions(model), params
+
+
+@pytest.mark.parametrize(
+    ("cc", "out", "t", "h", "w", "factor", "post"),
+    [
+        (8, 16, 4, 6, 5, 1, "add_relu"),  # G == C_c: one block, no slice
+        (8, 12, 2, 5, 7, 1, "add"),  # G < C_c: one sliced block
+        (8, 30, 4, 4, 4, 2, "add_relu"),  # G > C_c, not a multiple: two full blocks and a slice; with ϕt
+        (16, 40, 2, 7, 7, 1, "none"),  # no shift to absorb
+        (8, 24, 1, 3, 3, 1, "add_relu"),  # T = 1, tiny planes
+    ],
+)
+@pytest.mark.parametrize("level", ["extended", "all"])
+def test_specialised_layer_matches_reference(
+    cc: int, out: int, t: int, h: int, w: int, factor: int, post: str, level: str
+) -> None:
+    model, p = _layer_model(cc, out, t, h, w, factor=factor, post=post, seed=cc + out + t)
+    x = np.random.default_rng(1).standard_normal((3, cc, t // factor, h, w)).astype(np.float32)
+    # The reference semantics, step by step, in float64.
+    y = torch.from_numpy(x).double()
+    if factor > 1:
+        y = reference.temporal_reconstruct(
+            y, torch.from_numpy(p["scale"]).double(), torch.from_numpy(p["tshift"]).double(), factor
+        )
+    y = reference.channel_reconstruct(
+        y, torch.from_numpy(p["weight"]).double(), torch.from_numpy(p["bias"]).double(), out
+    )
+    if post != "none":
+        y = y + torch.from_numpy(p["shift"]).double()
+    if post == "add_relu":
+        y = torch.relu(y)
+    expected = y.numpy()
+
+    special = specialize(model)
+    onnx.checker.check_model(special, full_check=True)
+    assert not any(n.domain == DOMAIN for n in special.graph.node)
+    assert [n.domain for n in special.graph.node] == [SPECIALIZED_DOMAIN] * (2 if factor > 1 else 1)
+    assert not special.graph.node[-1].output[0].startswith("y0") or post == "none"  # the Add/Relu were absorbed
+    assert all(is_specialized_initializer(t.name) for t in special.graph.initializer)
+    got = _run(special, {"x": x}, level)
+    generic = _run(model, {"x": x}, level)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got, generic, atol=1e-5, rtol=0)
+
+
+def test_model_without_custom_nodes_is_returned_unchanged() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    assert specialize(model) == model
+    with pytest.raises(TypeError, match=r"onnx\.ModelProto"):
+        specialize(b"not a model")  # type: ignore[arg-type]
+
+
+def test_non_constant_parameters_keep_the_generic_function() -> None:
+    """A node whose filters are graph inputs cannot be specialised: it stays a vared2 node with its function."""
+    model, _ = _layer_model(8, 16, 2, 4, 4, factor=1, post="none", seed=0)
+    weight = next(t for t in model.graph.initializer if t.name == "weight")
+    model.graph.input.append(helper.make_tensor_value_info("weight", TensorProto.FLOAT, list(weight.dims)))
+    kept = [t for t in model.graph.initializer if t.name != "weight"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    special = specialize(model)
+    assert [n.domain for n in special.graph.node] == [DOMAIN]
+    assert {f.name for f in special.functions} >= {"ChannelReconstruct"}
+
+
+def test_exported_buckets_keep_their_outputs(tmp_path: Path) -> None:
+    """A tiny r2plus1d_18 with non-trivial BatchNorm and cheap-op parameters: every specialised bucket equals
+    its exported graph, keeps exactly its top-level partial convolutions, and has no vared2 node left."""
+    from vared2.export.onnx_export import export_model
+    from vared2.models import r2plus1d_18
+
+    torch.manual_seed(0)
+    model = r2plus1d_18(width=0.125, frames=4, size=32, num_classes=5)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)
+        for name, param in model.named_parameters():
+            if "channel_weight" in name or "temporal_shift" in name:
+                param.normal_(0, 0.3, generator=g)
+    exported = export_model(model.eval(), tmp_path / "onnx")
+    features = np.maximum(np.random.default_rng(0).standard_normal((2, 8, 4, 16, 16)).astype(np.float32), 0)
+    rewritten = 0
+    for path in exported.buckets:
+        source = onnx.load(str(path))
+        special = specialize(source)
+        assert not any(n.domain == DOMAIN for n in special.graph.node)
+        rewritten += sum(n.domain == SPECIALIZED_DOMAIN for n in special.graph.node)
+        top_convs = [n for n in special.graph.node if n.op_type == "Conv"]
+        assert len(top_convs) == sum(n.op_type == "Conv" for n in source.graph.node)
+        expected = _run(source, {"features": features}, "extended")
+        for level in LEVELS:
+            np.testing.assert_allclose(_run(special, {"features": features}, level), expected, atol=1e-5, rtol=0)
+    assert rewritten > 0
