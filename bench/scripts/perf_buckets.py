@@ -29,6 +29,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ from vared2.engines.build import build_engines, write_engine_dir
 from vared2.engines.manifest import Manifest
 from vared2.engines.onnxruntime_engine import build_onnxruntime
 from vared2.export.onnx_export import export_model
-from vared2.models import r2plus1d_18
+from vared2.models import VaRed2VideoResNet, r2plus1d_18
 from vared2.runtime.backends import OrtBackend, OrtEngine
 
 
-def randomised_model(frames: int, size: int, seed: int = 0) -> torch.nn.Module:
+def randomised_model(frames: int, size: int, seed: int = 0) -> VaRed2VideoResNet:
     """r2plus1d_18 with random weights and non-trivial BatchNorm statistics and cheap-op parameters."""
     torch.manual_seed(seed)
     model = r2plus1d_18(frames=frames, size=size)
@@ -148,7 +149,7 @@ def main() -> None:
         backend = OrtBackend(work / variant, Manifest.load(work / variant), threads=args.threads)
         keep.append(backend)
         for entry, engine in zip(manifest.buckets, backend.buckets, strict=True):
-            steps[f"{variant}/{entry.id}"] = lambda e=engine: e.run({"features": features}, ["logits"])
+            steps[f"{variant}/{entry.id}"] = partial(engine.run, {"features": features}, ["logits"])
     level = manifest.build_options.get("optimization", "all")
     config = manifest.build_options.get("ort_session_config", {})
     tv = OrtEngine(tv_path, threads=args.threads, graph_optimization=level, session_config=config)
@@ -166,7 +167,7 @@ def main() -> None:
             feeds = {
                 f"x{i}": rng.standard_normal(layer.input_shape, dtype=np.float32) for i, layer in enumerate(layers)
             }
-            steps[f"conv/{entry.id}"] = lambda e=engine, f=feeds: e.run(f)
+            steps[f"conv/{entry.id}"] = partial(engine.run, feeds)
             keep.append(engine)
 
     names = list(steps)
