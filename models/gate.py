@@ -32,15 +32,16 @@ class SoftModulationGate(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def descriptor(self, features: Tensor) -> Tensor:
-        """``[N, 2C]``: per-channel temporal mean and mean absolute frame difference of the pooled features."""
+        """``[N, 2C]``: per channel, the mean response and the mean absolute difference between consecutive
+        frames. The difference is taken before spatial pooling: an object moving across a still background
+        barely changes the spatial mean of a feature map, but changes it locally everywhere it passes."""
         if features.dim() != 5 or features.shape[1] != self.in_channels:
             raise ValueError(
                 f"gate input must be [N, {self.in_channels}, T, H, W] stem features, got {list(features.shape)}"
             )
-        pooled = features.mean(dim=(3, 4))  # [N, C, T]
-        appearance = pooled.mean(dim=2)
-        if pooled.shape[2] > 1:
-            motion = (pooled[:, :, 1:] - pooled[:, :, :-1]).abs().mean(dim=2)
+        appearance = features.mean(dim=(2, 3, 4))
+        if features.shape[2] > 1:
+            motion = (features[:, :, 1:] - features[:, :, :-1]).abs().mean(dim=(2, 3, 4))
         else:
             motion = torch.zeros_like(appearance)
         return torch.cat([appearance, motion], dim=1)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from vared2.models.checkpoint import load
+from vared2.models.calibrate import fit_gate, stack_dataset
+from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
 from vared2.models.train import EpochStats, TrainConfig, train
@@ -55,6 +57,7 @@ def run_training(
     size: int = 56,
     resume: bool = False,
     init_from: Path | None = None,
+    fit_gate_after: bool = False,
     command: str = "",
 ) -> list[EpochStats]:
     """Train a fresh (or resumed) model on ``data`` and keep it in ``out``."""
@@ -85,7 +88,16 @@ def run_training(
     provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
     if init_from is not None:
         provenance["init_from"] = {"path": str(init_from), "provenance": load(Path(init_from)).config.provenance}
-    return train(model, train_set, val_set, out, config, resume=resume, provenance=provenance)
+    history = train(model, train_set, val_set, out, config, resume=resume, provenance=provenance)
+    if fit_gate_after:
+        clips, labels = stack_dataset(train_set)
+        result = fit_gate(model, clips, labels, config.target_ratio, seed=config.seed)
+        model.config.provenance = {
+            **model.config.provenance,
+            "gate_fit": {"command": command, "target_ratio": config.target_ratio, **asdict(result)},
+        }
+        save(model, out)
+    return history
 
 
 def run_evaluation(

@@ -250,7 +250,9 @@ def train(
 
     start, history = 0, list[EpochStats]()
     if resume:
-        model.load_state_dict(load(out_dir).state_dict())
+        previous = load(out_dir)
+        model.load_state_dict(previous.state_dict())
+        model.config.provenance = previous.config.provenance  # how the run so far was made
         start, history = load_training_state(out_dir, optimizer)
         log.info("resuming %s after epoch %d", out_dir, start)
     out_dir.mkdir(parents=True, exist_ok=True)

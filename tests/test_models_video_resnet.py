@@ -115,6 +115,11 @@ def test_gate_descriptor_is_appearance_and_motion() -> None:
     assert torch.equal(descriptor[:, 4:], torch.zeros(2, 4))  # no motion in a still clip
     ramp = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(2, 4, 6, 5, 5) * 0.5
     torch.testing.assert_close(gate.descriptor(ramp)[:, 4:], torch.full((2, 4), 0.5))
+    # A spot moving across a still background: the spatial mean never changes, the local differences do.
+    moving = torch.zeros(1, 4, 3, 5, 5)
+    for t in range(3):
+        moving[:, :, t, 2, t + 1] = 1.0
+    assert bool((gate.descriptor(moving)[:, 4:] > 0).all())
     assert gate(still).shape == (2, 3) and gate.macs() == 8 * 8 + 8 * 3
     with pytest.raises(ValueError, match=r"\[N, 4, T, H, W\]"):
         gate(torch.randn(2, 5, 6, 5, 5))

@@ -98,6 +98,11 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     default=None,
     help="Start from this checkpoint's weights (e.g. the static baseline) instead of random ones.",
 )
+@click.option(
+    "--fit-gate",
+    is_flag=True,
+    help="After training, fit the gate to each clip's best bucket at --target-ratio (see docs/training.md).",
+)
 @click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (when fine-tuning with --init-from).")
 def train(
     data: Path,
@@ -117,6 +122,7 @@ def train(
     seed: int,
     threads: int | None,
     init_from: Path | None,
+    fit_gate: bool,
     freeze_bn: bool,
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
@@ -146,6 +152,7 @@ def train(
             size=size,
             resume=resume,
             init_from=init_from,
+            fit_gate_after=fit_gate,
             command=command,
         )
         click.echo(describe(history))

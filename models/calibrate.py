@@ -1,0 +1,111 @@
+"""Fitting the gate of a trained network to its buckets (``vared2 train --fit-gate``).
+
+Gumbel-softmax training matches the gate's *expected* cost to the target, but inference takes the argmax,
+which can sit on one bucket for every clip. Fitting the gate afterwards fixes the decision rule itself: for
+each training clip, the loss of every bucket; with a price ``μ`` per unit of cost, the clip's best bucket
+is ``argmin_k loss_k + μ·cost_k``; ``μ`` is bisected so these choices meet the target mean cost, and the
+gate (its MLP, on cached descriptors of the stem features: seconds) is trained to predict them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vared2.models.video_resnet import VaRed2VideoResNet
+
+
+def stack_dataset(dataset: Dataset, limit: int | None = None, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """All (or the first ``limit``) clips and labels of a dataset as two tensors."""
+    clips, labels = [], []
+    seen = 0
+    for x, y, *_ in DataLoader(dataset, batch_size=batch_size):
+        clips.append(x)
+        labels.append(y)
+        seen += len(y)
+        if limit is not None and seen >= limit:
+            break
+    x, y = torch.cat(clips), torch.cat(labels)
+    return (x[:limit], y[:limit]) if limit is not None else (x, y)
+
+
+@dataclass
+class GateFit:
+    price: float
+    oracle_ratio: float
+    gate_ratio: float
+    gate_agreement: float
+
+
+@torch.no_grad()
+def bucket_losses(model: VaRed2VideoResNet, clips: Tensor, labels: Tensor, batch_size: int = 32) -> Tensor:
+    """``[N, B]`` cross-entropy of every clip under every bucket (eval mode)."""
+    model.eval()
+    rows = []
+    for start in range(0, len(clips), batch_size):
+        x, y = clips[start : start + batch_size], labels[start : start + batch_size]
+        features = model.features(x)
+        per_bucket = [model.forward_features(features, k) for k in range(len(model.buckets))]
+        rows.append(torch.stack([F.cross_entropy(out, y, reduction="none") for out in per_bucket], dim=1))
+    return torch.cat(rows)
+
+
+def oracle_choices(losses: Tensor, costs: Tensor, target_ratio: float) -> tuple[Tensor, float]:
+    """The per-clip best bucket ``argmin loss + μ·cost``, with ``μ`` bisected so the mean cost meets the
+    target (or as close as the buckets allow)."""
+    low, high = 0.0, 100.0
+    for _ in range(60):
+        price = (low + high) / 2
+        ratio = float(costs[(losses + price * costs).argmin(dim=1)].mean())
+        low, high = (price, high) if ratio > target_ratio else (low, price)
+    return (losses + high * costs).argmin(dim=1), high
+
+
+def fit_gate(
+    model: VaRed2VideoResNet,
+    clips: Tensor,
+    labels: Tensor,
+    target_ratio: float,
+    *,
+    steps: int = 400,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> GateFit:
+    """Train the gate to predict, from the stem features, each clip's best bucket at the target cost."""
+    costs = torch.tensor([model.gflops(k) / model.gflops(0) for k in range(len(model.buckets))])
+    losses = bucket_losses(model, clips, labels)
+    choices, price = oracle_choices(losses, costs, target_ratio)
+    with torch.no_grad():
+        descriptors = torch.cat(
+            [model.gate.descriptor(model.features(clips[i : i + 32])) for i in range(0, len(clips), 32)]
+        )
+    gate = model.gate
+    torch.manual_seed(seed)
+    torch.nn.init.kaiming_uniform_(gate.fc1.weight, a=5**0.5)
+    optimizer = torch.optim.Adam(gate.parameters(), lr=lr)
+    mean, std = descriptors.mean(0), descriptors.std(0) + 1e-6
+    # Standardise the descriptor into fc1 so the fit is well conditioned; the result is an ordinary Linear.
+    normalised = (descriptors - mean) / std
+    gate.train()
+    for _ in range(steps):
+        logits = gate.fc2(gate.relu(gate.fc1(normalised)))
+        loss = F.cross_entropy(logits, choices)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        gate.fc1.bias.sub_(gate.fc1.weight @ (mean / std))
+        gate.fc1.weight.div_(std)
+    gate.eval()
+    with torch.no_grad():
+        picked = gate.fc2(gate.relu(gate.fc1(descriptors))).argmax(dim=1)
+    return GateFit(
+        price=price,
+        oracle_ratio=float(costs[choices].mean()),
+        gate_ratio=float(costs[picked].mean()),
+        gate_agreement=float((picked == choices).float().mean()),
+    )
