@@ -39,13 +39,14 @@ def infer(
     videos: Sequence[str | os.PathLike[str]],
     stride: int = 8,
     as_json: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     *,
     threads: int | None = None,
 ) -> int:
     """Print one line per window of each video — a table, or JSON lines (``Result.to_dict``) — and return the
     number of windows. Every video path is checked to exist before anything is printed; an unreadable or
     truncated file raises before its first line."""
+    out = out if out is not None else sys.stdout  # looked up per call: callers may redirect sys.stdout
     if not videos:
         raise ValueError("no videos given")
     for video in videos:
