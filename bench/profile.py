@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vared2.engines.manifest import Manifest
-from vared2.runtime.backends import DEFAULT_SESSION_CONFIG
+from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
 
 SHARED_KEYS = ("session.disable_prepacking", "session.use_env_allocators")
 
@@ -77,22 +77,10 @@ def profile_bucket(
     entry = manifest.bucket(bucket)
     level = manifest.build_options.get("optimization", "all")
     with tempfile.TemporaryDirectory(prefix="vared2-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
         config = {**DEFAULT_SESSION_CONFIG, **manifest.build_options.get("ort_session_config", {})}
         if manifest.weights is not None:  # session_options_for sets these two itself (ORT warns about repeats)
             config = {k: v for k, v in config.items() if k not in SHARED_KEYS}
-        for key, value in config.items():
-            options.add_session_config_entry(str(key), str(value))
+        options = session_options(level, threads, config)
         if manifest.weights is not None:
             SharedWeights.open(engine_dir, manifest.weights.file).session_options_for(entry.file, options)
         options.enable_profiling = True

@@ -9,7 +9,6 @@ files are written to a temporary directory that is renamed into place only when 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from torch import nn
 
 from vared2.export.graphs import BucketGraph, GateGraph
 from vared2.models import VaRed2VideoResNet, load
+from vared2.models.checkpoint import sha256_of
 from vared2.plugins import onnx_functions, torch_ops
 
 OPSET = 17
@@ -43,14 +43,6 @@ class ExportedModel:
     directory: Path
     gate: Path
     buckets: list[Path]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -152,4 +144,4 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> ExportedModel:
     """``vared2 export``: load a checkpoint directory (never unpickling) and export it."""
     checkpoint_dir = Path(checkpoint_dir)
     model = load(checkpoint_dir)
-    return export_model(model, out_dir, checkpoint_sha256=sha256_file(checkpoint_dir / "model.safetensors"))
+    return export_model(model, out_dir, checkpoint_sha256=sha256_of(checkpoint_dir / "model.safetensors"))

@@ -111,6 +111,28 @@ def check_backend_version(manifest: Manifest, installed: str, exact: int) -> Non
         )
 
 
+def session_options(level: str, threads: int | None, config: Mapping[str, str]) -> Any:
+    """The ``onnxruntime.SessionOptions`` every vared2 session uses: the graph optimisation ``level`` (one of
+    ``GRAPH_OPTIMIZATION_LEVELS``), ``threads`` intra-op threads (None: ORT's default), sequential execution,
+    and the session config entries ``config``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    for key, value in config.items():
+        options.add_session_config_entry(str(key), str(value))
+    return options
+
+
 class OrtEngine:
     """An ONNX Runtime session over one ``.onnx`` file (external data next to it is found by ORT itself).
 
@@ -146,19 +168,7 @@ class OrtEngine:
             )
         if "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
-        for key, value in {**DEFAULT_SESSION_CONFIG, **(session_config or {})}.items():
-            options.add_session_config_entry(str(key), str(value))
+        options = session_options(graph_optimization, threads, {**DEFAULT_SESSION_CONFIG, **(session_config or {})})
         if shared_initializers:
             # Weights owned by the caller (a memory map shared by every session): ORT uses them in place.
             # A prepacked weight would be a per-session copy, so prepacking is off.

@@ -22,17 +22,11 @@ def write_optimized(engine_dir: Path, file: str, level: str, out: Path, threads:
     """The graph ONNX Runtime actually runs for ``file`` (functions inlined, fusions applied)."""
     import onnxruntime as ort
 
+    from vared2.runtime.backends import session_options
     from vared2.runtime.shared_weights import SharedWeights
 
     manifest = Manifest.load(engine_dir)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    options.intra_op_num_threads = threads
+    options = session_options(level, threads, {})
     if manifest.weights is not None:
         SharedWeights.open(engine_dir, manifest.weights.file).session_options_for(file, options)
     out.mkdir(parents=True, exist_ok=True)
