@@ -168,11 +168,13 @@ class OrtEngine:
             )
         if "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")
-        options = session_options(graph_optimization, threads, {**DEFAULT_SESSION_CONFIG, **(session_config or {})})
+        config = {**DEFAULT_SESSION_CONFIG, **(session_config or {})}
         if shared_initializers:
             # Weights owned by the caller (a memory map shared by every session): ORT uses them in place.
             # A prepacked weight would be a per-session copy, so prepacking is off.
-            options.add_session_config_entry("session.disable_prepacking", "1")
+            config["session.disable_prepacking"] = "1"
+        options = session_options(graph_optimization, threads, config)
+        if shared_initializers:
             for name, value in shared_initializers.items():
                 options.add_initializer(name, value)
         self._keep_alive = shared_initializers
