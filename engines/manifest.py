@@ -512,6 +512,9 @@ def write_engine_dir(final_dir: Path | str, fill: Callable[[Path], Manifest]) ->
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.building-", dir=parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes 0700 directories; engines are served by other users' processes
     try:
         manifest = fill(tmp)
         if not isinstance(manifest, Manifest):

@@ -51,6 +51,9 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    work.chmod(0o777 & ~mask)  # mkdtemp makes 0700 directories; the result is read by other users' services
     try:
         yield work
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

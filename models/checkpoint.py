@@ -33,12 +33,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Call ``write(temp_path)`` then rename the temp file over ``path`` (same directory, so the rename is atomic)."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp (and safetensors' writer) make 0600 files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

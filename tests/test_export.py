@@ -211,3 +211,17 @@ def test_cli_export_and_verify_exit_codes(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["export", str(tmp_path), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "model.json" in result.output
+
+
+def test_output_directories_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from vared2.export.onnx_export import atomic_directory
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "onnx") as work:
+            (work / "x").write_text("1")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "onnx").stat().st_mode & 0o777 == 0o755

@@ -133,3 +133,15 @@ def test_missing_weights_file(checkpoint: tuple[VaRed2VideoResNet, Path]) -> Non
     (directory / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         load(directory)
+
+
+def test_saved_files_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        directory = save(r2plus1d_18(width=0.125, frames=4, size=32, num_classes=3), tmp_path / "c")
+    finally:
+        os.umask(mask)
+    for name in ("model.safetensors", "model.json"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o644
