@@ -54,15 +54,32 @@ def infer(
             raise FileNotFoundError(f"{os.fspath(video)}: no such video file")
     count = 0
     with Runtime.open(engine_dir, threads=threads) as runtime:
+        # Rows are printed as windows arrive, so the columns get fixed widths: the longest video name, the
+        # longest label and bucket name the manifest can produce.
+        manifest = runtime.manifest
+        widths = [
+            max(len(COLUMNS[0]), *(len(os.fspath(v)) for v in videos)),
+            7,
+            7,
+            9,
+            max(len(COLUMNS[4]), *(len(label) for label in manifest.model.labels)),
+            5,
+            max(len(f"{b.id} ({b.name})") for b in manifest.buckets),
+            6,
+            6,
+        ]
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() + "\n"
+
         if not as_json:
-            widths = [len(c) for c in COLUMNS]
-            out.write("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip() + "\n")
+            out.write(line(COLUMNS))
         for video in videos:
             for result in runtime.stream(video, stride=stride):
                 count += 1
                 if as_json:
                     out.write(json.dumps(result.to_dict()) + "\n")
                 else:
-                    out.write("  ".join(_row(result)) + "\n")
+                    out.write(line(_row(result)))
                 out.flush()
     return count
