@@ -202,15 +202,17 @@ def export(checkpoint: Path, out: Path) -> None:
 @click.option("--checkpoint", type=existing_dir, required=True, help="The checkpoint the ONNX files came from.")
 def verify(onnx_dir: Path, checkpoint: Path) -> None:
     """Check every exported graph against PyTorch eager through ONNX Runtime (max abs <= 1e-4)."""
+    run_stage(lambda: check_parity(onnx_dir, checkpoint))
+
+
+def check_parity(onnx_dir: Path, checkpoint: Path) -> None:
+    """Print the parity report of ``onnx_dir`` against ``checkpoint``; a mismatch raises ``CheckFailed``."""
     from vared2.export.verify import verify_checkpoint
 
-    def check() -> None:
-        report = verify_checkpoint(onnx_dir, checkpoint)
-        click.echo(report.table())
-        if not report.passed:
-            raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
-
-    run_stage(check)
+    report = verify_checkpoint(onnx_dir, checkpoint)
+    click.echo(report.table())
+    if not report.passed:
+        raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from vared2.cli import CheckFailed, run_stage
+from vared2.cli import check_parity, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"
@@ -69,7 +69,6 @@ def main(
     """Deploy CHECKPOINT: export, verify parity, build one engine per bucket, benchmark."""
     from vared2.engines.build import build_engines
     from vared2.export.onnx_export import export_checkpoint
-    from vared2.export.verify import verify_checkpoint
 
     name = name or ("demo" if checkpoint.resolve() == DEMO_CHECKPOINT else checkpoint.resolve().name)
     onnx_dir, engine_dir = out / "onnx" / name, out / "engines" / name
@@ -79,14 +78,7 @@ def main(
     done(start)
 
     start = step("verify: every graph through ONNX Runtime against PyTorch eager")
-
-    def verify() -> None:
-        report = verify_checkpoint(onnx_dir, checkpoint)
-        click.echo(report.table())
-        if not report.passed:
-            raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
-
-    run_stage(verify)
+    run_stage(lambda: check_parity(onnx_dir, checkpoint))
     done(start)
 
     start = step(f"build {backend} engines → {engine_dir}")
