@@ -18,18 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vared2.models import DynamicConv3d
+from vared2.models.batchnorm import batchnorm_statistics
 from vared2.models.dynamic_conv import Policy
 from vared2.plugins import torch_ops as _torch_ops  # noqa: F401  (registers torch.ops.vared2.*)
 
 
 def batchnorm_affine(bn: nn.BatchNorm3d) -> tuple[Tensor, Tensor]:
-    """The eval-mode BatchNorm as ``(scale, shift)`` per channel."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"BatchNorm {bn} tracks no running statistics and cannot be folded")
-    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    """The eval-mode BatchNorm as ``(scale, shift)`` per channel, with the statistics of its current bucket."""
+    mean, var = batchnorm_statistics(bn)
+    scale = torch.rsqrt(var.double() + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.double()
-    shift = -bn.running_mean.double() * scale
+    shift = -mean.double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.double()
     return scale, shift

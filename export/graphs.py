@@ -40,6 +40,7 @@ class BucketGraph(nn.Module):
         index = model.buckets.index(bucket)
         policies = model.buckets[index].policies
         work = copy.deepcopy(model).eval()
+        work.set_bucket(index)  # the stage BatchNorms fold with this bucket's statistics
         paths = {id(m): name for name, m in work.named_modules()}
         for name, stage, layer, bn in work.gated_layers():
             _replace(work, name, FoldedGatedConv(layer, bn, policies[stage], name))

@@ -1,5 +1,6 @@
 """VA-RED2 in PyTorch: dynamic convolution, gate, bucket table, VideoResNet backbones (DESIGN.md §2)."""
 
+from .batchnorm import BucketBatchNorm3d
 from .buckets import Bucket, BucketError, BucketTable, Policy, default_buckets
 from .checkpoint import load, save
 from .dynamic_conv import DynamicConv3d, computed_channels
@@ -17,6 +18,7 @@ from .video_resnet import (
 
 __all__ = [
     "Bucket",
+    "BucketBatchNorm3d",
     "BucketError",
     "BucketTable",
     "DynamicConv3d",

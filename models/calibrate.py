@@ -33,6 +33,36 @@ def stack_dataset(dataset: Dataset, limit: int | None = None, batch_size: int = 
     return (x[:limit], y[:limit]) if limit is not None else (x, y)
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: VaRed2VideoResNet, clips: Tensor, batch_size: int = 64) -> None:
+    """Recompute every bucket's stage BatchNorm statistics as exact averages over ``clips``.
+
+    Training tracks them with a momentum, so a bucket that last ran some steps ago holds statistics of older
+    weights; after training they are recomputed once with the final weights, as slimmable networks do. The
+    stem (shared by every bucket) stays in eval mode and keeps its statistics.
+    """
+    was_training = model.training
+    batchnorms = model.bucket_batchnorms()
+    saved = [bn.momentum for bn in batchnorms]
+    model.train()
+    model.stem.eval()
+    try:
+        for k in range(len(model.buckets)):
+            model.set_bucket(k)
+            for bn in batchnorms:
+                mean, var = bn.running_statistics()
+                mean.zero_()
+                var.fill_(1.0)
+            for i, start in enumerate(range(0, len(clips), batch_size)):
+                for bn in batchnorms:
+                    bn.momentum = 1.0 / (i + 1)  # a cumulative average over the batches
+                model.forward_features(model.features(clips[start : start + batch_size]), k)
+    finally:
+        for bn, momentum in zip(batchnorms, saved, strict=True):
+            bn.momentum = momentum
+        model.train(was_training)
+
+
 @dataclass
 class GateFit:
     price: float

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from vared2.models.calibrate import fit_gate, stack_dataset
+from vared2.models.calibrate import calibrate_batchnorm, fit_gate, stack_dataset
 from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
@@ -19,6 +19,8 @@ from vared2.models.train import EpochStats, TrainConfig, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model
 
 BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
+#: Training clips the per-bucket BatchNorm statistics are recomputed on after dynamic training.
+CALIBRATION_CLIPS = 512
 
 
 def split_source(data: Path, split: str) -> Path:
@@ -89,6 +91,14 @@ def run_training(
     if init_from is not None:
         provenance["init_from"] = {"path": str(init_from), "provenance": load(Path(init_from)).config.provenance}
     history = train(model, train_set, val_set, out, config, resume=resume, provenance=provenance)
+    if not config.static:
+        calibration_clips, _ = stack_dataset(train_set, limit=CALIBRATION_CLIPS)
+        calibrate_batchnorm(model, calibration_clips)
+        model.config.provenance = {
+            **model.config.provenance,
+            "batchnorm_calibration": {"clips": len(calibration_clips), "split": "train"},
+        }
+        save(model, out)
     if fit_gate_after:
         clips, labels = stack_dataset(train_set)
         result = fit_gate(model, clips, labels, config.target_ratio, seed=config.seed)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import flops
+from .batchnorm import BucketBatchNorm3d
 from .buckets import BACKBONES, Bucket, BucketTable, conv_frames, default_buckets
 from .dynamic_conv import DynamicConv3d
 from .gate import SoftModulationGate
@@ -174,17 +175,21 @@ def midplanes(in_planes: int, out_planes: int) -> int:
 class Conv2Plus1D(nn.Sequential):
     """Spatial (1×3×3) conv → BN → ReLU → temporal (3×1×1) conv; both convs dynamic. Indices as torchvision's."""
 
-    def __init__(self, spatial: DynamicConv3d, temporal: DynamicConv3d) -> None:
-        super().__init__(spatial, nn.BatchNorm3d(spatial.out_channels), nn.ReLU(inplace=True), temporal)
+    def __init__(self, spatial: DynamicConv3d, temporal: DynamicConv3d, num_buckets: int) -> None:
+        bn = BucketBatchNorm3d(spatial.out_channels, num_buckets)
+        super().__init__(spatial, bn, nn.ReLU(inplace=True), temporal)
 
 
 class BasicBlock(nn.Module):
-    """torchvision's BasicBlock around given convolutions: conv → BN → ReLU → conv → BN, + shortcut, ReLU."""
+    """torchvision's BasicBlock around given convolutions: conv → BN → ReLU → conv → BN, + shortcut, ReLU.
+    Its BatchNorms keep statistics per bucket (``BucketBatchNorm3d``)."""
 
-    def __init__(self, conv1: nn.Module, conv2: nn.Module, planes: int, downsample: nn.Module | None) -> None:
+    def __init__(
+        self, conv1: nn.Module, conv2: nn.Module, planes: int, downsample: nn.Module | None, num_buckets: int
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(conv1, nn.BatchNorm3d(planes), nn.ReLU(inplace=True))
-        self.conv2 = nn.Sequential(conv2, nn.BatchNorm3d(planes))
+        self.conv1 = nn.Sequential(conv1, BucketBatchNorm3d(planes, num_buckets), nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(conv2, BucketBatchNorm3d(planes, num_buckets))
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -255,9 +260,9 @@ class VaRed2VideoResNet(nn.Module):
                     t_stride = 1 if self._kinds[stage] == "2d" else s
                     downsample = nn.Sequential(
                         nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=(t_stride, s, s), bias=False),
-                        nn.BatchNorm3d(out_planes),
+                        BucketBatchNorm3d(out_planes, len(self.buckets)),
                     )
-                blocks.append(BasicBlock(conv1, conv2, out_planes, downsample))
+                blocks.append(BasicBlock(conv1, conv2, out_planes, downsample, len(self.buckets)))
                 in_planes, frames = out_planes, frames_out
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
@@ -287,7 +292,7 @@ class VaRed2VideoResNet(nn.Module):
         frames_out = conv_frames(frames, 3, stride, 1)
         spatial = dynamic(_conv(c_in, mid, (1, 3, 3), (1, stride, stride)), f"{path}.0.0", frames, f"{path}.0.1")
         temporal = dynamic(_conv(mid, c_out, (3, 1, 1), (stride, 1, 1)), f"{path}.0.3", frames_out, f"{path}.1")
-        return Conv2Plus1D(spatial, temporal), frames_out
+        return Conv2Plus1D(spatial, temporal, len(self.buckets)), frames_out
 
     def _init_weights(self) -> None:
         """torchvision's VideoResNet initialisation (the gate and cheap ops keep their own)."""
@@ -317,12 +322,19 @@ class VaRed2VideoResNet(nn.Module):
         return result
 
     def set_bucket(self, bucket: int | str | Bucket) -> int:
-        """Set every dynamic layer to its stage's policy in ``bucket``; returns the bucket's index."""
+        """Set every dynamic layer to its stage's policy in ``bucket`` and every stage BatchNorm to the bucket's
+        statistics; returns the bucket's index."""
         index = self.buckets.index(bucket)
         policies = self.buckets[index].policies
         for _, stage, conv, _ in self.gated_layers():
             conv.policy = policies[stage]
+        for bn in self.bucket_batchnorms():
+            bn.bucket = index
         return index
+
+    def bucket_batchnorms(self) -> list[BucketBatchNorm3d]:
+        """Every BatchNorm of the residual stages: each keeps running statistics per bucket."""
+        return [m for stage in self.stages() for m in stage.modules() if isinstance(m, BucketBatchNorm3d)]
 
     def features(self, x: Tensor) -> Tensor:
         """The stem output, shared by the gate and every bucket."""
@@ -487,12 +499,14 @@ def from_torchvision(
         raise ValueError(
             f"torchvision {backbone} state dict does not match: missing {extra}, unexpected {result.unexpected_keys}"
         )
+    for bn in ours.bucket_batchnorms():
+        bn.copy_full_statistics()
     return ours.train(model.training)
 
 
 def _is_vared2_key(key: str) -> bool:
-    """State-dict keys that torchvision models do not have: the gate and the cheap-op parameters."""
+    """State-dict keys that torchvision models do not have: the gate, the cheap-op parameters and the
+    per-bucket BatchNorm statistics."""
     parts = key.split(".")
-    return parts[0] == "gate" or any(
-        p in ("temporal_scale", "temporal_shift", "channel_weight", "channel_bias") for p in parts
-    )
+    extra = ("temporal_scale", "temporal_shift", "channel_weight", "channel_bias")
+    return parts[0] == "gate" or any(p in extra for p in parts) or parts[-1].startswith("bucket_running_")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from vared2.cli import cli
 from vared2.export.onnx_export import EXPORT_JSON, export_checkpoint, export_model
 from vared2.export.verify import verify_model
-from vared2.models import VaRed2VideoResNet, mc3_18, r2plus1d_18, r3d_18, save
+from vared2.models import BucketBatchNorm3d, VaRed2VideoResNet, mc3_18, r2plus1d_18, r3d_18, save
 
 # Standard operators the bucket graphs may use: all of them are in onnx-tensorrt's supported-operator list.
 TENSORRT_PARSER_OPS = {
@@ -40,6 +40,10 @@ def perturb(model: VaRed2VideoResNet, seed: int = 0) -> VaRed2VideoResNet:
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)  # type: ignore[union-attr]
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+            if isinstance(module, BucketBatchNorm3d):  # each bucket folds its own statistics
+                rows = module.bucket_running_mean.shape
+                module.bucket_running_mean.copy_(torch.rand(rows, generator=generator) - 0.5)
+                module.bucket_running_var.copy_(torch.rand(rows, generator=generator) + 0.5)
         for name, param in model.named_parameters():
             if "temporal" in name or "channel" in name:
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
