@@ -1,7 +1,7 @@
 """The VA-RED2 training recipe: weights and gate trained jointly (DESIGN.md §2, issue 3).
 
-* Warm-up: the first ``warmup_epochs`` train the full bucket only, so every layer's weights are useful
-  before the gate starts routing.
+* Warm-up: the first ``warmup_epochs`` train the full bucket, the cheapest bucket and one random other per
+  batch, the reduced ones distilled from the full one, so every bucket is useful before the gate routes.
 * Then per batch: the gate's logits go through Gumbel-softmax with straight-through: the forward pass
   runs each sample's sampled bucket (samples grouped by bucket, one pass per group) and multiplies its
   logits by the straight-through weight, which is exactly 1 forward and carries the gradient to the gate.
@@ -53,7 +53,6 @@ class TrainConfig:
     tau_end: float = 0.5
     seed: int = 0
     static: bool = False
-    freeze_bn: bool = False
     threads: int | None = None
 
     def validate(self) -> None:
@@ -93,6 +92,19 @@ def bucket_cost_ratios(model: VaRed2VideoResNet) -> Tensor:
     return torch.tensor([model.gflops(k) / full for k in range(len(model.buckets))])
 
 
+def sandwich_buckets(model: VaRed2VideoResNet) -> list[int]:
+    """The reduced buckets one warm-up step trains besides the full one: the cheapest, and one other at random
+    (drawn from torch's seeded RNG). Training the extremes every step is the sandwich rule of slimmable networks."""
+    costs = bucket_cost_ratios(model)
+    if len(costs) < 2:
+        return []
+    cheapest = int(costs[1:].argmin()) + 1
+    others = [k for k in range(1, len(costs)) if k != cheapest]
+    if not others:
+        return [cheapest]
+    return [cheapest, others[int(torch.randint(len(others), ()))]]
+
+
 def routed_forward(model: VaRed2VideoResNet, features: Tensor, weights: Tensor) -> Tensor:
     """Run each sample through the bucket where its (one-hot, straight-through) ``weights`` are 1, scaled by
     that weight, so the gate receives a gradient while only the chosen buckets are computed."""
@@ -114,8 +126,11 @@ def training_loss(
     """The loss of one batch. Returns (loss, the logits whose accuracy is reported, chosen buckets or None).
 
     * static: cross-entropy of the full bucket.
-    * dynamic warm-up (``gated=False``): the full bucket plus one random other bucket ("sandwich"), so the
-      shared weights and every bucket's cheap ops are trained before the gate starts to route.
+    * dynamic warm-up (``gated=False``): the full bucket plus the cheapest and one random other bucket
+      ("sandwich"); only the full bucket sees the labels, the reduced ones learn the full bucket's predictions
+      (in-place distillation, as in slimmable networks), so the shared weights and every bucket's cheap ops are
+      trained before the gate starts to route. Each bucket normalises with its own BatchNorm statistics
+      (``BucketBatchNorm3d``).
     * gated: each sample's Gumbel-sampled bucket (straight-through), the FLOPs term, and the full bucket
       again, so routing samples away from it does not let the shared weights drift.
     """
@@ -126,8 +141,10 @@ def training_loss(
     full = model.forward_features(features, 0)
     loss = F.cross_entropy(full, labels)
     if not gated:
-        other = int(torch.randint(1, len(model.buckets), ())) if len(model.buckets) > 1 else 0
-        loss = loss + F.cross_entropy(model.forward_features(features, other), labels)
+        teacher = full.detach().softmax(dim=1)
+        for k in sandwich_buckets(model):
+            logits = model.forward_features(features, k)
+            loss = loss + F.kl_div(logits.log_softmax(dim=1), teacher, reduction="batchmean")
         return loss, full, None
     gate_logits = model.bucket_logits(features)
     weights = F.gumbel_softmax(gate_logits, tau=tau, hard=True)
@@ -262,12 +279,6 @@ def train(
         tau = temperature(config, epoch)
         generator.manual_seed(config.seed * 1000 + epoch)  # each epoch's order depends on (seed, epoch) only
         model.train()
-        if config.freeze_bn:
-            # Fine-tuning from a trained network: every bucket is normalised with the full network's BatchNorm
-            # statistics, which batches of mixed buckets would otherwise blur.
-            for module in model.modules():
-                if isinstance(module, torch.nn.BatchNorm3d):
-                    module.eval()
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 from vared2.cli import cli
 from vared2.models import load, r2plus1d_18
 from vared2.models.dataset import ClipListDataset
 from vared2.models.synthetic import generate
-from vared2.models.train import TrainConfig, routed_forward, train, training_loss
+from vared2.models.train import TrainConfig, routed_forward, sandwich_buckets, train, training_loss
 
 FRAMES, SIZE = 4, 32
 
@@ -34,18 +35,27 @@ def batch(dataset: ClipListDataset, n: int = 12) -> tuple[torch.Tensor, torch.Te
 
 
 def test_a_few_steps_reduce_the_loss(clips: ClipListDataset) -> None:
+    """Warm-up (sandwich) steps: the full bucket's cross-entropy falls, and so does each reduced bucket's,
+    though only the full one sees the labels (the others learn from its predictions)."""
     model = tiny_model().train()
     x, y = batch(clips)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     config = TrainConfig()
-    losses = []
-    for _ in range(12):
+
+    def label_losses() -> list[float]:
+        with torch.no_grad():
+            return [float(F.cross_entropy(model(x, bucket=k), y)) for k in range(len(model.buckets))]
+
+    before = label_losses()
+    torch.manual_seed(0)  # which reduced bucket each sandwich step adds
+    for _ in range(20):
         loss, _, _ = training_loss(model, x, y, tau=1.0, config=config, gated=False)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.7 * losses[0], losses
+    after = label_losses()
+    assert after[0] < 0.5 * before[0], (before, after)
+    assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
 
 
 def test_the_gate_receives_gradients_through_the_routed_buckets(clips: ClipListDataset) -> None:
@@ -129,14 +139,24 @@ def test_train_rejects_bad_data_with_a_clear_reason(tmp_path: Path) -> None:
     assert "train" in result.output and "empty" in result.output
 
 
-def test_freeze_bn_keeps_the_full_networks_statistics(clips: ClipListDataset, tmp_path: Path) -> None:
+def test_warm_up_trains_each_bucket_with_its_own_batchnorm_statistics(clips: ClipListDataset, tmp_path: Path) -> None:
     model = tiny_model()
-    before = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
-    config = TrainConfig(epochs=1, warmup_epochs=0, batch_size=12, freeze_bn=True)
-    train(model, clips, clips, tmp_path / "ft", config)
-    after = dict(model.named_buffers())
-    assert all(torch.equal(after[n], b) for n, b in before.items())
-    assert any(not torch.equal(p, q) for p, q in zip(tiny_model().parameters(), model.parameters(), strict=True))
+    config = TrainConfig(epochs=1, warmup_epochs=1, batch_size=12)
+    train(model, clips, clips, tmp_path / "sandwich", config)
+    # the cheapest bucket runs every warm-up step, so its statistics left their initial value
+    cheapest = sandwich_buckets(model)[0]
+    bn = model.bucket_batchnorms()[0]
+    assert not torch.equal(bn.bucket_running_mean[cheapest - 1], torch.zeros(bn.num_features))
+    assert not torch.allclose(bn.bucket_running_mean[cheapest - 1], bn.running_mean)  # type: ignore[arg-type]
+
+
+def test_sandwich_takes_the_cheapest_bucket_and_one_other() -> None:
+    model = tiny_model()
+    costs = [model.gflops(k) for k in range(len(model.buckets))]
+    torch.manual_seed(0)
+    picks = [sandwich_buckets(model) for _ in range(30)]
+    assert all(p[0] == costs.index(min(costs[1:])) and p[1] not in (0, p[0]) for p in picks)
+    assert len({p[1] for p in picks}) == len(costs) - 2  # every other reduced bucket gets its turn
 
 
 def test_init_from_a_different_architecture_is_a_clear_error(tmp_path: Path) -> None:

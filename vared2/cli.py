@@ -103,7 +103,6 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     is_flag=True,
     help="After training, fit the gate to each clip's best bucket at --target-ratio (see docs/training.md).",
 )
-@click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (when fine-tuning with --init-from).")
 def train(
     data: Path,
     out: Path,
@@ -123,7 +122,6 @@ def train(
     threads: int | None,
     init_from: Path | None,
     fit_gate: bool,
-    freeze_bn: bool,
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
     from vared2.models.recipe import run_training
@@ -138,7 +136,6 @@ def train(
             flops_weight=flops_weight,
             seed=seed,
             static=static,
-            freeze_bn=freeze_bn,
             threads=threads,
         )
         command = " ".join(["vared2", *sys.argv[1:]])
