@@ -173,3 +173,49 @@ def test_exported_buckets_keep_their_outputs(tmp_path: Path) -> None:
         for level in LEVELS:
             np.testing.assert_allclose(_run(special, {"features": features}, level), expected, atol=1e-5, rtol=0)
     assert rewritten > 0
+
+
+@pytest.mark.parametrize(
+    ("kernel", "strides", "pads", "rewritten"),
+    [
+        ([3, 1, 1], [1, 1, 1], [1, 0, 0, 1, 0, 0], True),  # r(2+1)d's temporal half
+        ([3, 1, 1], [2, 1, 1], [1, 0, 0, 1, 0, 0], True),  # … with temporal stride (t1 buckets, stage entries)
+        ([1, 1, 1], [1, 1, 1], [0, 0, 0, 0, 0, 0], True),
+        ([1, 3, 3], [1, 1, 1], [0, 1, 1, 0, 1, 1], False),  # spatial kernel: stays 3-D
+        ([1, 1, 1], [1, 2, 2], [0, 0, 0, 0, 0, 0], False),  # spatial stride (shortcut projection): stays 3-D
+    ],
+)
+def test_temporal_convs_run_as_2d_convs_with_the_same_result(
+    kernel: list[int], strides: list[int], pads: list[int], rewritten: bool
+) -> None:
+    from vared2.engines.ort_specialize import temporal_convs_as_2d
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((6, 5, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=kernel, strides=strides, pads=pads),
+            helper.make_node("Relu", ["y"], ["z"]),
+        ],
+        "temporal",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 8, 6, 7])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 6, "T", 6, 7])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    assert temporal_convs_as_2d(model) == int(rewritten)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    kernels = [len(next(a for a in c.attribute if a.name == "kernel_shape").ints) for c in convs]
+    assert kernels == [2 if rewritten else 3]
+    x = rng.standard_normal((3, 5, 8, 6, 7)).astype(np.float32)
+    expected = torch.relu(
+        torch.nn.functional.conv3d(
+            torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), strides, (pads[0], pads[1], pads[2])
+        )
+    ).numpy()
+    for level in LEVELS:
+        np.testing.assert_allclose(_run(model, {"x": x}, level), expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(_run(before, {"x": x}, level), expected, atol=1e-5, rtol=0)
