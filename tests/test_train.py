@@ -112,11 +112,14 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["synth", "--out", str(data), "--clips", "30", "--frames", "8", "--size", "40"])
     assert result.exit_code == 0, result.output
     args = ["train", "--data", str(data), "--out", str(ckpt), "--width", "0.125", "--frames", str(FRAMES)]
-    args += ["--size", str(SIZE), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8"]
+    args += ["--size", str(SIZE), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--fit-gate"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     config = json.loads((ckpt / "model.json").read_text())["config"]
     provenance = config["provenance"]
+    train_clips = sum(1 for _ in (data / "train.csv").open()) - 1  # the CSV has a header line
+    assert provenance["batchnorm_calibration"] == {"clips": train_clips, "split": "train"}
+    assert 0 < provenance["gate_fit"]["oracle_ratio"] <= 1.0
     assert provenance["command"].startswith("vared2 train") or provenance["command"].startswith("vared2")
     assert provenance["seed"] == 0 and provenance["data"]["seed"] == 0
     assert len(config["labels"]) == config["num_classes"] == 12
