@@ -53,10 +53,12 @@ def calibrate_batchnorm(model: VaRed2VideoResNet, clips: Tensor, batch_size: int
                 mean, var = bn.running_statistics()
                 mean.zero_()
                 var.fill_(1.0)
-            for i, start in enumerate(range(0, len(clips), batch_size)):
-                for bn in batchnorms:
-                    bn.momentum = 1.0 / (i + 1)  # a cumulative average over the batches
-                model.forward_features(model.features(clips[start : start + batch_size]), k)
+        for i, start in enumerate(range(0, len(clips), batch_size)):
+            for bn in batchnorms:
+                bn.momentum = 1.0 / (i + 1)  # a cumulative average over the batches
+            features = model.features(clips[start : start + batch_size])  # shared by every bucket: once per batch
+            for k in range(len(model.buckets)):
+                model.forward_features(features, k)
     finally:
         for bn, momentum in zip(batchnorms, saved, strict=True):
             bn.momentum = momentum
