@@ -93,6 +93,10 @@ def conv_layers(path: Path | str, batch: int = 1) -> list[ConvLayer]:
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
+    for value in model.graph.input:  # a concrete batch, so shapes stay concrete through reshapes that fold it
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int | str]] = {}
     for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:

@@ -1,6 +1,10 @@
 """The dynamic workload: labelled videos through ``Runtime.classify`` (gate + the chosen bucket) against the static
 full engine (the same calls with bucket 0 forced), clip by clip.
 
+A *replayed* workload takes the bucket choices another engine's gate made (its ``vared2 bench --json`` file) and
+serves that mix with this engine's buckets: how a model whose own gate is untrained (random weights, e.g. the
+full-size reference) would fare at the routing a trained gate produces.
+
 Clips are prepared exactly as for training and evaluation: every frame decoded and prepared by the runtime's own
 video code (``vared2.runtime.video``: short side resized, centre crop), then the manifest's ``frames`` picked
 uniformly — the centre of each of ``frames`` equal segments (the rule of ``vared2.models.video_io``, repeated here
@@ -10,6 +14,8 @@ because the bench may not import the training stack). Decoding happens before an
 from __future__ import annotations
 
 import csv
+import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +29,11 @@ from vared2.runtime import Result, Runtime
 from vared2.runtime.video import decode
 
 from .stats import Stats
+
+
+def policy_string(policy: tuple[tuple[int, int], ...]) -> str:
+    """``((1, 1), (0, 0))`` → ``t1c1/t0c0``."""
+    return "/".join(f"t{pt}c{pc}" for pt, pc in policy)
 
 
 @dataclass(frozen=True)
@@ -99,7 +110,8 @@ class WorkloadResult:
 
     @property
     def accuracy(self) -> float:
-        return float(np.mean(self.correct))
+        """Fraction correct; NaN for a replayed workload, whose clips carry no labels."""
+        return float(np.mean(self.correct)) if self.correct else math.nan
 
     def to_dict(self, names: Sequence[str], percentiles: Sequence[float], samples: bool = True) -> dict[str, Any]:
         counts = Counter(self.buckets)
@@ -107,7 +119,7 @@ class WorkloadResult:
             "mean_ms": self.mean_ms,
             "latency": Stats.of(self.latency_ms, percentiles).to_dict(),
             "mean_gflops": self.mean_gflops,
-            "accuracy": self.accuracy,
+            "accuracy": None if math.isnan(self.accuracy) else self.accuracy,
             "bucket_counts": {names[b]: counts[b] for b in sorted(counts)},
         }
         if samples:
@@ -151,6 +163,14 @@ class DynamicResult:
         }
 
 
+def _timed(rt: Runtime, clip: np.ndarray, **kwargs: Any) -> tuple[Result, float]:
+    t0 = time.perf_counter()
+    result = rt.classify(clip, **kwargs)
+    elapsed = (time.perf_counter() - t0) * 1e3
+    assert isinstance(result, Result)
+    return result, elapsed
+
+
 def run_dynamic(
     rt: Runtime,
     data: Path | str,
@@ -169,23 +189,77 @@ def run_dynamic(
         rt.classify(clips[0].clip)
         rt.classify(clips[0].clip, bucket=0)
 
-    def timed(clip: np.ndarray, **kwargs: Any) -> tuple[Result, float]:
-        t0 = time.perf_counter()
-        result = rt.classify(clip, **kwargs)
-        elapsed = (time.perf_counter() - t0) * 1e3
-        assert isinstance(result, Result)
-        return result, elapsed
-
     dynamic = WorkloadResult([], [], [], [])
     full = WorkloadResult([], [], [], [])
     for index, item in enumerate(clips, start=1):
         if progress is not None and index % 50 == 0:
             progress(f"  {index}/{len(clips)} clips")
         for kwargs, into in (({}, dynamic), ({"bucket": 0}, full)):
-            result, ms = timed(item.clip, **kwargs)
+            result, ms = _timed(rt, item.clip, **kwargs)
             into.latency_ms.append(ms)
             into.gflops.append(result.gflops)
             into.correct.append(result.label == item.label)
             into.buckets.append(result.bucket)
     full_gflops = rt.manifest.gate.gflops + rt.manifest.buckets[0].gflops
     return DynamicResult(str(data), len(clips), dynamic, full, full_gflops)
+
+
+def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
+    """The bucket mix of the dynamic workload in a ``vared2 bench --json`` file, as this engine's bucket ids
+    (matched by policy, so the recording may come from a smaller model with the same bucket table)."""
+    path = Path(bench_json)
+    try:
+        recorded = json.loads(path.read_text())
+        counts = recorded["dynamic"]["dynamic"]["bucket_counts"]
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable vared2 bench JSON file ({error})") from None
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"{path}: no dynamic workload recorded (expected dynamic.dynamic.bucket_counts, as "
+            "`vared2 bench ENGINE_DIR --data DATA --json FILE` writes)"
+        ) from None
+    buckets = rt.manifest.buckets
+    by_policy = {policy_string(b.policy): b.id for b in buckets} | {b.name: b.id for b in buckets}
+    missing = sorted(set(counts) - set(by_policy))
+    if missing:
+        raise ValueError(
+            f"{path}: recorded buckets {missing} are not buckets of this engine (its policies: "
+            f"{', '.join(policy_string(b.policy) for b in buckets)})"
+        )
+    if not all(isinstance(n, int) and n >= 0 for n in counts.values()) or sum(counts.values()) == 0:
+        raise ValueError(f"{path}: bucket_counts must be non-negative integers with a positive total, got {counts}")
+    return [by_policy[key] for key, n in counts.items() for _ in range(n)]
+
+
+def run_replay(
+    rt: Runtime,
+    bench_json: Path | str,
+    *,
+    warmup_ms: float = 200.0,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> DynamicResult:
+    """Serve a recorded bucket mix (see ``recorded_buckets``) in a seeded random order, each call forcing its
+    bucket, interleaved with bucket 0 forced. Clips are seeded random frames: latency does not depend on content,
+    and the forced call still runs the gate engine, which computes the stem every bucket needs."""
+    buckets = recorded_buckets(bench_json, rt)
+    rng = np.random.default_rng(seed)
+    order = [buckets[i] for i in rng.permutation(len(buckets))]
+    spec = rt.manifest.model
+    clip = rng.integers(0, 256, (spec.frames, spec.size, spec.size, 3), dtype=np.uint8)
+    if progress is not None:
+        progress(f"replayed workload: {len(order)} clips with the bucket mix of {bench_json}")
+    start = time.perf_counter()
+    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+        rt.classify(clip, bucket=order[0])
+        rt.classify(clip, bucket=0)
+    dynamic = WorkloadResult([], [], [], [])
+    full = WorkloadResult([], [], [], [])
+    for bucket in order:
+        for forced, into in ((bucket, dynamic), (0, full)):
+            result, ms = _timed(rt, clip, bucket=forced)
+            into.latency_ms.append(ms)
+            into.gflops.append(result.gflops)
+            into.buckets.append(result.bucket)
+    full_gflops = rt.manifest.gate.gflops + rt.manifest.buckets[0].gflops
+    return DynamicResult(f"replay:{bench_json}", len(order), dynamic, full, full_gflops)

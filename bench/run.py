@@ -16,8 +16,8 @@ import numpy as np
 from vared2.runtime import Runtime
 
 from .ceiling import conv_layers, measure_ceilings
-from .dynamic import run_dynamic
-from .report import BenchReport, BucketResult, policy_string, write_json, write_latency_table, write_plot
+from .dynamic import policy_string, run_dynamic, run_replay
+from .report import BenchReport, BucketResult, write_json, write_latency_table, write_plot
 from .stats import DEFAULT_PERCENTILES, parse_percentiles
 from .timing import Trace, check_settings, measure, summary_lines
 
@@ -73,6 +73,7 @@ def run_bench(
     latency_table: str | os.PathLike[str] | None = None,
     plot: str | os.PathLike[str] | None = None,
     data: str | os.PathLike[str] | None = None,
+    replay: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     out: TextIO | None = None,
     ceiling: bool = True,
@@ -84,6 +85,7 @@ def run_bench(
     The gate runs on a seeded random uint8 clip batch of ``batch``; each bucket engine runs alone on the gate's
     ``features`` for it. ``ceiling`` (ONNX Runtime engines; needs ``onnx``) times each bucket's convolutions alone.
     ``data`` (a directory with ``val.csv``, or a CSV) adds the dynamic workload over its first ``clips`` videos.
+    ``replay`` (a ``--json`` file of a bench with a dynamic workload) serves that run's bucket mix instead.
     ``json_path``, ``latency_table`` and ``plot`` name files to write.
     """
     out = sys.stdout if out is None else out
@@ -94,6 +96,10 @@ def run_bench(
         raise ValueError(f"--clips: expected an integer >= 1, got {clips!r}")
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"{data}: no such data directory or CSV file (--data)")
+    if replay is not None and data is not None:
+        raise ValueError("--replay and --data are two ways to choose the dynamic workload; give one")
+    if replay is not None and not Path(replay).is_file():
+        raise FileNotFoundError(f"{replay}: no such bench JSON file (--replay)")
     load_before = _load_average()
 
     def say(line: str = "") -> None:
@@ -113,6 +119,7 @@ def run_bench(
             "batch": batch,
             "threads": threads,
             "data": None if data is None else str(data),
+            "replay": None if replay is None else str(replay),
             "clips": clips,
             "seed": SEED,
         }
@@ -192,6 +199,9 @@ def run_bench(
         if data is not None:
             say()
             result.dynamic = run_dynamic(rt, Path(data), warmup_ms=warmup_ms, limit=clips, progress=say)
+        elif replay is not None:
+            say()
+            result.dynamic = run_replay(rt, Path(replay), warmup_ms=warmup_ms, seed=SEED, progress=say)
     finally:
         rt.close()
     result.load_average = {"before": load_before, "after": _load_average()}

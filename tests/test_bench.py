@@ -339,6 +339,43 @@ def test_bad_arguments_fail_before_timing(engines: Path, data: Path, tmp_path: P
         run_bench(engines, **SHORT, ceiling=False, data=bad, out=StringIO())
 
 
+def test_replay_serves_a_recorded_bucket_mix(engines: Path, data: Path, tmp_path: Path) -> None:
+    """A recorded mix (keyed by bucket name or by policy) is served clip for clip on this engine's buckets."""
+    manifest = json.loads((engines / "manifest.json").read_text())
+    first, third = manifest["buckets"][0], manifest["buckets"][2]
+    policy = "/".join(f"t{pt}c{pc}" for pt, pc in third["policy"])
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps({"dynamic": {"dynamic": {"bucket_counts": {first["name"]: 2, policy: 3}}}}))
+    out = StringIO()
+    run_bench(engines, **SHORT, ceiling=False, replay=recorded, json_path=tmp_path / "b.json", out=out)
+    saved = json.loads((tmp_path / "b.json").read_text())["dynamic"]
+    gate = manifest["gate"]["gflops"]
+    assert saved["clips"] == 5 and saved["data"] == f"replay:{recorded}"
+    assert saved["dynamic"]["bucket_counts"] == {first["name"]: 2, third["name"]: 3}
+    assert saved["static_full"]["bucket_counts"] == {first["name"]: 5}
+    expected = gate + (2 * first["gflops"] + 3 * third["gflops"]) / 5
+    assert saved["dynamic"]["mean_gflops"] == pytest.approx(expected)
+    assert saved["dynamic"]["accuracy"] is None and saved["static_full"]["accuracy"] is None
+    assert "replayed workload: 5 clips" in out.getvalue() and "n/a" in out.getvalue()
+
+
+def test_replay_rejects_files_without_a_usable_mix(engines: Path, data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    for content, message in (
+        ("{not json", "not a readable vared2 bench JSON"),
+        (json.dumps({"dynamic": None}), "no dynamic workload recorded"),
+        (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {"t9c9": 1}}}}), r"recorded buckets \['t9c9'\]"),
+        (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {}}}}), "positive total"),
+    ):
+        bad.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            run_bench(engines, **SHORT, ceiling=False, replay=bad, out=StringIO())
+    with pytest.raises(ValueError, match="--replay and --data"):
+        run_bench(engines, **SHORT, ceiling=False, replay=bad, data=data, out=StringIO())
+    with pytest.raises(FileNotFoundError, match="--replay"):
+        run_bench(engines, **SHORT, ceiling=False, replay=tmp_path / "none.json", out=StringIO())
+
+
 # --- ceilings and profiles -----------------------------------------------------------------------------------------
 
 

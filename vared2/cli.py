@@ -288,6 +288,11 @@ def infer(engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool,
     help="Videos for the dynamic workload (a directory with val.csv, or a CSV).",
 )
 @click.option("--clips", type=int, default=None, help="Use only the first N videos of --data.")
+@click.option(
+    "--replay",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instead of --data: serve the bucket mix of the dynamic workload in this bench --json file.",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
 @click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions alone.")
 def bench(
@@ -302,6 +307,7 @@ def bench(
     plot: Path | None,
     data: Path | None,
     clips: int | None,
+    replay: Path | None,
     threads: int | None,
     no_ceiling: bool,
 ) -> None:
@@ -321,6 +327,7 @@ def bench(
             plot=plot,
             data=data,
             clips=clips,
+            replay=replay,
             threads=threads,
             ceiling=not no_ceiling,
         )

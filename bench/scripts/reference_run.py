@@ -6,15 +6,16 @@ engines when they exist. Results go to ``--out`` (JSON, latency tables, plots, o
 
 Steps:
 
-1. export r2plus1d_18 (width 1, random weights, 8×112×112, the synthetic data set's class names so the dynamic
-   workload can score it) with ``vared2.export.export_model``, build ONNX Runtime engines (``build_engines``);
-2. ``run_bench`` on them: trtexec-style per-bucket timings, conv-only ceilings, the dynamic workload;
-3. the "plain export" baseline: ``torchvision.models.video.r2plus1d_18()`` through ``torch.onnx.export``
+1. the bench (and profile) of ``artifacts/engines/demo`` when present, with the dynamic workload on ``--data``;
+2. export r2plus1d_18 (width 1, random weights, 8×112×112) with ``vared2.export.export_model`` — every run, so
+   the numbers always describe the current exporter — and build ONNX Runtime engines (``build_engines``);
+3. ``run_bench`` on them: trtexec-style per-bucket timings, conv-only ceilings, and as the dynamic workload the
+   demo's recorded bucket mix replayed (``--replay``: a random-weight gate would send every clip to bucket 0);
+4. the "plain export" baseline: ``torchvision.models.video.r2plus1d_18()`` through ``torch.onnx.export``
    (TorchScript exporter, opset 17, dynamic batch), timed with the engines' session options (optimisation level,
    threads, session config) and with ONNX Runtime's defaults, against the static full path (gate + bucket 0 through
    ``Runtime.classify(bucket=0)``) and bucket 0 alone;
-4. ONNX Runtime's profiler on the bucket furthest below its ceiling and on the full bucket: time per op type;
-5. the same bench (and profile) on ``artifacts/engines/demo`` when present.
+5. ONNX Runtime's profiler on the bucket furthest below its ceiling and on the full bucket: time per op type.
 """
 
 from __future__ import annotations
@@ -38,10 +39,7 @@ DEMO = ROOT / "artifacts" / "engines" / "demo"
 
 
 def export_reference(onnx_dir: Path, frames: int, size: int) -> None:
-    """Full-width r2plus1d_18, random weights (seed 0), exported once (skipped when ``onnx_dir`` exists)."""
-    if (onnx_dir / "export.json").is_file():
-        print(f"{onnx_dir}: exported already")
-        return
+    """Full-width r2plus1d_18, random weights (seed 0); the engine build is a no-op when the ONNX is unchanged."""
     import torch
 
     from vared2.export.onnx_export import export_model
@@ -126,6 +124,10 @@ def profile(engine_dir: Path, report: BenchReport, threads: int | None, out: Pat
     return profiles
 
 
+def _percent(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.1%}"
+
+
 def markdown(report: BenchReport) -> str:
     """The efficiency table as Markdown, for docs/benchmarks.md."""
     rows = [
@@ -149,17 +151,23 @@ def markdown(report: BenchReport) -> str:
             "",
             "| workload | clips | mean ms | mean GFLOPs | accuracy |",
             "|---|---:|---:|---:|---:|",
-            f"| dynamic (gate + chosen bucket) | {d.clips} | {d.dynamic.mean_ms:.1f} | {d.dynamic.mean_gflops:.2f} "
-            f"| {d.dynamic.accuracy:.1%} |",
+            f"| dynamic ({'replayed mix' if d.data.startswith('replay:') else 'gate + chosen bucket'}) | {d.clips} "
+            f"| {d.dynamic.mean_ms:.1f} | {d.dynamic.mean_gflops:.2f} | {_percent(d.dynamic.accuracy)} |",
             f"| static full (bucket 0 forced) | {d.clips} | {d.full.mean_ms:.1f} | {d.full.mean_gflops:.2f} "
-            f"| {d.full.accuracy:.1%} |",
+            f"| {_percent(d.full.accuracy)} |",
             f"\nFLOPs fraction {d.flops_fraction:.3f}; mean latency ÷ (FLOPs fraction × full) = {d.target_ratio:.3f}",
         ]
     return "\n".join(rows)
 
 
 def bench_one(
-    name: str, engine_dir: Path, out: Path, args: argparse.Namespace, timing: dict[str, Any], data: Path | None
+    name: str,
+    engine_dir: Path,
+    out: Path,
+    args: argparse.Namespace,
+    timing: dict[str, Any],
+    data: Path | None,
+    replay: Path | None = None,
 ) -> BenchReport:
     out.mkdir(parents=True, exist_ok=True)
     print(f"\n\n######## {name}: {engine_dir} ########  load average {os.getloadavg()}")
@@ -174,8 +182,9 @@ def bench_one(
         latency_table=out / "latency_table.json",
         plot=out / "latency_vs_gflops.png",
         data=data,
+        replay=replay,
         threads=args.threads,
-        clips=args.clips,
+        clips=None if data is None else args.clips,
     )
     profile(engine_dir, report, args.threads, out)
     (out / "table.md").write_text(markdown(report) + "\n")
@@ -205,6 +214,13 @@ def main() -> None:
     print(f"host: {json.dumps(host_info())}; threads {args.threads}; timing {timing}; data {data}")
 
     summary: dict[str, Any] = {"host": host_info(), "threads": args.threads, "timing": timing, "data": str(data)}
+    recorded: Path | None = None
+    if DEMO.is_dir():
+        bench_one("demo", DEMO, args.out / "demo", args, timing, data)
+        summary["demo"] = str(DEMO)
+        recorded = args.out / "demo" / "bench.json" if data is not None else None
+    else:
+        print(f"\n{DEMO}: no demo engines; skipped")
     if not args.skip_reference:
         from vared2.engines.build import build_engines
 
@@ -212,7 +228,7 @@ def main() -> None:
         onnx_dir, engine_dir = out / "onnx", out / "engines"
         export_reference(onnx_dir, args.frames, args.size)
         build_engines(onnx_dir, engine_dir, progress=False)
-        report = bench_one("r2plus1d_18 reference", engine_dir, out, args, timing, data)
+        report = bench_one("r2plus1d_18 reference", engine_dir, out, args, timing, None, replay=recorded)
         plain = out / "torchvision_r2plus1d_18.onnx"
         export_torchvision(plain, args.frames, args.size)
         base = baseline(engine_dir, plain, args.threads, timing, args.frames, args.size)
@@ -228,11 +244,6 @@ def main() -> None:
         }
         print(f"\nfull path ÷ plain torchvision export: {full_path / plain_ms:.3f} (bucket 0 alone: "
               f"{report.full.median_ms / plain_ms:.3f})")  # fmt: skip
-    if DEMO.is_dir():
-        bench_one("demo", DEMO, args.out / "demo", args, timing, data)
-        summary["demo"] = str(DEMO)
-    else:
-        print(f"\n{DEMO}: no demo engines; skipped")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nload average at the end: {os.getloadavg()}")
