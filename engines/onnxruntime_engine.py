@@ -30,6 +30,7 @@ from onnx import TensorProto, numpy_helper
 
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, WeightsEntry, sha256_file
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
+from vared2.engines.ort_stem import stem_for_ort
 
 EXPORT_JSON = "export.json"
 # The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
@@ -53,7 +54,7 @@ LEVELS = {
 #: (``vared2.engines.ort_specialize``); the 3-D convolutions are the same at every level (docs/performance.md).
 DEFAULT_LEVEL = "all"
 #: Version of the build-time graph rewrite (part of the build key: a new rewrite rebuilds existing engines).
-GRAPH_REWRITE = "ort-specialize-2"
+GRAPH_REWRITE = "ort-specialize-3"
 #: Parity between an engine and the ONNX file it was built from (same input, fp32).
 TOLERANCE = 1e-4
 
@@ -281,7 +282,8 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: missing field {key!r}")
     if not spec["buckets"]:
         raise ValueError(f"{path}: buckets: expected at least one bucket")
-    files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
+    gate_file = spec["gate"]["file"]
+    files = [gate_file, *(b["file"] for b in spec["buckets"])]
     for file in files:
         if Path(file).name != file:
             raise ValueError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
@@ -325,24 +327,25 @@ def build_onnxruntime(
 
     Every engine is run against its source ONNX on the same seeded input; a difference beyond
     ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
-    each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``), so
-    the parity check also checks the rewrite against the exported graph.
+    each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``; the
+    gate's stem by ``vared2.engines.ort_stem``), so the parity check also checks the rewrites against the exported
+    graphs.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     spec = read_export_spec(onnx_dir)
     session_options(threads=threads, optimization=optimization)  # validates both before any work
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
+    gate_file = spec["gate"]["file"]
+    files = [gate_file, *(b["file"] for b in spec["buckets"])]
     models = {file: onnx.load(str(onnx_dir / file)) for file in files}
     if rewrite:
-        models = {file: specialize(model) for file, model in models.items()}
+        models = {file: specialize(stem_for_ort(m) if file == gate_file else m) for file, m in models.items()}
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)
     for file, model in models.items():
         # save_model would re-externalise by its own rules; the tensors already point into weights.bin.
         (out_dir / file).write_bytes(model.SerializeToString())
 
     rng = np.random.default_rng(seed)
-    gate_file = spec["gate"]["file"]
     probe = ort.InferenceSession(str(onnx_dir / gate_file), providers=["CPUExecutionProvider"])
     gate_feed = _example_feed(probe, rng)
     features = probe.run(["features"], gate_feed)[0] if "features" in {o.name for o in probe.get_outputs()} else None

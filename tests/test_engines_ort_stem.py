@@ -1,0 +1,114 @@
+"""The gate-stem rewrites of the ONNX Runtime builder (``vared2.engines.ort_stem``): exact, and applied only where
+their pattern holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from vared2.engines.ort_specialize import is_specialized_initializer, specialize
+from vared2.engines.ort_stem import pad_conv_pairs, stem_for_ort, stem_over_frames
+from vared2.export.graphs import GateGraph
+from vared2.export.onnx_export import to_onnx
+from vared2.models import mc3_18, r2plus1d_18, r3d_18
+from vared2.plugins.onnx_functions import OPSET
+
+LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray], level: str) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def _conv_kernels(model: onnx.ModelProto) -> list[list[int]]:
+    return [
+        list(next(a for a in n.attribute if a.name == "kernel_shape").ints)
+        for n in model.graph.node
+        if n.op_type == "Conv"
+    ]
+
+
+@pytest.mark.parametrize(("width", "padded"), [(1.0, 1), (0.125, 0)])
+def test_gate_stem_rewrite_matches_pytorch(width: float, padded: int) -> None:
+    """Width 1: the stem's 45 middle channels become 48; width 0.125 (6 → 16 would be +167 %) stays as it is.
+    Both run the first convolution frame by frame as a 2-D one; features and logits equal PyTorch's."""
+    torch.manual_seed(0)
+    model = r2plus1d_18(width=width, frames=4, size=32, num_classes=5)
+    torch.nn.init.normal_(model.gate.fc2.weight)  # so the logits are not all zero
+    gate = GateGraph(model).eval()
+    clip = torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8)
+    exported = to_onnx(gate, (clip[:2],), ["clip"], ["features", "bucket_logits"])
+    work = onnx.ModelProto()
+    work.CopyFrom(exported)
+    assert pad_conv_pairs(work) == padded
+    assert stem_over_frames(work) == 1
+    rewritten = specialize(stem_for_ort(exported))  # what the builder runs
+    assert _conv_kernels(rewritten) == [[7, 7], [3, 1]]  # frame-wise 2-D stem conv, then the temporal one as 2-D
+    first = next(n for n in rewritten.graph.node if n.op_type == "Conv")
+    filters = {t.name: t.dims[0] for t in rewritten.graph.initializer}
+    mid = model.stem[0].out_channels
+    assert any(n == (48 if padded else mid) for name, n in filters.items() if "stem.0.weight" in name)
+    assert all(is_specialized_initializer(t.name) for t in rewritten.graph.initializer if ".ort" in t.name)
+    assert first.op_type == "Conv"
+    with torch.no_grad():
+        features, logits = gate(clip)
+    for level in LEVELS:
+        got_features, got_logits = _run(rewritten, {"clip": clip.numpy()}, level)
+        np.testing.assert_allclose(got_features, features.numpy(), atol=2e-5, rtol=0)
+        np.testing.assert_allclose(got_logits, logits.numpy(), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("build", [r3d_18, mc3_18])
+def test_stems_with_a_temporal_kernel_are_left_alone(build) -> None:  # type: ignore[no-untyped-def]
+    """r3d/mc3 stems (3×7×7) mix frames in their first convolution: no frame-wise rewrite."""
+    torch.manual_seed(0)
+    gate = GateGraph(build(width=0.125, frames=4, size=32, num_classes=5)).eval()
+    exported = to_onnx(
+        gate, (torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8),), ["clip"], ["features", "bucket_logits"]
+    )
+    assert stem_over_frames(exported) == 0
+    assert _conv_kernels(exported)[0] == [3, 7, 7]
+
+
+def _pair(mid: int, between: str = "Relu") -> onnx.ModelProto:
+    rng = np.random.default_rng(mid)
+    w1 = rng.standard_normal((mid, 4, 1, 3, 3)).astype(np.float32)
+    b1 = rng.standard_normal(mid).astype(np.float32)
+    w2 = rng.standard_normal((8, mid, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[0, 1, 1, 0, 1, 1]),
+            helper.make_node(between, ["a"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 0, 0, 1, 0, 0]),
+        ],
+        "pair",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 5, 5])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+@pytest.mark.parametrize(
+    ("mid", "between", "padded_to"),
+    [(45, "Relu", 48), (30, "Relu", 32), (11, "Relu", None), (48, "Relu", None), (45, "Sigmoid", None)],
+)
+def test_conv_pairs_are_padded_only_when_cheap_and_exact(mid: int, between: str, padded_to: int | None) -> None:
+    model = _pair(mid, between)
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    assert pad_conv_pairs(model) == (padded_to is not None)
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    first, second = (n for n in model.graph.node if n.op_type == "Conv")
+    assert weights[first.input[1]][0] == (padded_to or mid) and weights[second.input[1]][1] == (padded_to or mid)
+    x = np.random.default_rng(1).standard_normal((2, 4, 6, 5, 5)).astype(np.float32)
+    for level in LEVELS:
+        np.testing.assert_allclose(_run(model, {"x": x}, level)[0], _run(before, {"x": x}, level)[0], atol=1e-4)
