@@ -43,7 +43,8 @@ def describe_data(data: Path) -> dict[str, object]:
     spec = Path(data) / "dataset.json"
     if spec.is_file():
         summary = json.loads(spec.read_text())
-        info.update({k: summary[k] for k in ("generator", "seed", "clips", "spec", "codec") if k in summary})
+        recorded = ("generator", "generator_version", "seed", "clips", "spec", "codec")
+        info.update({k: summary[k] for k in recorded if k in summary})
         info["dataset_json_sha256"] = hashlib.sha256(spec.read_bytes()).hexdigest()
     return info
 
