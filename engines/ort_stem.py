@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .ort_specialize import SPECIALIZED_SUFFIX, _analyse, _attribute, _Graph, _int64, _sole_consumer
+from .ort_specialize import SPECIALIZED_SUFFIX, _analyse, _attribute, _Graph, _int64, _prune, _sole_consumer
 
 #: ONNX Runtime's widest NCHWc block (AVX-512); a multiple of it is also one of the AVX2 block of 8.
 CHANNEL_BLOCK = 16
@@ -81,17 +81,10 @@ def pad_conv_pairs(model: ModelProto) -> int:
         count += 1
     if added:
         model.graph.initializer.extend(added)
-        _drop_unused_initializers(model)
+        _prune(model)
         del model.graph.value_info[:]
         onnx.checker.check_model(model)
     return count
-
-
-def _drop_unused_initializers(model: ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
 
 
 def _constant_input(node: NodeProto, graph: _Graph, value: str) -> tuple[np.ndarray, int] | None:
@@ -126,7 +119,7 @@ def stem_over_frames(model: ModelProto) -> int:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         model.graph.initializer.extend(tensors)
-        _drop_unused_initializers(model)
+        _prune(model)
         del model.graph.value_info[:]
         onnx.checker.check_model(model)
         return 1
