@@ -16,7 +16,7 @@ import numpy as np
 from vared2.runtime import Runtime
 
 from .ceiling import conv_layers, measure_ceilings
-from .dynamic import policy_string, run_dynamic, run_replay
+from .dynamic import policy_string, recorded_buckets, run_dynamic, run_replay
 from .report import BenchReport, BucketResult, write_json, write_latency_table, write_plot
 from .stats import DEFAULT_PERCENTILES, parse_percentiles
 from .timing import Trace, check_settings, measure, summary_lines
@@ -108,6 +108,8 @@ def run_bench(
     rt = Runtime.open(engine_dir, threads=threads, verify=verify)
     try:
         manifest = rt.manifest
+        if replay is not None:
+            recorded_buckets(Path(replay), rt)  # a bad recording fails here, before minutes of timing
         if batch > manifest.max_batch:
             raise ValueError(f"--batch: {batch} exceeds the engines' max batch {manifest.max_batch} (manifest.json)")
         device = manifest.backend == "tensorrt"

@@ -368,8 +368,10 @@ def test_replay_rejects_files_without_a_usable_mix(engines: Path, data: Path, tm
         (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {}}}}), "positive total"),
     ):
         bad.write_text(content)
+        out = StringIO()
         with pytest.raises(ValueError, match=message):
-            run_bench(engines, **SHORT, ceiling=False, replay=bad, out=StringIO())
+            run_bench(engines, **SHORT, ceiling=False, replay=bad, out=out)
+        assert "Performance summary" not in out.getvalue()  # rejected before any timing
     with pytest.raises(ValueError, match="--replay and --data"):
         run_bench(engines, **SHORT, ceiling=False, replay=bad, data=data, out=StringIO())
     with pytest.raises(FileNotFoundError, match="--replay"):
