@@ -163,12 +163,15 @@ class DynamicResult:
         }
 
 
-def _timed(rt: Runtime, clip: np.ndarray, **kwargs: Any) -> tuple[Result, float]:
+def _timed_into(into: WorkloadResult, rt: Runtime, clip: np.ndarray, **kwargs: Any) -> Result:
+    """One timed ``classify`` call, its latency, cost and bucket appended to ``into``."""
     t0 = time.perf_counter()
     result = rt.classify(clip, **kwargs)
-    elapsed = (time.perf_counter() - t0) * 1e3
+    into.latency_ms.append((time.perf_counter() - t0) * 1e3)
     assert isinstance(result, Result)
-    return result, elapsed
+    into.gflops.append(result.gflops)
+    into.buckets.append(result.bucket)
+    return result
 
 
 def run_dynamic(
@@ -195,11 +198,8 @@ def run_dynamic(
         if progress is not None and index % 50 == 0:
             progress(f"  {index}/{len(clips)} clips")
         for kwargs, into in (({}, dynamic), ({"bucket": 0}, full)):
-            result, ms = _timed(rt, item.clip, **kwargs)
-            into.latency_ms.append(ms)
-            into.gflops.append(result.gflops)
+            result = _timed_into(into, rt, item.clip, **kwargs)
             into.correct.append(result.label == item.label)
-            into.buckets.append(result.bucket)
     full_gflops = rt.manifest.gate.gflops + rt.manifest.buckets[0].gflops
     return DynamicResult(str(data), len(clips), dynamic, full, full_gflops)
 
@@ -233,22 +233,23 @@ def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
 
 def run_replay(
     rt: Runtime,
-    bench_json: Path | str,
+    buckets: Sequence[int],
+    source: Path | str,
     *,
     warmup_ms: float = 200.0,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> DynamicResult:
-    """Serve a recorded bucket mix (see ``recorded_buckets``) in a seeded random order, each call forcing its
-    bucket, interleaved with bucket 0 forced. Clips are seeded random frames: latency does not depend on content,
-    and the forced call still runs the gate engine, which computes the stem every bucket needs."""
-    buckets = recorded_buckets(bench_json, rt)
+    """Serve a recorded bucket mix (one bucket id per clip, from ``recorded_buckets`` of the file ``source``) in a
+    seeded random order, each call forcing its bucket, interleaved with bucket 0 forced. Clips are seeded random
+    frames: latency does not depend on content, and the forced call still runs the gate engine, which computes the
+    stem every bucket needs."""
     rng = np.random.default_rng(seed)
     order = [buckets[i] for i in rng.permutation(len(buckets))]
     spec = rt.manifest.model
     clip = rng.integers(0, 256, (spec.frames, spec.size, spec.size, 3), dtype=np.uint8)
     if progress is not None:
-        progress(f"replayed workload: {len(order)} clips with the bucket mix of {bench_json}")
+        progress(f"replayed workload: {len(order)} clips with the bucket mix of {source}")
     start = time.perf_counter()
     while (time.perf_counter() - start) * 1e3 < warmup_ms:
         rt.classify(clip, bucket=order[0])
@@ -257,9 +258,6 @@ def run_replay(
     full = WorkloadResult([], [], [], [])
     for bucket in order:
         for forced, into in ((bucket, dynamic), (0, full)):
-            result, ms = _timed(rt, clip, bucket=forced)
-            into.latency_ms.append(ms)
-            into.gflops.append(result.gflops)
-            into.buckets.append(result.bucket)
+            _timed_into(into, rt, clip, bucket=forced)
     full_gflops = rt.manifest.gate.gflops + rt.manifest.buckets[0].gflops
-    return DynamicResult(f"replay:{bench_json}", len(order), dynamic, full, full_gflops)
+    return DynamicResult(f"replay:{source}", len(order), dynamic, full, full_gflops)

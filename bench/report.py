@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from .ceiling import ConvOnly
-from .dynamic import DynamicResult, WorkloadResult, policy_string
+from .dynamic import DynamicResult, policy_string
 from .timing import Trace
 
 LATENCY_TABLE_FORMAT = "vared2-latency-table"
 LATENCY_TABLE_VERSION = 1
+
+
+def accuracy_text(accuracy: float, digits: int = 2) -> str:
+    """A workload's accuracy as a percentage, or ``n/a`` for a replayed workload (NaN: no labels)."""
+    return "n/a" if math.isnan(accuracy) else f"{accuracy:.{digits}%}"
 
 
 @dataclass
@@ -153,18 +158,14 @@ class BenchReport:
             lines.append(f"ceiling: {self.ceiling_note}")
         if self.dynamic is not None:
             d = self.dynamic
-
-            def accuracy(w: WorkloadResult) -> str:
-                return "n/a" if math.isnan(w.accuracy) else f"{w.accuracy:.2%}"
-
             lines += [
                 "",
                 f"dynamic workload: {d.clips} clips from {d.data} (batch 1, gate + chosen bucket vs bucket 0 forced)",
                 f"{'':<12} {'mean ms':>9} {'median ms':>10} {'mean GFLOPs':>12} {'accuracy':>9}",
                 f"{'dynamic':<12} {d.dynamic.mean_ms:>9.3f} {_median(d.dynamic.latency_ms):>10.3f} "
-                f"{d.dynamic.mean_gflops:>12.4f} {accuracy(d.dynamic):>9}",
+                f"{d.dynamic.mean_gflops:>12.4f} {accuracy_text(d.dynamic.accuracy):>9}",
                 f"{'static full':<12} {d.full.mean_ms:>9.3f} {_median(d.full.latency_ms):>10.3f} "
-                f"{d.full.mean_gflops:>12.4f} {accuracy(d.full):>9}",
+                f"{d.full.mean_gflops:>12.4f} {accuracy_text(d.full.accuracy):>9}",
                 f"FLOPs fraction {d.flops_fraction:.3f}, latency fraction {d.latency_fraction:.3f}; "
                 f"mean latency ÷ (FLOPs fraction × full) = {d.target_ratio:.3f}",
             ]

@@ -108,8 +108,8 @@ def run_bench(
     rt = Runtime.open(engine_dir, threads=threads, verify=verify)
     try:
         manifest = rt.manifest
-        if replay is not None:
-            recorded_buckets(Path(replay), rt)  # a bad recording fails here, before minutes of timing
+        # A bad recording fails here, before minutes of timing.
+        replayed = recorded_buckets(Path(replay), rt) if replay is not None else None
         if batch > manifest.max_batch:
             raise ValueError(f"--batch: {batch} exceeds the engines' max batch {manifest.max_batch} (manifest.json)")
         device = manifest.backend == "tensorrt"
@@ -201,9 +201,9 @@ def run_bench(
         if data is not None:
             say()
             result.dynamic = run_dynamic(rt, Path(data), warmup_ms=warmup_ms, limit=clips, progress=say)
-        elif replay is not None:
+        elif replayed is not None:
             say()
-            result.dynamic = run_replay(rt, Path(replay), warmup_ms=warmup_ms, seed=SEED, progress=say)
+            result.dynamic = run_replay(rt, replayed, str(replay), warmup_ms=warmup_ms, seed=SEED, progress=say)
     finally:
         rt.close()
     result.load_average = {"before": load_before, "after": _load_average()}

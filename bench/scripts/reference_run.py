@@ -30,6 +30,7 @@ import numpy as np
 
 from vared2.bench import BenchReport, measure, run_bench, summary_lines
 from vared2.bench.profile import profile_bucket
+from vared2.bench.report import accuracy_text
 from vared2.bench.run import host_info
 from vared2.runtime import Runtime
 from vared2.runtime.backends import OrtEngine
@@ -124,10 +125,6 @@ def profile(engine_dir: Path, report: BenchReport, threads: int | None, out: Pat
     return profiles
 
 
-def _percent(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{value:.1%}"
-
-
 def markdown(report: BenchReport) -> str:
     """The efficiency table as Markdown, for docs/benchmarks.md."""
     rows = [
@@ -152,9 +149,9 @@ def markdown(report: BenchReport) -> str:
             "| workload | clips | mean ms | mean GFLOPs | accuracy |",
             "|---|---:|---:|---:|---:|",
             f"| dynamic ({'replayed mix' if d.data.startswith('replay:') else 'gate + chosen bucket'}) | {d.clips} "
-            f"| {d.dynamic.mean_ms:.1f} | {d.dynamic.mean_gflops:.2f} | {_percent(d.dynamic.accuracy)} |",
+            f"| {d.dynamic.mean_ms:.1f} | {d.dynamic.mean_gflops:.2f} | {accuracy_text(d.dynamic.accuracy, 1)} |",
             f"| static full (bucket 0 forced) | {d.clips} | {d.full.mean_ms:.1f} | {d.full.mean_gflops:.2f} "
-            f"| {_percent(d.full.accuracy)} |",
+            f"| {accuracy_text(d.full.accuracy, 1)} |",
             f"\nFLOPs fraction {d.flops_fraction:.3f}; mean latency ÷ (FLOPs fraction × full) = {d.target_ratio:.3f}",
         ]
     return "\n".join(rows)
