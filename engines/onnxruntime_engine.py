@@ -282,8 +282,7 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: missing field {key!r}")
     if not spec["buckets"]:
         raise ValueError(f"{path}: buckets: expected at least one bucket")
-    gate_file = spec["gate"]["file"]
-    files = [gate_file, *(b["file"] for b in spec["buckets"])]
+    files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
     for file in files:
         if Path(file).name != file:
             raise ValueError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")

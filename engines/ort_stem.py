@@ -87,13 +87,11 @@ def pad_conv_pairs(model: ModelProto) -> int:
     return count
 
 
-def _constant_input(node: NodeProto, graph: _Graph, value: str) -> tuple[np.ndarray, int] | None:
-    """``(constant, position)`` of the constant operand of a binary ``node`` whose other operand is ``value``."""
+def _constant_input(node: NodeProto, graph: _Graph, value: str) -> np.ndarray | None:
+    """The constant operand of a binary ``node`` whose other operand is ``value``."""
     if len(node.input) != 2 or value not in node.input:
         return None
-    other = 1 - list(node.input).index(value)
-    constant = graph.constants(node.input[other])
-    return None if constant is None else (constant, other)
+    return graph.constants(node.input[1 - list(node.input).index(value)])
 
 
 def stem_over_frames(model: ModelProto) -> int:
@@ -145,7 +143,7 @@ def _frames_rewrite(
     if scale is None or offset is None or weight is None or weight.ndim != 5 or out_shape is None:
         return None
     per_channel = ((1,), (1, c, 1, 1, 1))  # a scalar, or one value per channel of the transposed clip
-    if any(np.shape(v[0]) not in per_channel and np.size(v[0]) != 1 for v in (scale, offset)):
+    if any(np.shape(v) not in per_channel and np.size(v) != 1 for v in (scale, offset)):
         return None
     if len(out_shape) != 5 or None in out_shape[1:]:
         return None
@@ -161,7 +159,7 @@ def _frames_rewrite(
     c_out, h_out, w_out = int(weight.shape[0]), int(out_shape[3]), int(out_shape[4])  # type: ignore[arg-type]
     prefix = f"{conv.output[0]}{SPECIALIZED_SUFFIX}.frames"  # initializers named <value>.ort.<part>: engine-local
     tensors = [
-        numpy_helper.from_array(np.asarray(v[0], np.float32).reshape(1, -1, 1, 1), f"{prefix}_{part}")
+        numpy_helper.from_array(np.asarray(v, np.float32).reshape(1, -1, 1, 1), f"{prefix}_{part}")
         for v, part in ((scale, "scale"), (offset, "offset"))
     ]
     # The last original output keeps its name and shape, so what follows (the temporal conv) is unchanged.
