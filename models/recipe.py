@@ -49,6 +49,24 @@ def describe_data(data: Path) -> dict[str, object]:
     return info
 
 
+def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
+    """The checkpoint to distil from; it must read the same clips and name the same classes as the student."""
+    teacher = load(path)
+    reads = (teacher.config.frames, teacher.config.size, teacher.config.mean, teacher.config.std)
+    if reads != (student.frames, student.size, student.mean, student.std):
+        raise ValueError(
+            f"--teacher {path}: it reads {teacher.config.frames}x{teacher.config.size} clips normalised with "
+            f"mean {teacher.config.mean}, std {teacher.config.std}; this run reads {student.frames}x{student.size} "
+            f"with mean {student.mean}, std {student.std}"
+        )
+    if teacher.config.labels != student.labels:
+        raise ValueError(
+            f"--teacher {path}: its classes {list(teacher.config.labels)} differ from the data's "
+            f"{list(student.labels)}"
+        )
+    return teacher.eval()
+
+
 def run_training(
     data: Path,
     out: Path,
@@ -61,6 +79,7 @@ def run_training(
     resume: bool = False,
     init_from: Path | None = None,
     fit_gate_after: bool = False,
+    teacher: Path | None = None,
     command: str = "",
 ) -> list[EpochStats]:
     """Train a fresh (or resumed) model on ``data`` and keep it in ``out``."""
@@ -88,10 +107,15 @@ def run_training(
                 f"{start.config.num_classes} classes, buckets {list(start.config.buckets)})"
             )
         model.load_state_dict(start.state_dict())
+    teacher_model = None if teacher is None else load_teacher(Path(teacher), model.config)
     provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
     if init_from is not None:
         provenance["init_from"] = {"path": str(init_from), "provenance": load(Path(init_from)).config.provenance}
-    history = train(model, train_set, val_set, out, config, resume=resume, provenance=provenance)
+    if teacher_model is not None:
+        provenance["teacher"] = {"path": str(teacher), "provenance": teacher_model.config.provenance}
+    history = train(
+        model, train_set, val_set, out, config, resume=resume, provenance=provenance, teacher=teacher_model
+    )
     if not config.static:
         calibration_clips, _ = stack_dataset(train_set, limit=CALIBRATION_CLIPS)
         calibrate_batchnorm(model, calibration_clips)

@@ -121,7 +121,14 @@ def routed_forward(model: VaRed2VideoResNet, features: Tensor, weights: Tensor) 
 
 
 def training_loss(
-    model: VaRed2VideoResNet, clips: Tensor, labels: Tensor, *, tau: float, config: TrainConfig, gated: bool
+    model: VaRed2VideoResNet,
+    clips: Tensor,
+    labels: Tensor,
+    *,
+    tau: float,
+    config: TrainConfig,
+    gated: bool,
+    teacher_logits: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The loss of one batch. Returns (loss, the logits whose accuracy is reported, chosen buckets or None).
 
@@ -133,25 +140,35 @@ def training_loss(
       (``BucketBatchNorm3d``).
     * gated: each sample's Gumbel-sampled bucket (straight-through), the FLOPs term, and the full bucket
       again, so routing samples away from it does not let the shared weights drift.
+
+    With ``teacher_logits`` (a separately trained model's, e.g. the static baseline's), every bucket that is
+    trained also learns the teacher's predictions, and the reduced buckets learn them instead of the full one's.
     """
+    teacher = None if teacher_logits is None else teacher_logits.detach().softmax(dim=1)
+
+    def distilled(logits: Tensor, targets: Tensor | None) -> Tensor:
+        if targets is None:
+            return logits.new_zeros(())
+        return F.kl_div(logits.log_softmax(dim=1), targets, reduction="batchmean")
+
     if config.static:
         logits = model(clips, bucket=0)
-        return F.cross_entropy(logits, labels), logits, None
+        return F.cross_entropy(logits, labels) + distilled(logits, teacher), logits, None
     features = model.features(clips)
     full = model.forward_features(features, 0)
-    loss = F.cross_entropy(full, labels)
+    loss = F.cross_entropy(full, labels) + distilled(full, teacher)
     if not gated:
-        teacher = full.detach().softmax(dim=1)
+        targets = full.detach().softmax(dim=1) if teacher is None else teacher
         for k in sandwich_buckets(model):
-            logits = model.forward_features(features, k)
-            loss = loss + F.kl_div(logits.log_softmax(dim=1), teacher, reduction="batchmean")
+            loss = loss + distilled(model.forward_features(features, k), targets)
         return loss, full, None
     gate_logits = model.bucket_logits(features)
     weights = F.gumbel_softmax(gate_logits, tau=tau, hard=True)
     logits = routed_forward(model, features, weights)
     costs = bucket_cost_ratios(model).to(gate_logits.device)
     expected = (gate_logits.softmax(dim=1) * costs).sum(dim=1).mean()
-    loss = loss + F.cross_entropy(logits, labels) + config.flops_weight * (expected - config.target_ratio) ** 2
+    loss = loss + F.cross_entropy(logits, labels) + distilled(logits, teacher)
+    loss = loss + config.flops_weight * (expected - config.target_ratio) ** 2
     return loss, logits, weights.argmax(dim=1)
 
 
@@ -246,8 +263,10 @@ def train(
     resume: bool = False,
     provenance: dict[str, object] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    teacher: VaRed2VideoResNet | None = None,
 ) -> list[EpochStats]:
-    """Train ``model`` and keep the latest checkpoint (and its training state) in ``out_dir``."""
+    """Train ``model`` and keep the latest checkpoint (and its training state) in ``out_dir``; with a
+    ``teacher``, distil its full-bucket predictions into every bucket trained (see ``training_loss``)."""
     config.validate()
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
@@ -284,7 +303,13 @@ def train(
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step)
-            loss, logits, _ = training_loss(model, clips, labels, tau=tau, config=config, gated=gated)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher.eval()(clips, bucket=0)
+            loss, logits, _ = training_loss(
+                model, clips, labels, tau=tau, config=config, gated=gated, teacher_logits=teacher_logits
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

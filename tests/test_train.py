@@ -164,23 +164,48 @@ def test_sandwich_takes_the_cheapest_bucket_and_one_other() -> None:
 
 def test_init_from_a_different_architecture_is_a_clear_error(tmp_path: Path) -> None:
     from vared2.models import save
-    from vared2.models.recipe import run_training
 
-    runner = CliRunner()
-    data = tmp_path / "data"
-    assert (
-        runner.invoke(cli, ["synth", "--out", str(data), "--clips", "24", "--frames", "8", "--size", "40"]).exit_code
-        == 0
-    )
     save(r2plus1d_18(width=0.25, frames=FRAMES, size=SIZE, num_classes=12), tmp_path / "other")
     with pytest.raises(ValueError, match="init-from"):
-        run_training(
-            data,
-            tmp_path / "c",
-            TrainConfig(epochs=1),
-            width=0.125,
-            frames=FRAMES,
-            size=SIZE,
-            init_from=tmp_path / "other",
-        )
+        one_epoch_on_new_data(tmp_path, init_from=tmp_path / "other")
+    assert not (tmp_path / "c").exists()
+
+
+def one_epoch_on_new_data(tmp_path: Path, **options: Path) -> None:
+    """``run_training`` for one epoch of a tiny model on 24 fresh synthetic clips, into ``tmp_path / "c"``."""
+    from vared2.models.recipe import run_training
+
+    data = tmp_path / "data"
+    args = ["synth", "--out", str(data), "--clips", "24", "--frames", "8", "--size", "40"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    run_training(data, tmp_path / "c", TrainConfig(epochs=1), width=0.125, frames=FRAMES, size=SIZE, **options)
+
+
+def test_a_teacher_is_what_the_reduced_buckets_learn(clips: ClipListDataset) -> None:
+    """With teacher logits, the sandwich buckets learn the teacher's predictions, not the labels or the
+    full bucket's: a teacher that names class 0 for every clip pulls the cheapest bucket there."""
+    model = tiny_model().train()
+    x, y = batch(clips)
+    teacher = torch.full((len(y), 12), -8.0)
+    teacher[:, 0] = 8.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(20):
+        loss, _, _ = training_loss(model, x, y, tau=1.0, config=TrainConfig(), gated=False, teacher_logits=teacher)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    cheapest = sandwich_buckets(model)[0]
+    with torch.no_grad():
+        picked = model.eval()(x, bucket=cheapest).argmax(1)
+    assert (y != 0).sum() > len(y) // 2  # the labels disagree with the teacher on most clips
+    assert (picked == 0).float().mean() > 0.9, picked
+
+
+def test_a_teacher_that_reads_other_clips_is_a_clear_error(tmp_path: Path) -> None:
+    from vared2.models import save
+
+    save(r2plus1d_18(width=0.125, frames=FRAMES, size=SIZE + 8, num_classes=12), tmp_path / "teacher")
+    with pytest.raises(ValueError, match=r"--teacher .*teacher: it reads 4x40 clips"):
+        one_epoch_on_new_data(tmp_path, teacher=tmp_path / "teacher")
     assert not (tmp_path / "c").exists()

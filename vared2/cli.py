@@ -99,6 +99,12 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     help="Start from this checkpoint's weights (e.g. the static baseline) instead of random ones.",
 )
 @click.option(
+    "--teacher",
+    type=existing_dir,
+    default=None,
+    help="Distil this checkpoint's predictions (e.g. the static baseline's) into every bucket trained.",
+)
+@click.option(
     "--fit-gate",
     is_flag=True,
     help="After training, fit the gate to each clip's best bucket at --target-ratio (see docs/training.md).",
@@ -121,6 +127,7 @@ def train(
     seed: int,
     threads: int | None,
     init_from: Path | None,
+    teacher: Path | None,
     fit_gate: bool,
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
@@ -150,6 +157,7 @@ def train(
             resume=resume,
             init_from=init_from,
             fit_gate_after=fit_gate,
+            teacher=teacher,
             command=command,
         )
         click.echo(describe(history))
