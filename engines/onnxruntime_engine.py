@@ -29,6 +29,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, WeightsEntry, sha256_file
+from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
 
@@ -54,7 +55,7 @@ LEVELS = {
 #: (``vared2.engines.ort_specialize``); the 3-D convolutions are the same at every level (docs/performance.md).
 DEFAULT_LEVEL = "all"
 #: Version of the build-time graph rewrite (part of the build key: a new rewrite rebuilds existing engines).
-GRAPH_REWRITE = "ort-specialize-3"
+GRAPH_REWRITE = "ort-specialize-4"
 #: Parity between an engine and the ONNX file it was built from (same input, fp32).
 TOLERANCE = 1e-4
 
@@ -322,13 +323,13 @@ def build_onnxruntime(
     rewrite: bool = True,
 ) -> Manifest:
     """Write the ONNX Runtime engines of ``onnx_dir`` into ``out_dir`` (an empty working directory) and
-    return their manifest (not written: ``vared2.engines.build`` does that, atomically).
+        return their manifest (not written: ``vared2.engines.build`` does that, atomically).
 
-    Every engine is run against its source ONNX on the same seeded input; a difference beyond
-    ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
-    each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``; the
-    gate's stem by ``vared2.engines.ort_stem``), so the parity check also checks the rewrites against the exported
-    graphs.
+        Every engine is run against its source ONNX on the same seeded input; a difference beyond
+        ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
+        each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``; the
+    X also checks the rewrites against the exported
+        graphs.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     spec = read_export_spec(onnx_dir)
@@ -338,7 +339,10 @@ def build_onnxruntime(
     files = [gate_file, *(b["file"] for b in spec["buckets"])]
     models = {file: onnx.load(str(onnx_dir / file)) for file in files}
     if rewrite:
-        models = {file: specialize(stem_for_ort(m) if file == gate_file else m) for file, m in models.items()}
+        models = {
+            file: motion_head_for_ort(specialize(stem_for_ort(m))) if file == gate_file else specialize(m)
+            for file, m in models.items()
+        }
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)
     for file, model in models.items():
         # save_model would re-externalise by its own rules; the tensors already point into weights.bin.

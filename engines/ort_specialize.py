@@ -353,6 +353,17 @@ def _prune(model: ModelProto) -> None:
     model.graph.initializer.extend(kept)
 
 
+def _replace_nodes(model: ModelProto, nodes: list[NodeProto], initializers: list[TensorProto]) -> None:
+    """Make ``nodes`` (in topological order) the graph's nodes, add ``initializers``, drop what nothing reads any
+    more, forget stale inferred shapes, and check the result."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(initializers)
+    _prune(model)
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+
+
 def specialize(model: ModelProto, *, temporal_2d: bool = True) -> ModelProto:
     """A copy of ``model`` with every ``vared2`` node replaced by a shape- and weight-specialised function and,
     with ``temporal_2d``, every temporal-only convolution run as a 2-D one (see the module docstring). A model

@@ -24,7 +24,16 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .ort_specialize import SPECIALIZED_SUFFIX, _analyse, _attribute, _Graph, _int64, _prune, _sole_consumer
+from .ort_specialize import (
+    SPECIALIZED_SUFFIX,
+    _analyse,
+    _attribute,
+    _Graph,
+    _int64,
+    _prune,
+    _replace_nodes,
+    _sole_consumer,
+)
 
 #: ONNX Runtime's widest NCHWc block (AVX-512); a multiple of it is also one of the AVX2 block of 8.
 CHANNEL_BLOCK = 16
@@ -114,12 +123,7 @@ def stem_over_frames(model: ModelProto) -> int:
                 nodes += new
             elif not replaced.intersection(node.output):
                 nodes.append(node)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        model.graph.initializer.extend(tensors)
-        _prune(model)
-        del model.graph.value_info[:]
-        onnx.checker.check_model(model)
+        _replace_nodes(model, nodes, tensors)
         return 1
     return 0
 
