@@ -39,7 +39,7 @@ def _is_mean_over_clip(node: NodeProto | None) -> bool:
         and node.domain == ""
         and len(node.input) == 1
         and _attribute(node, "axes", []) == ALL_BUT_BATCH_AND_CHANNEL
-        and next((a.i for a in node.attribute if a.name == "keepdims"), 1) == 0
+        and _attribute_int(node, "keepdims") == 0
     )
 
 
