@@ -323,13 +323,13 @@ def build_onnxruntime(
     rewrite: bool = True,
 ) -> Manifest:
     """Write the ONNX Runtime engines of ``onnx_dir`` into ``out_dir`` (an empty working directory) and
-        return their manifest (not written: ``vared2.engines.build`` does that, atomically).
+    return their manifest (not written: ``vared2.engines.build`` does that, atomically).
 
-        Every engine is run against its source ONNX on the same seeded input; a difference beyond
-        ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
-        each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``; the
-    X also checks the rewrites against the exported
-        graphs.
+    Every engine is run against its source ONNX on the same seeded input; a difference beyond
+    ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
+    each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``; the
+    gate's stem by ``vared2.engines.ort_stem``, its descriptor by ``vared2.engines.ort_gate_head``), so the parity
+    check also checks the rewrites against the exported graphs.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     spec = read_export_spec(onnx_dir)
