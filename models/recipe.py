@@ -61,8 +61,7 @@ def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
         )
     if teacher.config.labels != student.labels:
         raise ValueError(
-            f"--teacher {path}: its classes {list(teacher.config.labels)} differ from the data's "
-            f"{list(student.labels)}"
+            f"--teacher {path}: its classes {list(teacher.config.labels)} differ from the data's {list(student.labels)}"
         )
     return teacher.eval()
 
@@ -113,9 +112,7 @@ def run_training(
         provenance["init_from"] = {"path": str(init_from), "provenance": load(Path(init_from)).config.provenance}
     if teacher_model is not None:
         provenance["teacher"] = {"path": str(teacher), "provenance": teacher_model.config.provenance}
-    history = train(
-        model, train_set, val_set, out, config, resume=resume, provenance=provenance, teacher=teacher_model
-    )
+    history = train(model, train_set, val_set, out, config, resume=resume, provenance=provenance, teacher=teacher_model)
     if not config.static:
         calibration_clips, _ = stack_dataset(train_set, limit=CALIBRATION_CLIPS)
         calibrate_batchnorm(model, calibration_clips)
