@@ -202,10 +202,17 @@ def test_a_teacher_is_what_the_reduced_buckets_learn(clips: ClipListDataset) -> 
     assert (picked == 0).float().mean() > 0.9, picked
 
 
-def test_a_teacher_that_reads_other_clips_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [(SIZE + 8, r"--teacher .*teacher: it reads 4x40 clips"), (SIZE, r"--teacher .*teacher: its classes \[\] differ")],
+)
+def test_a_teacher_that_reads_other_clips_or_names_other_classes_is_a_clear_error(
+    tmp_path: Path, size: int, message: str
+) -> None:
+    """Another crop size, or no class names (the data's are the synthetic set's 12): stopped before training."""
     from vared2.models import save
 
-    save(r2plus1d_18(width=0.125, frames=FRAMES, size=SIZE + 8, num_classes=12), tmp_path / "teacher")
-    with pytest.raises(ValueError, match=r"--teacher .*teacher: it reads 4x40 clips"):
+    save(r2plus1d_18(width=0.125, frames=FRAMES, size=size, num_classes=12), tmp_path / "teacher")
+    with pytest.raises(ValueError, match=message):
         one_epoch_on_new_data(tmp_path, teacher=tmp_path / "teacher")
     assert not (tmp_path / "c").exists()
