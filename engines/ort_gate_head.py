@@ -23,7 +23,15 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .ort_specialize import SPECIALIZED_SUFFIX, _analyse, _attribute, _Graph, _int64, _replace_nodes
+from .ort_specialize import (
+    SPECIALIZED_SUFFIX,
+    _analyse,
+    _attribute,
+    _attribute_int,
+    _Graph,
+    _int64,
+    _replace_nodes,
+)
 
 ALL_BUT_BATCH_AND_CHANNEL = [2, 3, 4]
 
@@ -82,10 +90,6 @@ def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[No
     if any(len(graph.consumers.get(n.output[0], [])) != 1 for n in exclusive if n is not None):
         return None
     return [mean, motion, *[n for n in exclusive if n is not None]], features
-
-
-def _attribute_int(node: NodeProto, name: str) -> int | None:
-    return next((a.i for a in node.attribute if a.name == name), None)
 
 
 def _four_d_source(model: ModelProto, graph: _Graph, features: str) -> tuple[list[NodeProto], list[NodeProto], str]:

@@ -269,6 +269,10 @@ def _attribute(node: NodeProto, name: str, default: list[int]) -> list[int]:
     return list(found.ints) if found is not None else default
 
 
+def _attribute_int(node: NodeProto, name: str, default: int | None = None) -> int | None:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
 def _temporal_conv_as_2d(node: NodeProto, index: int, graph: _Graph) -> list[NodeProto] | None:
     """A 3-D ``Conv`` whose kernel and stride are 1 in both spatial axes (the temporal halves of r(2+1)d, its
     stem's second conv) as a 2-D ``Conv`` over the free view ``[N, C, T, H·W]``: the same sums, on ONNX Runtime's
@@ -284,7 +288,7 @@ def _temporal_conv_as_2d(node: NodeProto, index: int, graph: _Graph) -> list[Nod
     strides = _attribute(node, "strides", [1, 1, 1])
     pads = _attribute(node, "pads", [0] * 6)
     spatial_one = kernel[1:] == [1, 1] and strides[1:] == [1, 1] and pads[1:3] + pads[4:] == [0, 0, 0, 0]
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    group = _attribute_int(node, "group", 1)
     plain = _attribute(node, "dilations", [1, 1, 1]) == [1, 1, 1] and group == 1
     if not (spatial_one and plain) or any(a.name == "auto_pad" for a in node.attribute):
         return None

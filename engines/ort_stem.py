@@ -28,6 +28,7 @@ from .ort_specialize import (
     SPECIALIZED_SUFFIX,
     _analyse,
     _attribute,
+    _attribute_int,
     _Graph,
     _int64,
     _prune,
@@ -45,7 +46,7 @@ def _conv_weight(node: NodeProto, graph: _Graph) -> np.ndarray | None:
     """The constant weight of a plain (ungrouped, undilated) default-domain ``Conv``, else ``None``."""
     if node.op_type != "Conv" or node.domain != "" or len(node.input) < 2:
         return None
-    if next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+    if _attribute_int(node, "group", 1) != 1:
         return None
     weight = graph.constants(node.input[1])
     if weight is None or _attribute(node, "dilations", [1] * (weight.ndim - 2)) != [1] * (weight.ndim - 2):
