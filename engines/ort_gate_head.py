@@ -85,21 +85,22 @@ def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[No
     later, earlier = (_time_slice(_producer(model, name), graph, frames) for name in sub.input)
     if later != (features, 1, frames) or earlier != (features, 0, frames - 1) or frames < 2:
         return None
-    slices = [_producer(model, name) for name in sub.input]
+    slices = [node for name in sub.input if (node := _producer(model, name)) is not None]  # both exist: matched
     exclusive = [absolute, sub, *slices]
-    if any(len(graph.consumers.get(n.output[0], [])) != 1 for n in exclusive if n is not None):
+    if any(len(graph.consumers.get(n.output[0], [])) != 1 for n in exclusive):
         return None
-    return [mean, motion, *[n for n in exclusive if n is not None]], features
+    return [mean, motion, *exclusive], features
 
 
-def _four_d_source(model: ModelProto, graph: _Graph, features: str) -> tuple[list[NodeProto], list[NodeProto], str]:
+def _four_d_source(
+    model: ModelProto, graph: _Graph, features: str, prefix: str
+) -> tuple[list[NodeProto], list[NodeProto], str]:
     """(nodes to drop, nodes to add, name of ``ReLU``-ed ``[N, C, T, H·W]``) for the features.
 
     If the features are ``Relu(Reshape(y))`` with ``y`` 4-D (the temporal conv run as 2-D), the ReLU moves onto
     ``y`` and the reshape produces the features from it; otherwise the features are reshaped to 4-D."""
     shape = graph.shapes[features]
     c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
-    prefix = f"{features}{SPECIALIZED_SUFFIX}.head"
     relu = _producer(model, features)
     reshape = _producer(model, relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
     source = reshape.input[0] if reshape is not None and reshape.op_type == "Reshape" else None
@@ -130,19 +131,16 @@ def _head(
     """Mean and mean absolute frame difference of ``f4 [N, C, T, H·W]`` as ``[N, C]`` each (module docstring)."""
     rising = np.zeros((channels, 1, 2, 1), np.float32)
     rising[:, 0, 0, 0], rising[:, 0, 1, 0] = -1.0, 1.0
-    weights = [
-        numpy_helper.from_array(rising, f"{prefix}_rising"),
-        numpy_helper.from_array(-rising, f"{prefix}_falling"),
-    ]
+    weights: list[TensorProto] = []
     nodes = [
         helper.make_node("GlobalAveragePool", [f4], [f"{prefix}.mean4"]),
         helper.make_node("Flatten", [f"{prefix}.mean4"], [mean_out], axis=1),
     ]
     halves = []
-    for weight in weights:
-        part = weight.name.rpartition("_")[2]
+    for part, kernel in (("rising", rising), ("falling", -rising)):
+        weights.append(numpy_helper.from_array(kernel, f"{prefix}_{part}"))
         nodes += [
-            helper.make_node("Conv", [f4, weight.name], [f"{prefix}.{part}"], group=channels, kernel_shape=[2, 1]),
+            helper.make_node("Conv", [f4, weights[-1].name], [f"{prefix}.{part}"], group=channels, kernel_shape=[2, 1]),
             helper.make_node("Relu", [f"{prefix}.{part}"], [f"{prefix}.{part}.relu"]),
             helper.make_node("GlobalAveragePool", [f"{prefix}.{part}.relu"], [f"{prefix}.{part}.mean"]),
         ]
@@ -164,8 +162,8 @@ def motion_head_for_ort(model: ModelProto) -> ModelProto:
         if found is None:
             continue
         old, features = found
-        dropped, added, f4 = _four_d_source(result, graph, features)
         prefix = f"{features}{SPECIALIZED_SUFFIX}.head"
+        dropped, added, f4 = _four_d_source(result, graph, features, prefix)
         head, weights = _head(f4, int(graph.shapes[features][1]), old[0].output[0], old[1].output[0], prefix)  # type: ignore[arg-type]
         removed = {n.output[0] for n in [*old, *dropped]}  # nodes by their (unique) first output
         # The moved ReLU and reshape go where the ReLU was; the head (and a fallback reshape) before the Concat.

@@ -284,6 +284,8 @@ def train(
     def cosine_lr(step: int) -> float:
         return config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
 
+    if teacher is not None:
+        teacher.eval()  # its BatchNorm statistics stay as trained; only ``model`` switches modes below
     start, history = 0, list[EpochStats]()
     if resume:
         previous = load(out_dir)
@@ -306,7 +308,7 @@ def train(
             teacher_logits = None
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = teacher.eval()(clips, bucket=0)
+                    teacher_logits = teacher(clips, bucket=0)
             loss, logits, _ = training_loss(
                 model, clips, labels, tau=tau, config=config, gated=gated, teacher_logits=teacher_logits
             )
