@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
+from ort_levels import LEVELS, run_at_level
 
 from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_specialize import specialize
@@ -15,16 +15,6 @@ from vared2.engines.ort_stem import stem_for_ort
 from vared2.export.graphs import GateGraph
 from vared2.export.onnx_export import to_onnx
 from vared2.models import mc3_18, r2plus1d_18, r3d_18
-
-LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-
-
-def _run(model: onnx.ModelProto, clip: np.ndarray, level: str) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(["features", "bucket_logits", "descriptor"], {"clip": clip})
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:
@@ -63,7 +53,8 @@ def test_descriptor_rewrite_matches_pytorch(build) -> None:  # type: ignore[no-u
         features, logits = gate(clip)
         descriptor = model.gate.descriptor(features)
     for level in LEVELS:
-        got_features, got_logits, got_descriptor = _run(rewritten, clip.numpy(), level)
+        outputs = ["features", "bucket_logits", "descriptor"]
+        got_features, got_logits, got_descriptor = run_at_level(rewritten, {"clip": clip.numpy()}, level, outputs)
         np.testing.assert_allclose(got_features, features.numpy(), atol=2e-5, rtol=0)
         np.testing.assert_allclose(got_descriptor, descriptor.numpy(), atol=2e-5, rtol=1e-5)
         np.testing.assert_allclose(got_logits, logits.numpy(), atol=2e-5, rtol=1e-5)

@@ -8,24 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from ort_levels import LEVELS, run_at_level
 
 from vared2.engines.ort_specialize import SPECIALIZED_DOMAIN, is_specialized_initializer, specialize
 from vared2.plugins import DOMAIN, reference
 from vared2.plugins.onnx_functions import OPSET, PLUGIN_ATTRIBUTES, attach_functions
-
-LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-
-
-def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray], level: str) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feed)[0]
 
 
 def _layer_model(
@@ -110,8 +100,8 @@ def test_specialised_layer_matches_reference(
     assert [n.domain for n in special.graph.node] == [SPECIALIZED_DOMAIN] * (2 if factor > 1 else 1)
     assert not special.graph.node[-1].output[0].startswith("y0") or post == "none"  # the Add/Relu were absorbed
     assert all(is_specialized_initializer(t.name) for t in special.graph.initializer)
-    got = _run(special, {"x": x}, level)
-    generic = _run(model, {"x": x}, level)
+    got = run_at_level(special, {"x": x}, level)[0]
+    generic = run_at_level(model, {"x": x}, level)[0]
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(got, generic, atol=1e-5, rtol=0)
 
@@ -169,9 +159,11 @@ def test_exported_buckets_keep_their_outputs(tmp_path: Path) -> None:
         rewritten += sum(n.domain == SPECIALIZED_DOMAIN for n in special.graph.node)
         top_convs = [n for n in special.graph.node if n.op_type == "Conv"]
         assert len(top_convs) == sum(n.op_type == "Conv" for n in source.graph.node)
-        expected = _run(source, {"features": features}, "extended")
+        expected = run_at_level(source, {"features": features}, "extended")[0]
         for level in LEVELS:
-            np.testing.assert_allclose(_run(special, {"features": features}, level), expected, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                run_at_level(special, {"features": features}, level)[0], expected, atol=1e-5, rtol=0
+            )
     assert rewritten > 0
 
 
@@ -217,5 +209,5 @@ def test_temporal_convs_run_as_2d_convs_with_the_same_result(
         )
     ).numpy()
     for level in LEVELS:
-        np.testing.assert_allclose(_run(model, {"x": x}, level), expected, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(_run(before, {"x": x}, level), expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(run_at_level(model, {"x": x}, level)[0], expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(run_at_level(before, {"x": x}, level)[0], expected, atol=1e-5, rtol=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from ort_levels import LEVELS, run_at_level
 
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import pad_conv_pairs, stem_for_ort, stem_over_frames
@@ -16,16 +16,6 @@ from vared2.export.graphs import GateGraph
 from vared2.export.onnx_export import to_onnx
 from vared2.models import mc3_18, r2plus1d_18, r3d_18
 from vared2.plugins.onnx_functions import OPSET
-
-LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-
-
-def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray], level: str) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feed)
 
 
 def _conv_kernels(model: onnx.ModelProto) -> list[list[int]]:
@@ -61,7 +51,7 @@ def test_gate_stem_rewrite_matches_pytorch(width: float, padded: int) -> None:
     with torch.no_grad():
         features, logits = gate(clip)
     for level in LEVELS:
-        got_features, got_logits = _run(rewritten, {"clip": clip.numpy()}, level)
+        got_features, got_logits = run_at_level(rewritten, {"clip": clip.numpy()}, level)
         np.testing.assert_allclose(got_features, features.numpy(), atol=2e-5, rtol=0)
         np.testing.assert_allclose(got_logits, logits.numpy(), atol=2e-5, rtol=1e-5)
 
@@ -111,4 +101,6 @@ def test_conv_pairs_are_padded_only_when_cheap_and_exact(mid: int, between: str,
     assert weights[first.input[1]][0] == (padded_to or mid) and weights[second.input[1]][1] == (padded_to or mid)
     x = np.random.default_rng(1).standard_normal((2, 4, 6, 5, 5)).astype(np.float32)
     for level in LEVELS:
-        np.testing.assert_allclose(_run(model, {"x": x}, level)[0], _run(before, {"x": x}, level)[0], atol=1e-4)
+        np.testing.assert_allclose(
+            run_at_level(model, {"x": x}, level)[0], run_at_level(before, {"x": x}, level)[0], atol=1e-4
+        )
