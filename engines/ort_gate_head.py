@@ -14,7 +14,8 @@ convolution already produces (``ort_specialize.temporal_convs_as_2d``), with ops
   ``(-1, 1)`` and ``(1, -1)``, each with its ReLU fused, each followed by ``GlobalAveragePool``; their sum is the
   mean absolute difference over the ``T-1`` pairs.
 
-The stem's last ReLU moves before the reshape to 5-D so it fuses into the convolution. Sums are regrouped, so
+The stem's last ReLU sits before the reshape to 5-D, fused into the convolution (``temporal_convs_as_2d`` moves it),
+so the head reads that 4-D view itself. Sums are regrouped, so
 results match to float rounding; the build's parity check still compares against the unrewritten graph.
 """
 
@@ -92,31 +93,28 @@ def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[No
     return [mean, motion, *exclusive], features
 
 
-def _four_d_source(
-    model: ModelProto, graph: _Graph, features: str, prefix: str
-) -> tuple[list[NodeProto], list[NodeProto], str]:
-    """(nodes to drop, nodes to add, name of ``ReLU``-ed ``[N, C, T, H·W]``) for the features.
+def _four_d_source(graph: _Graph, model: ModelProto, features: str, prefix: str) -> tuple[list[NodeProto], str]:
+    """(nodes to add, name of the ``[N, C, T, H·W]`` view) of the features.
 
-    If the features are ``Relu(Reshape(y))`` with ``y`` 4-D (the temporal conv run as 2-D), the ReLU moves onto
-    ``y`` and the reshape produces the features from it; otherwise the features are reshaped to 4-D."""
+    If the features are a reshape of such a view (the temporal conv run as 2-D, its ReLU already moved before the
+    reshape by ``ort_specialize.temporal_convs_as_2d``), that view is read directly; otherwise the features are
+    reshaped to 4-D."""
     shape = graph.shapes[features]
     c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
-    relu = _producer(model, features)
-    reshape = _producer(model, relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
-    source = reshape.input[0] if reshape is not None and reshape.op_type == "Reshape" else None
-    four_d = source is not None and graph.shapes.get(source) == [shape[0], c, t, h * w]
-    if relu is not None and reshape is not None and four_d and len(graph.consumers[reshape.output[0]]) == 1:
-        return (
-            [relu, reshape],
-            [
-                helper.make_node("Relu", [reshape.input[0]], [f"{prefix}.f4"]),
-                _int64(f"{prefix}.shape5", [-1, c, t, h, w]),
-                helper.make_node("Reshape", [f"{prefix}.f4", f"{prefix}.shape5"], [features]),
-            ],
-            f"{prefix}.f4",
-        )
+    reshape = _producer(model, features)
+    if (
+        reshape is not None
+        and reshape.op_type == "Reshape"
+        and graph.shapes.get(reshape.input[0])
+        == [
+            shape[0],
+            c,
+            t,
+            h * w,
+        ]
+    ):
+        return [], reshape.input[0]
     return (
-        [],
         [
             _int64(f"{prefix}.shape4", [-1, c, t, h * w]),
             helper.make_node("Reshape", [features, f"{prefix}.shape4"], [f"{prefix}.f4"]),
@@ -163,17 +161,13 @@ def motion_head_for_ort(model: ModelProto) -> ModelProto:
             continue
         old, features = found
         prefix = f"{features}{SPECIALIZED_SUFFIX}.head"
-        dropped, added, f4 = _four_d_source(result, graph, features, prefix)
+        added, f4 = _four_d_source(graph, result, features, prefix)
         head, weights = _head(f4, int(graph.shapes[features][1]), old[0].output[0], old[1].output[0], prefix)  # type: ignore[arg-type]
-        removed = {n.output[0] for n in [*old, *dropped]}  # nodes by their (unique) first output
-        # The moved ReLU and reshape go where the ReLU was; the head (and a fallback reshape) before the Concat.
-        anchor = (dropped[0] if dropped else concat).output[0]
+        removed = {n.output[0] for n in old}  # nodes by their (unique) first output
         nodes: list[NodeProto] = []
         for node in result.graph.node:
-            if node.output[0] == anchor:
-                nodes += added
-            if node.output[0] == concat.output[0]:
-                nodes += head
+            if node.output[0] == concat.output[0]:  # the head (and a fallback reshape) go before the Concat
+                nodes += [*added, *head]
             if node.output[0] not in removed:
                 nodes.append(node)
         _replace_nodes(result, nodes, weights)

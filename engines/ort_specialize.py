@@ -74,6 +74,14 @@ class _Rewrite:
     absorbed: list[NodeProto] = field(default_factory=list)
 
 
+@dataclass
+class _Rewrite2d:
+    """A temporal convolution's 2-D replacement and the node (its ReLU) it absorbed."""
+
+    nodes: list[NodeProto]
+    absorbed: list[NodeProto]
+
+
 def _analyse(model: ModelProto) -> _Graph:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int | None]] = {}
@@ -273,10 +281,12 @@ def _attribute_int(node: NodeProto, name: str, default: int | None = None) -> in
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def _temporal_conv_as_2d(node: NodeProto, index: int, graph: _Graph) -> list[NodeProto] | None:
+def _temporal_conv_as_2d(node: NodeProto, index: int, graph: _Graph) -> _Rewrite2d | None:
     """A 3-D ``Conv`` whose kernel and stride are 1 in both spatial axes (the temporal halves of r(2+1)d, its
     stem's second conv) as a 2-D ``Conv`` over the free view ``[N, C, T, H·W]``: the same sums, on ONNX Runtime's
-    2-D kernels instead of its 3-D im2col path (docs/performance.md). ``None`` if the node is anything else."""
+    2-D kernels instead of its 3-D im2col path (docs/performance.md). A ``ReLU`` right after moves before the
+    reshape back to 5-D, where ONNX Runtime fuses it into the convolution. ``None`` if the node is anything
+    else."""
     if node.op_type != "Conv" or node.domain != "" or len(node.input) < 2:
         return None
     dims = _static_5d(graph, node.input[0])
@@ -298,6 +308,9 @@ def _temporal_conv_as_2d(node: NodeProto, index: int, graph: _Graph) -> list[Nod
         return None
     prefix = f"{node.output[0]}{SPECIALIZED_SUFFIX}2d"
     x4, w4, y4 = f"{prefix}.x", f"{prefix}.w", f"{prefix}.y"
+    relu = _sole_consumer(graph, node.output[0], "Relu")
+    output = relu.output[0] if relu is not None else node.output[0]
+    activated = [helper.make_node("Relu", [y4], [f"{prefix}.r"])] if relu is not None else []
     conv = helper.make_node(
         "Conv",
         [x4, w4, *node.input[2:]],
@@ -307,26 +320,33 @@ def _temporal_conv_as_2d(node: NodeProto, index: int, graph: _Graph) -> list[Nod
         strides=[strides[0], 1],
         pads=[pads[0], 0, pads[3], 0],
     )
-    return [
+    nodes = [
         _int64(f"{prefix}.xshape", [0, c, dims[1], h * w]),
         helper.make_node("Reshape", [node.input[0], f"{prefix}.xshape"], [x4]),
         _int64(f"{prefix}.wshape", [c_out, c, kernel[0], 1]),  # folded by ONNX Runtime at load (a constant)
         helper.make_node("Reshape", [node.input[1], f"{prefix}.wshape"], [w4]),
         conv,
+        *activated,
         _int64(f"{prefix}.yshape", [0, c_out, int(t_out), h, w]),
-        helper.make_node("Reshape", [y4, f"{prefix}.yshape"], [node.output[0]]),
+        helper.make_node("Reshape", [activated[-1].output[0] if activated else y4, f"{prefix}.yshape"], [output]),
     ]
+    return _Rewrite2d(nodes, [relu] if relu is not None else [])
 
 
 def temporal_convs_as_2d(model: ModelProto) -> int:
     """Rewrite, in place, every top-level ``Conv`` that ``_temporal_conv_as_2d`` accepts; returns how many."""
     graph = _analyse(model)
-    nodes: list[NodeProto] = []
-    count = 0
+    rewrites: list[_Rewrite2d | None] = []
     for node in model.graph.node:
-        replacement = _temporal_conv_as_2d(node, count, graph)
-        count += replacement is not None
-        nodes.extend(replacement if replacement is not None else [node])
+        rewrites.append(_temporal_conv_as_2d(node, sum(r is not None for r in rewrites), graph))
+    absorbed = {o for r in rewrites if r is not None for a in r.absorbed for o in a.output}
+    nodes = [
+        new
+        for node, rewrite in zip(model.graph.node, rewrites, strict=True)
+        if not (rewrite is None and any(o in absorbed for o in node.output))
+        for new in (rewrite.nodes if rewrite is not None else [node])
+    ]
+    count = sum(r is not None for r in rewrites)
     if count:
         del model.graph.node[:]
         model.graph.node.extend(nodes)

@@ -49,6 +49,9 @@ def test_descriptor_rewrite_matches_pytorch(build) -> None:  # type: ignore[no-u
     relu_before_reshape = build is r2plus1d_18
     features_producer = next(n for n in rewritten.graph.node if "features" in n.output)
     assert features_producer.op_type == ("Reshape" if relu_before_reshape else "Relu")
+    head_reads = {n.op_type for n in rewritten.graph.node if features_producer.input[0] in n.input}
+    if relu_before_reshape:  # the head reads the 4-D view the ReLU wrote, beside the reshape to the features
+        assert head_reads == {"Reshape", "GlobalAveragePool", "Conv"}, head_reads
     with torch.no_grad():
         features, logits = gate(clip)
         descriptor = model.gate.descriptor(features)
