@@ -12,6 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from ort_levels import LEVELS, run_at_level
+from tiny_buckets import export_tiny
 
 from vared2.engines.ort_specialize import SPECIALIZED_DOMAIN, is_specialized_initializer, specialize
 from vared2.plugins import DOMAIN, reference
@@ -135,22 +136,9 @@ def test_non_constant_parameters_keep_the_generic_function() -> None:
 def test_exported_buckets_keep_their_outputs(tmp_path: Path) -> None:
     """A tiny r2plus1d_18 with non-trivial BatchNorm and cheap-op parameters: every specialised bucket equals
     its exported graph, keeps exactly its top-level partial convolutions, and has no vared2 node left."""
-    from vared2.export.onnx_export import export_model
     from vared2.models import r2plus1d_18
 
-    torch.manual_seed(0)
-    model = r2plus1d_18(width=0.125, frames=4, size=32, num_classes=5)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.bias.normal_(0, 0.2, generator=g)
-        for name, param in model.named_parameters():
-            if "channel_weight" in name or "temporal_shift" in name:
-                param.normal_(0, 0.3, generator=g)
-    exported = export_model(model.eval(), tmp_path / "onnx")
-    features = np.maximum(np.random.default_rng(0).standard_normal((2, 8, 4, 16, 16)).astype(np.float32), 0)
+    _, exported, features = export_tiny(r2plus1d_18, tmp_path / "onnx")
     rewritten = 0
     for path in exported.buckets:
         source = onnx.load(str(path))
@@ -202,6 +190,9 @@ def test_temporal_convs_run_as_2d_convs_with_the_same_result(
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     kernels = [len(next(a for a in c.attribute if a.name == "kernel_shape").ints) for c in convs]
     assert kernels == [2 if rewritten else 3]
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    assert relu.input[0] == convs[0].output[0]  # rewritten: moved onto the 4-D output, where it fuses
+    assert next(n for n in model.graph.node if "z" in n.output).op_type == ("Reshape" if rewritten else "Relu")
     x = rng.standard_normal((3, 5, 8, 6, 7)).astype(np.float32)
     expected = torch.relu(
         torch.nn.functional.conv3d(
