@@ -1,21 +1,31 @@
-"""Build-time removal of reconstructed frames that nothing reads (docs/performance.md, "Frames nothing reads").
+"""Build-time thinning of frames nothing reads (docs/performance.md, "Frames nothing reads").
 
-ϕt (``vared2::TemporalReconstruct``, factor ``R``) turns the partial convolution's ``T/R`` frames into ``T``:
-frame ``R·k`` is computed frame ``k`` itself (``a[0] = 1``, ``b[0] = 0``, DESIGN.md §2) and the ``R - 1`` frames
-after it are rebuilt. When every reader of the result — through per-frame ops: ϕs, a per-channel ``Add``, ``ReLU``
-— is a convolution with a temporal kernel of 1, no temporal padding and a temporal stride ``s·R``, those readers
-only ever see frames ``0, s·R, 2·s·R, …``: computed frames. The rebuilt frames are dead work.
+ϕt (``vared2::TemporalReconstruct``, factor ``R``) turns the partial convolution's ``T/R`` frames into ``T``: frame
+``R·k`` is computed frame ``k`` itself (``a[0] = 1``, ``b[0] = 0``, DESIGN.md §2) and the ``R - 1`` frames after it
+are rebuilt. A convolution with a temporal kernel of 1, no temporal padding and temporal stride ``s`` reads only
+frames ``0, s, 2s, …`` of its input; r(2+1)d's spatial halves in a temporally reduced stage have ``s = R``, and so
+do the shortcut projections of a stage that halves time. Whatever reaches such readers only through ops that treat
+every frame alike (``ReLU``, a per-channel ``Add``, the residual ``Add``, ϕs) is needed only at those frames.
 
-In r(2+1)d that is the middle of every residual block of a temporally reduced stage: the first ``Conv2Plus1D``'s
-temporal half is reconstructed, normalised and activated, then read only by the second one's spatial ``1×3×3``
-convolution, which has temporal stride ``R``. In mc3's 2-D stages it is the first convolution of every block.
-``skip_unread_frames`` drops such a ϕt node, lets the per-frame ops run on the ``T/R`` computed frames and divides
-the readers' temporal stride by ``R``: exact (the same numbers reach every reader), and the per-frame ops run on a
-``1/R`` of the frames. The exported files keep the node (DESIGN.md §4); only the ONNX Runtime engine drops it,
-and the build's parity check compares the engine with the exported graph.
+``skip_unread_frames`` works out, backwards from the outputs, the stride ``m`` at which each value is needed, and
+keeps only frames ``0, m, 2m, …`` of it:
+
+* a ϕt node whose output is needed at a multiple of ``R`` is dropped — its output *is* its input at stride ``m/R``;
+* ops that treat frames alike run on the kept frames only;
+* a convolution's temporal stride becomes ``s·m_out / m_in`` (kernel 1: fewer frames read; otherwise fewer frames
+  written);
+* an input needed more thinly than it is kept (the graph input, say) is thinned by a strided ``Slice``.
+
+In r2plus1d_18's t-buckets, whose stages 1–3 halve time, that drops the middle ϕt of every block and, where the
+next stage is also reduced, the last ϕt of every block too: those stages' residual streams then run on half the
+frames. Exact (the same numbers reach every reader). The exported files keep their nodes (DESIGN.md §4); only the
+ONNX Runtime engine changes, and the build's parity check compares the engine with the exported graph.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
 
 import numpy as np
 import onnx
@@ -23,96 +33,213 @@ from onnx import ModelProto, NodeProto
 
 from vared2.plugins import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 
-from .ort_specialize import _analyse, _attribute, _Graph, _prune
-
-#: Ops between ϕt and its readers that treat every frame alike (so they commute with picking frames).
-_PER_FRAME = {("", "Relu"), (DOMAIN, CHANNEL_RECONSTRUCT)}
+from .ort_specialize import _analyse, _attribute, _Graph, _int64, _prune
 
 
-def _per_frame_add(node: NodeProto, value: str, graph: _Graph) -> bool:
-    """An ``Add`` of ``value`` and a constant that does not vary along time (a per-channel BatchNorm shift)."""
-    if node.op_type != "Add" or node.domain != "" or len(node.input) != 2:
-        return False
-    other = graph.constants(node.input[1] if node.input[0] == value else node.input[0])
-    return other is not None and (other.ndim < 3 or other.shape[-3] == 1)
+@dataclass(frozen=True)
+class _TimeConv:
+    """The temporal geometry of a 3-D ``Conv``."""
+
+    kernel: int
+    stride: int
+    pads: tuple[int, int]
+
+    def reads(self, stride_out: int) -> int:
+        """The stride at which its input is needed when its output is needed at ``stride_out``."""
+        return self.stride * stride_out if self.kernel == 1 and self.pads == (0, 0) else 1
+
+    def frames_out(self, frames_in: int, stride: int) -> int:
+        return (frames_in + sum(self.pads) - self.kernel) // stride + 1
 
 
-def _reads_every_rth_frame(node: NodeProto, factor: int, graph: _Graph) -> bool:
-    """A 3-D ``Conv`` with temporal kernel 1, no temporal padding and a temporal stride divisible by ``factor``."""
+def _time_conv(node: NodeProto, graph: _Graph) -> _TimeConv | None:
     if node.op_type != "Conv" or node.domain != "" or any(a.name == "auto_pad" for a in node.attribute):
-        return False
+        return None
     weight = graph.constants(node.input[1]) if len(node.input) > 1 else None
-    if weight is None or weight.ndim != 5:
-        return False
-    kernel = _attribute(node, "kernel_shape", list(weight.shape[2:]))
-    strides = _attribute(node, "strides", [1, 1, 1])
+    if weight is None or weight.ndim != 5 or _attribute(node, "dilations", [1, 1, 1])[0] != 1:
+        return None
     pads = _attribute(node, "pads", [0] * 6)
-    return kernel[0] == 1 and pads[0] == 0 and pads[3] == 0 and strides[0] % factor == 0
+    kernel = _attribute(node, "kernel_shape", list(weight.shape[2:]))[0]
+    return _TimeConv(kernel, _attribute(node, "strides", [1, 1, 1])[0], (pads[0], pads[3]))
 
 
-def _unread_chain(node: NodeProto, graph: _Graph) -> tuple[list[str], list[NodeProto]] | None:
-    """The per-frame values after a ϕt node whose rebuilt frames nothing reads and their readers (strided
-    convolutions), else ``None``."""
+def _droppable_factor(node: NodeProto, graph: _Graph) -> int | None:
+    """``R`` of a ϕt node whose frame ``R·k`` is its input frame ``k`` (constant coefficients, first row (1, 0))."""
+    if node.domain != DOMAIN or node.op_type != TEMPORAL_RECONSTRUCT:
+        return None
     scale, shift = graph.constants(node.input[1]), graph.constants(node.input[2])
     if scale is None or shift is None or scale.ndim != 2 or not (np.all(scale[0] == 1) and np.all(shift[0] == 0)):
         return None
-    factor = scale.shape[0]
-    value = node.output[0]
-    chain = [value]
-    while True:
-        if value in graph.outputs:
-            return None
-        users = graph.consumers.get(value, [])
-        if len(users) == 1 and (
-            (users[0].domain, users[0].op_type) in _PER_FRAME or _per_frame_add(users[0], value, graph)
-        ):
-            value = users[0].output[0]
-            chain.append(value)
+    return int(scale.shape[0])
+
+
+def _frame_wise_inputs(node: NodeProto, graph: _Graph) -> list[str] | None:
+    """The time-varying inputs of an op that treats every frame alike, else ``None``."""
+    if (node.domain, node.op_type) in {("", "Relu"), (DOMAIN, CHANNEL_RECONSTRUCT)}:
+        return [node.input[0]]
+    if node.domain == "" and node.op_type == "Add" and len(node.input) == 2:
+        varying = []
+        for name in node.input:
+            value = graph.constants(name)
+            if value is None:
+                varying.append(name)
+            elif value.ndim >= 3 and value.shape[-3] != 1:
+                return None  # a constant that varies along time
+        return varying
+    return None
+
+
+def _frame_counts(model: ModelProto, graph: _Graph) -> dict[str, int]:
+    """Frame counts of the 5-D values: as inferred, or worked out past the functions shape inference cannot see
+    through (ϕt multiplies by ``R``, ops that treat frames alike keep their input's)."""
+    frames = {name: int(shape[2]) for name, shape in graph.shapes.items() if len(shape) == 5 and shape[2] is not None}
+    for node in model.graph.node:
+        if len(node.output) != 1 or node.output[0] in frames:
             continue
-        if users and all(_reads_every_rth_frame(user, factor, graph) for user in users):
-            return chain, users
-        return None
+        factor = _droppable_factor(node, graph) if node.input else None
+        conv = _time_conv(node, graph)
+        if conv is not None and node.input[0] in frames:
+            frames[node.output[0]] = conv.frames_out(frames[node.input[0]], conv.stride)
+        elif factor is not None and node.input[0] in frames:
+            frames[node.output[0]] = frames[node.input[0]] * factor
+        elif factor is None and (varying := _frame_wise_inputs(node, graph)) and varying[0] in frames:
+            frames[node.output[0]] = frames[varying[0]]
+    return frames
+
+
+def _strides_needed(model: ModelProto, graph: _Graph, frame_counts: dict[str, int]) -> dict[str, int]:
+    """The stride at which each value is kept: the gcd of what its readers need, where its producer can make it so
+    (1 for graph inputs, graph outputs and anything not understood)."""
+    needs: dict[str, list[int]] = {name: [1] for name in graph.outputs}
+    kept: dict[str, int] = {}
+    for node in reversed(model.graph.node):
+        if len(node.output) != 1:
+            for name in node.input:
+                needs.setdefault(name, []).append(1)
+            continue
+        out = node.output[0]
+        wanted = gcd(*needs.get(out, [1]))
+        frames = frame_counts.get(out)
+        conv, factor, frame_wise = _time_conv(node, graph), _droppable_factor(node, graph), None
+        if conv is None and factor is None:
+            frame_wise = _frame_wise_inputs(node, graph)
+        able = conv is not None or frame_wise is not None or (factor is not None and wanted % factor == 0)
+        stride = wanted if able and frames is not None else 1
+        kept[out] = stride
+        if conv is not None:
+            inputs = {node.input[0]: conv.reads(stride)}
+        elif factor is not None and stride > 1:
+            inputs = {node.input[0]: stride // factor}
+        elif frame_wise is not None:
+            inputs = dict.fromkeys(frame_wise, stride)
+        else:
+            inputs = {}
+        for name in node.input:
+            if name and graph.constants(name) is None:
+                needs.setdefault(name, []).append(inputs.get(name, 1))
+    for name in needs:
+        kept.setdefault(name, 1)  # graph inputs
+    return kept
+
+
+def _kept_frames(frames: int, stride: int) -> int:
+    """How many of ``frames`` frames are kept at ``stride``: ``0, stride, 2·stride, …``."""
+    return -(-frames // stride)
+
+
+def _copy(model: ModelProto) -> ModelProto:
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _set_time_stride(node: NodeProto, stride: int) -> None:
+    strides = next((a for a in node.attribute if a.name == "strides"), None)
+    if strides is None:
+        node.attribute.append(onnx.helper.make_attribute("strides", [stride, 1, 1]))
+    else:
+        strides.ints[0] = stride
 
 
 def skip_unread_frames(model: ModelProto) -> ModelProto:
-    """A copy of ``model`` without the ϕt nodes whose rebuilt frames nothing reads (see the module docstring)."""
-    result = ModelProto()
-    result.CopyFrom(model)
+    """A copy of ``model`` computing only the frames its outputs depend on (module docstring); unchanged if every
+    frame is read."""
+    result = _copy(model)
     if not any(n.domain == DOMAIN and n.op_type == TEMPORAL_RECONSTRUCT for n in result.graph.node):
         return result
     graph = _analyse(result)
-    renamed: dict[str, str] = {}
-    dropped: set[int] = set()
-    fewer_frames: dict[str, int] = {}
-    for position, node in enumerate(result.graph.node):
-        if node.domain != DOMAIN or node.op_type != TEMPORAL_RECONSTRUCT:
-            continue
-        found = _unread_chain(node, graph)
-        if found is None:
-            continue
-        chain, readers = found
-        factor = int(graph.constants(node.input[1]).shape[0])  # type: ignore[union-attr]
-        fewer_frames.update((value, factor) for value in chain[1:])
-        for reader in readers:
-            strides = next(a for a in reader.attribute if a.name == "strides")
-            strides.ints[0] //= factor
-        renamed[node.output[0]] = node.input[0]
-        dropped.add(position)
-    if not dropped:
+    frame_counts = _frame_counts(result, graph)
+    kept = _strides_needed(result, graph, frame_counts)
+    if all(stride == 1 for stride in kept.values()):
         return result
-    kept = [n for i, n in enumerate(result.graph.node) if i not in dropped]
-    for node in kept:
-        for i, name in enumerate(node.input):
-            node.input[i] = renamed.get(name, name)
+
+    nodes: list[NodeProto] = []
+    renamed: dict[str, str] = {}
+    thinned: dict[tuple[str, int], str] = {}
+
+    def at_stride(name: str, stride: int) -> str:
+        """``name`` (kept at ``kept[name]``) at ``stride``: itself, or a strided ``Slice`` of it."""
+        source = renamed.get(name, name)
+        step = stride // kept[name]
+        if step == 1:
+            return source
+        if (source, step) not in thinned:
+            out = f"{source}.ort.every{step}"
+            frames = frame_counts.get(name)
+            assert frames is not None  # a value needed thinner than kept is 5-D with a static frame count
+            nodes.extend(
+                [
+                    _int64(f"{out}.start", [0]),
+                    _int64(f"{out}.end", [frames]),
+                    _int64(f"{out}.axis", [2]),
+                    _int64(f"{out}.step", [step]),
+                    onnx.helper.make_node(
+                        "Slice", [source, f"{out}.start", f"{out}.end", f"{out}.axis", f"{out}.step"], [out]
+                    ),
+                ]
+            )
+            thinned[source, step] = out
+        return thinned[source, step]
+
+    for node in result.graph.node:
+        if len(node.output) != 1:
+            node.input[:] = [renamed.get(n, n) for n in node.input]
+            nodes.append(node)
+            continue
+        stride = kept[node.output[0]]
+        conv, factor = _time_conv(node, graph), _droppable_factor(node, graph)
+        if factor is not None and stride > 1:  # dropped: its output is its input, kept at stride / R
+            renamed[node.output[0]] = at_stride(node.input[0], stride // factor)
+            continue
+        if conv is not None and (stride > 1 or kept[node.input[0]] > 1):
+            # Output frame k·stride reads input frame k·stride·s (+ taps); the input keeps every kept[input]-th.
+            new_stride = conv.stride * stride // kept[node.input[0]]
+            frames_in, frames_out = frame_counts.get(node.input[0]), frame_counts.get(node.output[0])
+            if (
+                frames_in is None
+                or frames_out is None
+                or conv.frames_out(_kept_frames(frames_in, kept[node.input[0]]), new_stride)
+                != _kept_frames(frames_out, stride)
+            ):
+                return _copy(model)  # frame counts that do not work out: leave the graph as it was
+            _set_time_stride(node, new_stride)
+            node.input[0] = renamed.get(node.input[0], node.input[0])
+        elif stride > 1 or any(kept.get(n, 1) > 1 for n in node.input if n):
+            frame_wise = _frame_wise_inputs(node, graph) or []
+            node.input[:] = [at_stride(n, stride) if n in frame_wise else renamed.get(n, n) for n in node.input]
+        else:
+            node.input[:] = [renamed.get(n, n) for n in node.input]
+        nodes.append(node)
+
     del result.graph.node[:]
-    result.graph.node.extend(kept)
+    result.graph.node.extend(nodes)
     _prune(result)  # the dropped nodes' coefficients
-    # The per-frame values now carry T/R frames. Keep every other recorded shape: shape inference cannot see
-    # through the generic functions of the remaining vared2 nodes, and the specialisation needs the shapes.
+    # Thinned values carry T/m frames. Keep every other recorded shape: shape inference cannot see through the
+    # generic functions of the remaining vared2 nodes, and the specialisation needs the shapes.
     for info in result.graph.value_info:
-        factor = fewer_frames.get(info.name, 1)
+        stride = kept.get(info.name, 1)
         dims = info.type.tensor_type.shape.dim
-        if factor > 1 and len(dims) == 5 and dims[2].HasField("dim_value"):
-            dims[2].dim_value //= factor
+        if stride > 1 and len(dims) == 5 and dims[2].HasField("dim_value"):
+            dims[2].dim_value = _kept_frames(dims[2].dim_value, stride)
     onnx.checker.check_model(result)
     return result
