@@ -14,8 +14,8 @@ from vared2.models import VaRed2VideoResNet
 
 
 def randomise(model: torch.nn.Module, seed: int = 1) -> None:
-    """Random BatchNorm means and shifts, ϕs filters and ϕt coefficients (ϕt's first row stays (1, 0), as DESIGN.md
-    §2 fixes it)."""
+    """Random BatchNorm means and shifts, ϕs filters and ϕt coefficients (the stored ϕt rows are the rebuilt
+    frames'; the computed frame's fixed (1, 0) is not a parameter)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -25,8 +25,6 @@ def randomise(model: torch.nn.Module, seed: int = 1) -> None:
         for name, param in model.named_parameters():
             if "channel_weight" in name or "temporal_shift" in name or "temporal_scale" in name:
                 param.normal_(0, 0.3, generator=g)
-                if "temporal" in name:
-                    param[0] = 1.0 if "scale" in name else 0.0
 
 
 def export_tiny(
