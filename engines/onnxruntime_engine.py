@@ -31,6 +31,7 @@ from onnx import TensorProto, numpy_helper
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, WeightsEntry, sha256_file
 from vared2.engines.ort_frames import skip_unread_frames
 from vared2.engines.ort_gate_head import motion_head_for_ort
+from vared2.engines.ort_phases import split_temporal_phases
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
 
@@ -56,7 +57,7 @@ LEVELS = {
 #: (``vared2.engines.ort_specialize``); the 3-D convolutions are the same at every level (docs/performance.md).
 DEFAULT_LEVEL = "all"
 #: Version of the build-time graph rewrite (part of the build key: a new rewrite rebuilds existing engines).
-GRAPH_REWRITE = "ort-specialize-6"
+GRAPH_REWRITE = "ort-specialize-7"
 #: Parity between an engine and the ONNX file it was built from (same input, fp32).
 TOLERANCE = 1e-4
 
@@ -329,7 +330,8 @@ def build_onnxruntime(
     Every engine is run against its source ONNX on the same seeded input; a difference beyond
     ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
     each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``, after
-    ``vared2.engines.ort_frames`` dropped the reconstructed frames nothing reads; the
+    ``vared2.engines.ort_frames`` dropped the reconstructed frames nothing reads and ``vared2.engines.ort_phases``
+    split the temporal convolutions that read ϕt into even and odd frames; the
     gate's stem by ``vared2.engines.ort_stem``, its descriptor by ``vared2.engines.ort_gate_head``), so the parity
     check also checks the rewrites against the exported graphs.
     """
@@ -344,7 +346,7 @@ def build_onnxruntime(
         models = {
             file: motion_head_for_ort(specialize(stem_for_ort(m)))
             if file == gate_file
-            else specialize(skip_unread_frames(m))
+            else specialize(split_temporal_phases(skip_unread_frames(m)))
             for file, m in models.items()
         }
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)

@@ -440,7 +440,8 @@ def _specialize_custom_nodes(result: ModelProto) -> None:
         kept_opsets = [o for o in result.opset_import if o.domain != DOMAIN]
         del result.opset_import[:]
         result.opset_import.extend(kept_opsets)
-    result.opset_import.append(helper.make_opsetid(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION))
+    if not any(o.domain == SPECIALIZED_DOMAIN for o in result.opset_import):
+        result.opset_import.append(helper.make_opsetid(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION))
     del result.graph.value_info[:]  # stale for the absorbed values; ONNX Runtime infers shapes itself
     _prune(result)
     onnx.checker.check_model(result)
