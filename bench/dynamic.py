@@ -28,7 +28,7 @@ import numpy as np
 from vared2.runtime import Result, Runtime
 from vared2.runtime.video import decode
 
-from .stats import Stats
+from .stats import UNSTABLE_COV_PERCENT, Stats
 
 
 def policy_string(policy: tuple[tuple[int, int], ...]) -> str:
@@ -147,6 +147,13 @@ class DynamicResult:
         return self.dynamic.mean_ms / self.full.mean_ms
 
     @property
+    def drifted(self) -> bool:
+        """Whether the machine's speed changed during the workload: the interleaved static full calls run the same
+        engines on the same input every time, so their spread is the machine's, and the ratio below compares the
+        two paths only when it is small (the dynamic calls' own spread is the bucket mix's)."""
+        return Stats.of(self.full.latency_ms, []).cov_percent > UNSTABLE_COV_PERCENT
+
+    @property
     def target_ratio(self) -> float:
         """Dynamic mean latency ÷ (its FLOPs fraction × the full mean latency); issue 7 wants ≤ 1.1."""
         return self.dynamic.mean_ms / (self.flops_fraction * self.full.mean_ms)
@@ -160,6 +167,7 @@ class DynamicResult:
             "flops_fraction": self.flops_fraction,
             "latency_fraction": self.latency_fraction,
             "target_ratio": self.target_ratio,
+            "drifted": self.drifted,
         }
 
 

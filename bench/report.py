@@ -127,7 +127,10 @@ class BenchReport:
     @property
     def unstable(self) -> list[str]:
         names = ["gate"] if self.gate.unstable else []
-        return names + [f"bucket {b.id} ({b.name})" for b in self.buckets if b.trace.unstable]
+        names += [f"bucket {b.id} ({b.name})" for b in self.buckets if b.trace.unstable]
+        if self.dynamic is not None and self.dynamic.drifted:
+            names.append("dynamic workload (its interleaved static full calls)")
+        return names
 
     def table(self) -> str:
         """The efficiency table (plain text, aligned)."""

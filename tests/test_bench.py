@@ -305,6 +305,7 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
     assert dynamic["target_ratio"] == pytest.approx(
         dynamic["dynamic"]["mean_ms"] / (dynamic["flops_fraction"] * dynamic["static_full"]["mean_ms"])
     )
+    assert dynamic["drifted"] == (dynamic["static_full"]["latency"]["cov_percent"] > 2.5)
 
     table = json.loads((tmp_path / "latency.json").read_text())
     assert table["format"] == "vared2-latency-table" and table["unit"] == "ms" and table["backend"] == "onnxruntime"
@@ -417,3 +418,18 @@ def test_tensorrt_bench_reports_cuda_event_times(tmp_path: Path) -> None:
         assert text.count(f"{title}: ") == 4
     assert report.gate.device and all(b.trace.device for b in report.buckets)
     assert report.ceiling_note and "tensorrt" in report.ceiling_note
+
+
+def test_a_drifting_machine_flags_the_dynamic_ratio() -> None:
+    """The interleaved static full calls repeat one computation, so their spread is the machine's: above trtexec's
+    2.5 % the dynamic workload is reported unstable; the dynamic calls' own spread (the bucket mix) does not count."""
+    from vared2.bench.dynamic import DynamicResult, WorkloadResult
+
+    def workload(latency: list[float]) -> WorkloadResult:
+        return WorkloadResult(latency, [1.0] * len(latency), [], [0] * len(latency))
+
+    mixed = [50.0, 200.0] * 10  # the mix of buckets: wide, but not drift
+    steady = DynamicResult("d", 20, workload(mixed), workload([200.0, 201.0] * 10), 2.0)
+    drifting = DynamicResult("d", 20, workload(mixed), workload([200.0] * 10 + [300.0] * 10), 2.0)
+    assert not steady.drifted and drifting.drifted
+    assert drifting.to_dict(["full"], [50.0])["drifted"] is True
