@@ -102,17 +102,8 @@ def _four_d_source(graph: _Graph, model: ModelProto, features: str, prefix: str)
     shape = graph.shapes[features]
     c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
     reshape = _producer(model, features)
-    if (
-        reshape is not None
-        and reshape.op_type == "Reshape"
-        and graph.shapes.get(reshape.input[0])
-        == [
-            shape[0],
-            c,
-            t,
-            h * w,
-        ]
-    ):
+    view = [shape[0], c, t, h * w]
+    if reshape is not None and reshape.op_type == "Reshape" and graph.shapes.get(reshape.input[0]) == view:
         return [], reshape.input[0]
     return (
         [

@@ -67,6 +67,31 @@ def _matches(reconstruct: NodeProto, graph: _Graph) -> tuple[NodeProto, NodeProt
     return relu, conv, time.stride
 
 
+def _weight_taps(weight: str, prefix: str, c_out: int, c: int) -> list[NodeProto]:
+    """``{prefix}.w_even`` (the middle tap, ``[C_out, C, 1, 1]``) and ``{prefix}.w_odd`` (the outer two,
+    ``[C_out, C, 2, 1]``) of a ``[C_out, C, 3, 1, 1]`` weight, as ``Slice``s of it (folded at load)."""
+    return [
+        _int64(f"{prefix}.mid", [1]),
+        _int64(f"{prefix}.mid_end", [2]),
+        _int64(f"{prefix}.axis", [2]),
+        helper.make_node(
+            "Slice", [weight, f"{prefix}.mid", f"{prefix}.mid_end", f"{prefix}.axis"], [f"{prefix}.w_even5"]
+        ),
+        _int64(f"{prefix}.outer", [0]),
+        _int64(f"{prefix}.outer_end", [3]),
+        _int64(f"{prefix}.outer_step", [2]),
+        helper.make_node(
+            "Slice",
+            [weight, f"{prefix}.outer", f"{prefix}.outer_end", f"{prefix}.axis", f"{prefix}.outer_step"],
+            [f"{prefix}.w_odd5"],
+        ),
+        _int64(f"{prefix}.w_even_shape", [c_out, c, 1, 1]),
+        helper.make_node("Reshape", [f"{prefix}.w_even5", f"{prefix}.w_even_shape"], [f"{prefix}.w_even"]),
+        _int64(f"{prefix}.w_odd_shape", [c_out, c, 2, 1]),
+        helper.make_node("Reshape", [f"{prefix}.w_odd5", f"{prefix}.w_odd_shape"], [f"{prefix}.w_odd"]),
+    ]
+
+
 def _split(
     index: int, reconstruct: NodeProto, relu: NodeProto, conv: NodeProto, stride: int, graph: _Graph, frames: int
 ) -> tuple[list[NodeProto], list[TensorProto], list[NodeProto], FunctionProto]:
@@ -112,24 +137,7 @@ def _split(
     bias = list(conv.input[2:3])
     nodes = [
         call,
-        _int64(f"{prefix}.mid", [1]),
-        _int64(f"{prefix}.mid_end", [2]),
-        _int64(f"{prefix}.axis", [2]),
-        helper.make_node(
-            "Slice", [conv.input[1], f"{prefix}.mid", f"{prefix}.mid_end", f"{prefix}.axis"], [f"{prefix}.w_even5"]
-        ),
-        _int64(f"{prefix}.outer", [0]),
-        _int64(f"{prefix}.outer_end", [3]),
-        _int64(f"{prefix}.outer_step", [2]),
-        helper.make_node(
-            "Slice",
-            [conv.input[1], f"{prefix}.outer", f"{prefix}.outer_end", f"{prefix}.axis", f"{prefix}.outer_step"],
-            [f"{prefix}.w_odd5"],
-        ),
-        _int64(f"{prefix}.w_even_shape", [c_out, c, 1, 1]),
-        helper.make_node("Reshape", [f"{prefix}.w_even5", f"{prefix}.w_even_shape"], [f"{prefix}.w_even"]),
-        _int64(f"{prefix}.w_odd_shape", [c_out, c, 2, 1]),
-        helper.make_node("Reshape", [f"{prefix}.w_odd5", f"{prefix}.w_odd_shape"], [f"{prefix}.w_odd"]),
+        *_weight_taps(conv.input[1], prefix, c_out, c),
         helper.make_node(
             "Conv",
             [even, f"{prefix}.w_even", *bias],

@@ -26,7 +26,8 @@ Every graph, the gate's and the full bucket's included:
   the second conv of its stem — becomes ``Reshape → 2-D Conv → Reshape`` over the free view ``[N, C, T, H·W]``.
   Same sums, but on ONNX Runtime's 2-D kernels instead of its 3-D im2col path (r2plus1d_18 at 8×112×112:
   full bucket 232 → 204 ms, every bucket 8–16 % faster; docs/performance.md). The weight is reshaped by a
-  ``Reshape`` of the shared initializer (folded at load), so the engines still share one ``weights.bin``.
+  ``Reshape`` of the shared initializer (folded at load), so the engines still share one ``weights.bin``. A
+  ``ReLU`` right after moves before the reshape back to 5-D, where ONNX Runtime fuses it into the convolution.
 
 Each rewrite is exact up to float summation order (parity is checked by the builder). Specialised functions keep
 the partial convolutions at the top level and their own convolutions inside, so graph tools that look at
