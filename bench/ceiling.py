@@ -5,7 +5,8 @@ stride) than the full model's. Kernels are less efficient on narrow shapes, so e
 bucket cannot reach efficiency 1. The ceiling measures that limit: from each bucket's ONNX graph, a graph of only
 its top-level ``Conv`` nodes at their real shapes (each fed its own random input of the inferred input shape, every
 output a graph output so nothing is pruned and nothing extra is computed — no reconstruction, activation or
-residual), timed with the same session options as the engines. Then
+residual), timed with the same session options as the engines — all buckets' graphs interleaved, round by round
+(``measure_interleaved``), so a change in the machine's speed moves numerator and denominator alike. Then
 
     ceiling = (conv FLOPs of the bucket ÷ conv FLOPs of the full bucket) ÷ (conv latency ÷ full conv latency)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ import numpy as np
 from vared2.engines.manifest import Manifest
 from vared2.runtime.backends import OrtEngine
 
-from .timing import Trace, measure
+from .timing import Trace, measure_interleaved
 
 #: Seed of the random inputs and weights of the convolution-only graphs (timing does not depend on the values;
 #: normal values avoid denormals).
@@ -182,8 +184,8 @@ def measure_ceilings(
     engine_dir = Path(engine_dir)
     level = manifest.build_options.get("optimization", "all")
     config = manifest.build_options.get("ort_session_config", {})
-    results: list[ConvOnly] = []
     rng = np.random.default_rng(SEED)
+    graphs: list[tuple[int, int, float, OrtEngine, dict[str, np.ndarray]]] = []
     with tempfile.TemporaryDirectory(prefix="vared2-ceiling-") as tmp:
         for entry in manifest.buckets:
             if progress is not None:
@@ -195,21 +197,23 @@ def measure_ceilings(
             feeds = {
                 f"x{i}": rng.standard_normal(layer.input_shape, dtype=np.float32) for i, layer in enumerate(layers)
             }
-
-            def step(engine: OrtEngine = engine, feeds: dict[str, np.ndarray] = feeds) -> None:
-                engine.run(feeds)
-
-            trace = measure(
-                step,
-                warmup_ms=warmup_ms,
-                iterations=iterations,
-                duration_s=duration_s,
-                batch=batch,
-                percentiles=percentiles,
-            )
             gflops = sum(layer.macs for layer in layers) / batch / 1e9
-            results.append(ConvOnly(entry.id, len(layers), gflops, trace))
-            del engine, feeds
+            graphs.append((entry.id, len(layers), gflops, engine, feeds))
+        if progress is not None:
+            progress(f"timing the {len(graphs)} conv-only graphs interleaved")
+        traces = measure_interleaved(
+            [partial(engine.run, feeds) for *_, engine, feeds in graphs],
+            warmup_ms=warmup_ms,
+            iterations=iterations,
+            duration_s=duration_s,
+            batch=batch,
+            percentiles=percentiles,
+        )
+        results = [
+            ConvOnly(bucket, layers, gflops, trace)
+            for (bucket, layers, gflops, _, _), trace in zip(graphs, traces, strict=True)
+        ]
+        del graphs
     full = results[0]
     for r in results:
         r.flops_fraction = r.gflops / full.gflops

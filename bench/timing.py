@@ -13,6 +13,7 @@ from CUDA events — and then ``latency`` is ``h2d + compute + d2h`` as in trtex
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,46 @@ def measure(
         samples["latency"].append(float(phases["h2d"] + phases["compute"] + phases["d2h"]))
     trace = Trace(samples, warmups, warmup_elapsed, (end - begin) * 1e3, batch)
     return trace.summarise(percentiles)
+
+
+def measure_interleaved(
+    steps: Sequence[Callable[[], object]],
+    *,
+    warmup_ms: float = 200.0,
+    iterations: int = 10,
+    duration_s: float = 3.0,
+    batch: int = 1,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    clock: Clock = time.perf_counter,
+    seed: int = 0,
+) -> list[Trace]:
+    """Time several host-clock ``steps`` whose *ratios* matter, in rounds: every round runs each step once, in a
+    seeded random order, so a change in the machine's speed hits all of them alike (a sequential ``measure`` of
+    each would give one step a slow phase and the next a fast one). Warm-up rounds until ``warmup_ms`` per step
+    have passed; then rounds until every step has ``iterations`` runs and ``duration_s`` of its own run time."""
+    check_settings(warmup_ms, iterations, duration_s, batch)
+    if not steps:
+        raise ValueError("measure_interleaved: no steps to time")
+    order = list(range(len(steps)))
+    shuffle = random.Random(seed).shuffle
+    start = clock()
+    rounds = 0
+    while (clock() - start) * 1e3 < warmup_ms * len(steps):
+        for step in steps:
+            step()
+        rounds += 1
+    warmup_elapsed = (clock() - start) * 1e3
+    samples: list[list[float]] = [[] for _ in steps]
+    while min(len(s) for s in samples) < iterations or min(sum(s) for s in samples) < duration_s * 1e3:
+        shuffle(order)
+        for index in order:
+            t0 = clock()
+            steps[index]()
+            samples[index].append((clock() - t0) * 1e3)
+    return [
+        Trace({"latency": s}, rounds, warmup_elapsed / len(steps), sum(s), batch).summarise(percentiles)
+        for s in samples
+    ]
 
 
 def summary_lines(trace: Trace) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from io import StringIO
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from vared2.bench.ceiling import conv_layers, conv_only_model
 from vared2.bench.profile import profile_bucket
 from vared2.bench.run import stem_in_buckets
 from vared2.bench.stats import fmt, perf_string
+from vared2.bench.timing import measure_interleaved
 from vared2.engines.build import build_engines
 from vared2.engines.ort_toy import write_toy_onnx_dir
 
@@ -148,6 +149,33 @@ def test_warmup_runs_until_its_time_has_passed_then_both_iterations_and_duration
     trace = measure(clock.step, warmup_ms=0, iterations=20, duration_s=0.05, batch=4, clock=clock)
     assert (trace.warmup_count, trace.count) == (0, 20)  # iterations bound: 20 runs are 0.2 s > 0.05 s
     assert trace.throughput_qps == pytest.approx(4 * 20 / 0.2)
+
+
+def test_interleaved_steps_run_in_rounds_until_each_meets_both_bounds() -> None:
+    """Three steps of 10, 20 and 40 ms on one clock: every round runs each once (in a shuffled order), warm-up
+    until 25 ms per step have passed, then rounds until each has 3 runs and 0.1 s of its own time — the 10 ms step
+    sets the count (10 rounds)."""
+    clock = FakeClock(0.0)
+    calls: list[int] = []
+
+    def step(index: int, ms: float) -> Callable[[], None]:
+        def run() -> None:
+            calls.append(index)
+            clock.now += ms / 1e3
+
+        return run
+
+    traces = measure_interleaved(
+        [step(0, 10.0), step(1, 20.0), step(2, 40.0)], warmup_ms=25, iterations=3, duration_s=0.1, clock=clock
+    )
+    assert [t.warmup_count for t in traces] == [2, 2, 2]  # 70 ms a round: 75 ms needs two
+    assert [t.count for t in traces] == [10, 10, 10]
+    assert [t.latency.median for t in traces] == pytest.approx([10.0, 20.0, 40.0])
+    timed = calls[6:]
+    assert all(sorted(timed[i : i + 3]) == [0, 1, 2] for i in range(0, 30, 3))  # each round runs each once
+    assert len({tuple(timed[i : i + 3]) for i in range(0, 30, 3)}) > 1  # in more than one order
+    with pytest.raises(ValueError, match="no steps"):
+        measure_interleaved([])
 
 
 def test_a_real_short_run_meets_both_bounds() -> None:
