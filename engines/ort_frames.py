@@ -147,6 +147,12 @@ def _kept_frames(frames: int, stride: int) -> int:
     return -(-frames // stride)
 
 
+def has_temporal_reconstruct(model: ModelProto) -> bool:
+    """Whether ``model`` has a ϕt node — without one, the frame rewrites have nothing to do (and skip the shape
+    inference)."""
+    return any(n.domain == DOMAIN and n.op_type == TEMPORAL_RECONSTRUCT for n in model.graph.node)
+
+
 def _copy(model: ModelProto) -> ModelProto:
     copy = ModelProto()
     copy.CopyFrom(model)
@@ -165,7 +171,7 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
     """A copy of ``model`` computing only the frames its outputs depend on (module docstring); unchanged if every
     frame is read."""
     result = _copy(model)
-    if not any(n.domain == DOMAIN and n.op_type == TEMPORAL_RECONSTRUCT for n in result.graph.node):
+    if not has_temporal_reconstruct(result):
         return result
     graph = _analyse(result)
     frame_counts = _frame_counts(result, graph)

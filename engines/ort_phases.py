@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .ort_frames import _droppable_factor, _frame_counts, _time_conv
+from .ort_frames import _droppable_factor, _frame_counts, _time_conv, has_temporal_reconstruct
 from .ort_specialize import (
     SPECIALIZED_DOMAIN,
     SPECIALIZED_SUFFIX,
@@ -174,6 +174,8 @@ def split_temporal_phases(model: ModelProto) -> ModelProto:
     (module docstring); unchanged if there is none."""
     result = ModelProto()
     result.CopyFrom(model)
+    if not has_temporal_reconstruct(result):
+        return result  # the full and channel-only buckets
     graph = _analyse(result)
     frame_counts = _frame_counts(result, graph)
     replaced: dict[str, list[NodeProto]] = {}  # by the ϕt node's output: where the replacement goes
