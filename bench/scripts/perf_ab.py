@@ -12,13 +12,14 @@ runtime's options (sequential execution, intra-op spinning off). Inputs are rand
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from vared2.bench.timing import measure_interleaved
 
 LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -52,21 +53,15 @@ def feeds(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np
 
 
 def time_interleaved(
-    variants: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray]]], reps: int, warmup: int = 1
+    variants: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray]]], reps: int
 ) -> dict[str, list[float]]:
-    """Milliseconds per run of every variant, ``reps`` rounds in shuffled order after ``warmup`` rounds."""
-    names = list(variants)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    order = random.Random(0)
-    for rep in range(warmup + reps):
-        order.shuffle(names)
-        for name in names:
-            sess, feed = variants[name]
-            start = time.perf_counter()
-            sess.run(None, feed)
-            if rep >= warmup:
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return samples
+    """Milliseconds per run of every variant: one warm-up round, then ``reps`` rounds in a shuffled order
+    (``vared2.bench.timing.measure_interleaved``)."""
+    steps = [partial(sess.run, None, feed) for sess, feed in variants.values()]
+    for step in steps:
+        step()
+    traces = measure_interleaved(steps, warmup_ms=0, iterations=reps, duration_s=0)
+    return {name: trace.samples["latency"] for name, trace in zip(variants, traces, strict=True)}
 
 
 def report(samples: dict[str, list[float]]) -> None:

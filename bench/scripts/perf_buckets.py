@@ -24,7 +24,6 @@ import argparse
 import io
 import json
 import platform
-import random
 import statistics
 import time
 import warnings
@@ -38,6 +37,7 @@ import onnxruntime as ort
 import torch
 
 from vared2.bench.ceiling import conv_layers, conv_only_model
+from vared2.bench.timing import measure_interleaved
 from vared2.engines.build import build_engines, write_engine_dir
 from vared2.engines.manifest import Manifest
 from vared2.engines.onnxruntime_engine import build_onnxruntime
@@ -170,16 +170,10 @@ def main() -> None:
             steps[f"conv/{entry.id}"] = partial(engine.run, feeds)
             keep.append(engine)
 
-    names = list(steps)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    order = random.Random(0)
-    for rep in range(args.reps + 1):
-        order.shuffle(names)
-        for name in names:
-            start = clock()
-            steps[name]()
-            if rep:  # the first round is a warm-up
-                samples[name].append((clock() - start) * 1e3)
+    for step in steps.values():  # one warm-up round
+        step()
+    traces = measure_interleaved(list(steps.values()), warmup_ms=0, iterations=args.reps, duration_s=0, clock=clock)
+    samples = {name: trace.samples["latency"] for name, trace in zip(steps, traces, strict=True)}
     median = {name: statistics.median(v) for name, v in samples.items()}
     iqr = {name: tuple(np.percentile(v, [25, 75])) for name, v in samples.items()}
 
