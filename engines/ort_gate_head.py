@@ -6,17 +6,20 @@ copies of ``F``, a ``Sub``, an ``Abs`` and two ``ReduceMean`` — five passes ov
 all on plain NCHW kernels behind a reorder out of the blocked layout the stem's convolution wrote. With
 r2plus1d_18 at 8×112×112 that was a quarter of the gate's time.
 
-``motion_head_for_ort`` computes the same numbers on the 4-D view ``[N, C, T, H·W]`` the stem's temporal
-convolution already produces (``ort_specialize.temporal_convs_as_2d``), with ops ONNX Runtime runs blocked:
+``motion_head_for_ort`` computes the same numbers on a 4-D view of the features in which every frame is a block of
+rows: the stacked tensor ``[N, C, T·period, W]`` of ``ort_stacked`` where the stem ran on stacked frames, else
+``[N, C, T, H·W]`` (one row per frame, the view the temporal conv run as 2-D writes, its ReLU moved before the
+reshape by ``ort_specialize.temporal_convs_as_2d``). All with ops ONNX Runtime runs blocked:
 
-* mean: ``GlobalAveragePool``;
-* ``|d| = ReLU(d) + ReLU(-d)`` for ``d = F[t+1] - F[t]``: two depthwise ``2×1`` convolutions with weights
-  ``(-1, 1)`` and ``(1, -1)``, each with its ReLU fused, each followed by ``GlobalAveragePool``; their sum is the
-  mean absolute difference over the ``T-1`` pairs.
+* frame means ``m_t``: one ``AveragePool`` over a frame's rows, stepping ``period`` rows; the mean is their
+  ``GlobalAveragePool``;
+* ``|d| = 2·ReLU(d) - d`` for ``d = F[t+1] - F[t]``: one depthwise ``2×1`` convolution with weights ``(-2, 2)``,
+  dilated by ``period``, its ReLU fused, averaged frame by frame and then over the ``T-1`` pairs; the mean of ``d``
+  itself telescopes to ``(m_{T-1} - m_0) / (T-1)``, a depthwise ``T×1`` convolution of the frame means.
 
-The stem's last ReLU sits before the reshape to 5-D, fused into the convolution (``temporal_convs_as_2d`` moves it),
-so the head reads that 4-D view itself. Sums are regrouped, so
-results match to float rounding; the build's parity check still compares against the unrewritten graph.
+One pass over the features for the frame means and one for the differences (the earlier ``ReLU(d) + ReLU(-d)``
+took two convolutions and three pools). Sums are regrouped, so results match to float rounding; the build's
+parity check still compares against the unrewritten graph.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .ort_specialize import (
     _int64,
     _replace_nodes,
 )
+from .ort_stacked import StackedFrames, stacked_source
 
 ALL_BUT_BATCH_AND_CHANNEL = [2, 3, 4]
 
@@ -93,49 +97,71 @@ def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[No
     return [mean, motion, *exclusive], features
 
 
-def _four_d_source(graph: _Graph, model: ModelProto, features: str, prefix: str) -> tuple[list[NodeProto], str]:
-    """(nodes to add, name of the ``[N, C, T, H·W]`` view) of the features.
+def _frames_view(
+    graph: _Graph, model: ModelProto, features: str, prefix: str
+) -> tuple[list[NodeProto], str, StackedFrames]:
+    """(nodes to add, name, layout) of a 4-D view of the features in which every frame is a block of rows.
 
-    If the features are a reshape of such a view (the temporal conv run as 2-D, its ReLU already moved before the
-    reshape by ``ort_specialize.temporal_convs_as_2d``), that view is read directly; otherwise the features are
-    reshaped to 4-D."""
+    The stacked tensor of ``ort_stem.stem_over_frames`` if the features were sliced from one; else the
+    ``[N, C, T, H·W]`` view (one row per frame) that the temporal conv run as 2-D already produces (its ReLU
+    moved before the reshape by ``ort_specialize.temporal_convs_as_2d``); else a reshape of the features to it."""
+    stacked = stacked_source(model, graph, features)
+    if stacked is not None:
+        return [], *stacked
     shape = graph.shapes[features]
     c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
+    layout = StackedFrames(frames=t, period=1, rows=1, width=h * w)
     reshape = _producer(model, features)
     view = [shape[0], c, t, h * w]
     if reshape is not None and reshape.op_type == "Reshape" and graph.shapes.get(reshape.input[0]) == view:
-        return [], reshape.input[0]
+        return [], reshape.input[0], layout
     return (
         [
             _int64(f"{prefix}.shape4", [-1, c, t, h * w]),
             helper.make_node("Reshape", [features, f"{prefix}.shape4"], [f"{prefix}.f4"]),
         ],
         f"{prefix}.f4",
+        layout,
     )
 
 
 def _head(
-    f4: str, channels: int, mean_out: str, motion_out: str, prefix: str
+    view: str, layout: StackedFrames, channels: int, mean_out: str, motion_out: str, prefix: str
 ) -> tuple[list[NodeProto], list[TensorProto]]:
-    """Mean and mean absolute frame difference of ``f4 [N, C, T, H·W]`` as ``[N, C]`` each (module docstring)."""
+    """Mean and mean absolute frame difference of ``view`` (laid out as ``layout``) as ``[N, C]`` each (module
+    docstring)."""
+    frames, period = layout.frames, layout.period
+    window, step = [layout.rows, layout.width], [period, 1]  # one frame's rows, frame after frame
     rising = np.zeros((channels, 1, 2, 1), np.float32)
-    rising[:, 0, 0, 0], rising[:, 0, 1, 0] = -1.0, 1.0
-    weights: list[TensorProto] = []
+    rising[:, 0, 0, 0], rising[:, 0, 1, 0] = -2.0, 2.0
+    drift = np.zeros((channels, 1, frames, 1), np.float32)
+    drift[:, 0, 0, 0], drift[:, 0, -1, 0] = 1.0 / (frames - 1), -1.0 / (frames - 1)
+    weights = [numpy_helper.from_array(rising, f"{prefix}_rising"), numpy_helper.from_array(drift, f"{prefix}_drift")]
     nodes = [
-        helper.make_node("GlobalAveragePool", [f4], [f"{prefix}.mean4"]),
+        helper.make_node("AveragePool", [view], [f"{prefix}.frame_means"], kernel_shape=window, strides=step),
+        helper.make_node("GlobalAveragePool", [f"{prefix}.frame_means"], [f"{prefix}.mean4"]),
         helper.make_node("Flatten", [f"{prefix}.mean4"], [mean_out], axis=1),
-    ]
-    halves = []
-    for part, kernel in (("rising", rising), ("falling", -rising)):
-        weights.append(numpy_helper.from_array(kernel, f"{prefix}_{part}"))
-        nodes += [
-            helper.make_node("Conv", [f4, weights[-1].name], [f"{prefix}.{part}"], group=channels, kernel_shape=[2, 1]),
-            helper.make_node("Relu", [f"{prefix}.{part}"], [f"{prefix}.{part}.relu"]),
-            helper.make_node("GlobalAveragePool", [f"{prefix}.{part}.relu"], [f"{prefix}.{part}.mean"]),
-        ]
-        halves.append(f"{prefix}.{part}.mean")
-    nodes += [
-        helper.make_node("Add", halves, [f"{prefix}.motion4"]),
+        helper.make_node(
+            "Conv",
+            [view, weights[0].name],
+            [f"{prefix}.rising"],
+            group=channels,
+            kernel_shape=[2, 1],
+            dilations=[period, 1],
+        ),
+        helper.make_node("Relu", [f"{prefix}.rising"], [f"{prefix}.rising.relu"]),
+        helper.make_node(
+            "AveragePool", [f"{prefix}.rising.relu"], [f"{prefix}.rising.frames"], kernel_shape=window, strides=step
+        ),
+        helper.make_node("GlobalAveragePool", [f"{prefix}.rising.frames"], [f"{prefix}.rising.mean"]),
+        helper.make_node(
+            "Conv",
+            [f"{prefix}.frame_means", weights[1].name],
+            [f"{prefix}.drift"],
+            group=channels,
+            kernel_shape=[frames, 1],
+        ),
+        helper.make_node("Add", [f"{prefix}.rising.mean", f"{prefix}.drift"], [f"{prefix}.motion4"]),
         helper.make_node("Flatten", [f"{prefix}.motion4"], [motion_out], axis=1),
     ]
     return nodes, weights
@@ -152,8 +178,9 @@ def motion_head_for_ort(model: ModelProto) -> ModelProto:
             continue
         old, features = found
         prefix = f"{features}{SPECIALIZED_SUFFIX}.head"
-        added, f4 = _four_d_source(graph, result, features, prefix)
-        head, weights = _head(f4, int(graph.shapes[features][1]), old[0].output[0], old[1].output[0], prefix)  # type: ignore[arg-type]
+        added, view, layout = _frames_view(graph, result, features, prefix)
+        channels = int(graph.shapes[features][1])  # type: ignore[arg-type]
+        head, weights = _head(view, layout, channels, old[0].output[0], old[1].output[0], prefix)
         removed = {n.output[0] for n in old}  # nodes by their (unique) first output
         nodes: list[NodeProto] = []
         for node in result.graph.node:

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ort_levels import LEVELS, run_at_level
 
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
+from vared2.engines.ort_stacked import MAX_UNUSED_ROWS, stacked_rows
 from vared2.engines.ort_stem import pad_conv_pairs, stem_for_ort, stem_over_frames
 from vared2.export.graphs import GateGraph
 from vared2.export.onnx_export import to_onnx
@@ -26,34 +27,62 @@ def _conv_kernels(model: onnx.ModelProto) -> list[list[int]]:
     ]
 
 
+def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "batched"])
 @pytest.mark.parametrize(("width", "padded"), [(1.0, 1), (0.125, 0)])
-def test_gate_stem_rewrite_matches_pytorch(width: float, padded: int) -> None:
+def test_gate_stem_rewrite_matches_pytorch(width: float, padded: int, stacked: bool) -> None:
     """Width 1: the stem's 45 middle channels become 48; width 0.125 (6 → 16 would be +167 %) stays as it is.
-    Both run the first convolution frame by frame as a 2-D one; features and logits equal PyTorch's."""
+    The first convolution runs as a 2-D one, on frames stacked along the rows (the temporal one after it dilated by
+    the rows per frame) or over the frames as a batch; features and logits equal PyTorch's either way."""
     torch.manual_seed(0)
     model = r2plus1d_18(width=width, frames=4, size=32, num_classes=5)
     torch.nn.init.normal_(model.gate.fc2.weight)  # so the logits are not all zero
     gate = GateGraph(model).eval()
     clip = torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8)
     exported = to_onnx(gate, (clip[:2],), ["clip"], ["features", "bucket_logits"])
+    allowed = 1.0 if stacked else 0.0  # at 32×32, 2 of every 18 rows go unused: over the default limit
     work = onnx.ModelProto()
     work.CopyFrom(exported)
     assert pad_conv_pairs(work) == padded
-    assert stem_over_frames(work) == 1
-    rewritten = specialize(stem_for_ort(exported))  # what the builder runs
+    assert stem_over_frames(work, allowed) == 1
+    rewritten = specialize(stem_for_ort(exported, allowed))  # what the builder runs
     assert _conv_kernels(rewritten) == [[7, 7], [3, 1]]  # frame-wise 2-D stem conv, then the temporal one as 2-D
-    first = next(n for n in rewritten.graph.node if n.op_type == "Conv")
+    _, second = (n for n in rewritten.graph.node if n.op_type == "Conv")
+    assert _attributes(second).get("dilations", [1, 1]) == ([18, 1] if stacked else [1, 1])  # 36 rows a frame, /2
+    ops = [n.op_type for n in rewritten.graph.node]
+    # Stacked: the features sliced out of the frames' rows, beside the descriptor's two frame slices.
+    assert (ops.count("Pad"), ops.count("Slice"), ops.count("Transpose")) == ((1, 3, 1) if stacked else (0, 2, 2))
     filters = {t.name: t.dims[0] for t in rewritten.graph.initializer}
     mid = model.stem[0].out_channels
     assert any(n == (48 if padded else mid) for name, n in filters.items() if "stem.0.weight" in name)
     assert all(is_specialized_initializer(t.name) for t in rewritten.graph.initializer if ".ort" in t.name)
-    assert first.op_type == "Conv"
     with torch.no_grad():
         features, logits = gate(clip)
     for level in LEVELS:
         got_features, got_logits = run_at_level(rewritten, {"clip": clip.numpy()}, level)
         np.testing.assert_allclose(got_features, features.numpy(), atol=2e-5, rtol=0)
         np.testing.assert_allclose(got_logits, logits.numpy(), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("height", "kernel", "stride", "pad_top", "out_rows", "expected", "stacked"),
+    [
+        (112, 7, 2, 3, 56, (1, 58), True),  # r2plus1d at 112: 3 zero rows above a frame, 1 below; 3.6 % unused
+        (56, 7, 2, 3, 28, (1, 30), False),  # at 56: 7.1 % unused, over MAX_UNUSED_ROWS
+        (32, 3, 1, 1, 32, (0, 33), True),  # stride 1: the next frame's top zero row is the one below
+        (16, 5, 1, 0, 16, (4, 20), False),  # all padding below: 4 zero rows after each frame, none above
+        (8, 1, 1, 2, 12, None, False),  # a top padding wider than the kernel: rows of zeros only, cannot line up
+    ],
+)
+def test_stacked_rows(
+    height: int, kernel: int, stride: int, pad_top: int, out_rows: int, expected: tuple[int, int] | None, stacked: bool
+) -> None:
+    """Zero rows below each frame and output rows per frame; whether the builder stacks at that waste."""
+    assert stacked_rows(height, kernel, stride, pad_top, out_rows) == expected
+    assert (expected is not None and expected[1] / out_rows - 1 <= MAX_UNUSED_ROWS) == stacked
 
 
 @pytest.mark.parametrize("build", [r3d_18, mc3_18])

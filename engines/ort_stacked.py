@@ -1,0 +1,164 @@
+"""The gate's stem on frames stacked along the rows, for ONNX Runtime's CPU kernels (docs/performance.md, "The gate").
+
+r(2+1)d's stem is a frame-wise ``1×kh×kw`` convolution and a temporal ``kt×1×1`` one. Run as 2-D convolutions, the
+first wants the frames in the batch (``[N·T, C, H, W]``) and the second wants them as rows (``[N, C, T, H·W]``); in
+between sit a reorder out of ONNX Runtime's blocked NCHWc layout, a transpose and a reorder back in — three passes
+over the stem's largest tensor, a tenth of the gate at 112×112.
+
+Stacking removes them. Every normalised frame gets the convolution's top padding as zero rows above it and enough
+zero rows below (``stacked_rows``) that the frames, one above the other as ``[N, C, T·H', W]``, can be convolved
+as one image: with ``H' = stride · period``, output rows ``t·period …`` are frame ``t``'s and read only frame
+``t`` and zeros. The temporal convolution then reads frame ``t ± 1`` exactly ``period`` rows away — a ``kt×1``
+convolution dilated by ``period`` — on the same blocked tensor. The ``period - H_out`` rows after each frame's
+output rows belong to no frame: computed and never read. The features are that tensor reshaped to
+``[N, C, T, period, W]`` with the frame rows sliced out; the gate's head (``ort_gate_head``) reads the stacked
+tensor directly, frame by frame.
+
+The unused rows cost ``period / H_out - 1`` more convolution work (3.6 % at 112×112, 7.1 % at 56×56), so the
+stem is stacked only while that stays within ``MAX_UNUSED_ROWS``; otherwise ``ort_stem`` transposes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto, NodeProto, TensorProto, helper
+
+from .ort_frame_conv import FrameConv, conv_weight
+from .ort_specialize import _attribute, _Graph, _int64, _sole_consumer
+
+#: Measured (r2plus1d_18's stem, docs/performance.md): at 3.6 % unused rows stacking made the gate 9 % faster, at
+#: 7.1 % 6 % slower — the transposes it saves are memory passes, the unused rows convolution work.
+MAX_UNUSED_ROWS = 0.05
+
+
+@dataclass(frozen=True)
+class StackedFrames:
+    """How ``frames`` frames sit one above the other in a 4-D tensor ``[N, C, frames·period, width]``: frame ``t``
+    is rows ``t·period`` to ``t·period + rows - 1``, and the ``period - rows`` rows after them hold no frame."""
+
+    frames: int
+    period: int
+    rows: int
+    width: int
+
+
+def stacked_rows(height: int, kernel: int, stride: int, pad_top: int, out_rows: int) -> tuple[int, int] | None:
+    """``(zero rows below each frame, output rows per frame)`` for a convolution over frames stacked along the
+    rows, each with ``pad_top`` zero rows above it, so that frame ``t``'s ``out_rows`` output rows start at row
+    ``t·period`` and read only that frame and zeros; ``None`` if they cannot line up."""
+    reach = stride * (out_rows - 1) - pad_top + kernel - height  # rows past a frame's last row that are read
+    below = max(0, reach - pad_top)  # the next frame's top zeros count too
+    while (pad_top + height + below) % stride:
+        below += 1
+    period = (pad_top + height + below) // stride
+    return (below, period) if period >= out_rows else None
+
+
+def _temporal_after(graph: _Graph, value: str) -> tuple[NodeProto, int, int, int] | None:
+    """``(conv, kernel, padding, output channels)`` of the sole consumer of ``value`` if it is a 3-D convolution
+    over time only (spatial kernel and stride 1, no spatial padding, stride 1) that keeps the number of frames."""
+    conv = _sole_consumer(graph, value, "Conv")
+    weight = conv_weight(conv, graph) if conv is not None else None
+    if conv is None or weight is None or weight.ndim != 5 or conv.input[0] != value:
+        return None
+    kernel = _attribute(conv, "kernel_shape", list(weight.shape[2:]))
+    strides = _attribute(conv, "strides", [1, 1, 1])
+    pads = _attribute(conv, "pads", [0] * 6)
+    same_frames = kernel[0] == 2 * pads[0] + 1 and pads[0] == pads[3]
+    if kernel[1:] != [1, 1] or strides != [1, 1, 1] or pads[1:3] + pads[4:] != [0] * 4 or not same_frames:
+        return None
+    if any(a.name == "auto_pad" for a in conv.attribute):
+        return None
+    return conv, kernel[0], pads[0], int(weight.shape[0])
+
+
+def _activated(relu: NodeProto | None, value: str) -> list[NodeProto]:
+    """The ReLU a rewritten convolution keeps (ONNX Runtime fuses it), writing ``value``."""
+    return [helper.make_node("Relu", [f"{value}.pre"], [value])] if relu is not None else []
+
+
+def stack_frames(
+    stem: FrameConv, graph: _Graph, prefix: str, max_unused_rows: float = MAX_UNUSED_ROWS
+) -> tuple[list[NodeProto], list[NodeProto], list[TensorProto]] | None:
+    """``(replaced nodes, new nodes, new initializers)`` running ``stem`` — and the temporal convolution after it,
+    if there is one — on stacked frames (module docstring); ``None`` if the rows do not line up or too many of them
+    would be unused."""
+    t, h, w, c = stem.clip
+    channels, h_out, w_out = stem.out
+    kernel, strides, pads = stem.kernel, stem.strides, stem.pads
+    rows = stacked_rows(h, kernel[1], strides[1], pads[1], h_out)
+    if rows is None or rows[1] > h_out * (1 + max_unused_rows):
+        return None
+    below, period = rows
+    temporal = _temporal_after(graph, stem.relu.output[0]) if stem.relu is not None else None
+    relu2 = _sole_consumer(graph, temporal[0].output[0], "Relu") if temporal is not None else None
+    old = stem.nodes + ([temporal[0], *([relu2] if relu2 is not None else [])] if temporal is not None else [])
+    normalise, tensors = stem.normalise(f"{prefix}.f", 5, prefix)
+    y = f"{prefix}.y"
+    new = [
+        helper.make_node("Transpose", [stem.transpose.input[0]], [f"{prefix}.u8"], perm=[0, 4, 1, 2, 3]),
+        helper.make_node("Cast", [f"{prefix}.u8"], [f"{prefix}.f"], to=TensorProto.FLOAT),
+        *normalise,
+        # Zeros of the normalised input, as the convolution's own padding would be, above and below every frame.
+        _int64(f"{prefix}.rows", [0, 0, 0, pads[1], 0, 0, 0, 0, below, 0]),
+        helper.make_node("Pad", [f"{prefix}.normalised", f"{prefix}.rows"], [f"{prefix}.padded"]),
+        _int64(f"{prefix}.stack_shape", [-1, c, t * (pads[1] + h + below), w]),
+        helper.make_node("Reshape", [f"{prefix}.padded", f"{prefix}.stack_shape"], [f"{prefix}.x"]),
+        # The bottom padding only feeds the last frame's unused rows.
+        *stem.as_2d(f"{prefix}.x", [0, pads[2], max(0, kernel[1] - strides[1]), pads[5]], prefix),
+    ]
+    last = y
+    if temporal is not None:
+        t_conv, t_kernel, t_pad, channels = temporal
+        last = f"{prefix}.z"
+        new += [
+            _int64(f"{prefix}.zwshape", [channels, stem.out[0], t_kernel, 1]),
+            helper.make_node("Reshape", [t_conv.input[1], f"{prefix}.zwshape"], [f"{prefix}.zw"]),
+            helper.make_node(  # a frame's row r lies `period` rows below the previous frame's row r
+                "Conv",
+                [y, f"{prefix}.zw", *t_conv.input[2:]],
+                [f"{last}.pre" if relu2 is not None else last],
+                name=t_conv.name or "stem_temporal_over_stacked_frames",
+                kernel_shape=[t_kernel, 1],
+                dilations=[period, 1],
+                pads=[t_pad * period, 0, t_pad * period, 0],
+            ),
+            *_activated(relu2, last),
+        ]
+    new += [
+        _int64(f"{prefix}.by_frame", [-1, channels, t, period, w_out]),
+        helper.make_node("Reshape", [last, f"{prefix}.by_frame"], [f"{prefix}.framed"]),
+        _int64(f"{prefix}.first_row", [0]),
+        _int64(f"{prefix}.end_row", [h_out]),
+        _int64(f"{prefix}.row_axis", [3]),
+        # The last replaced output keeps its name and shape [N, C, T, H, W]: what reads it is unchanged.
+        helper.make_node(
+            "Slice",
+            [f"{prefix}.framed", f"{prefix}.first_row", f"{prefix}.end_row", f"{prefix}.row_axis"],
+            [old[-1].output[0]],
+        ),
+    ]
+    return old, new, tensors
+
+
+def stacked_source(model: ModelProto, graph: _Graph, features: str) -> tuple[str, StackedFrames] | None:
+    """The stacked 4-D tensor that ``features [N, C, T, H, W]`` was sliced from by ``stack_frames``, and its
+    layout; ``None`` if the features were made some other way."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    sliced = producers.get(features)
+    framed = producers.get(sliced.input[0]) if sliced is not None and sliced.op_type == "Slice" else None
+    if sliced is None or framed is None or framed.op_type != "Reshape" or len(sliced.input) != 4:
+        return None
+    bounds = [graph.constants(name) for name in sliced.input[1:]]
+    shape, source = graph.shapes.get(sliced.input[0]), graph.shapes.get(framed.input[0])
+    if any(b is None or np.size(b) != 1 for b in bounds) or shape is None or source is None:
+        return None
+    first, rows, axis = (int(np.ravel(b)[0]) for b in bounds if b is not None)
+    if (first, axis) != (0, 3) or len(shape) != 5 or len(source) != 4 or None in shape[1:] or None in source[1:]:
+        return None
+    channels, frames, period, width = (int(d) for d in shape[1:])  # type: ignore[arg-type]
+    if list(source[1:]) != [channels, frames * period, width] or not 0 < rows <= period:
+        return None
+    return framed.input[0], StackedFrames(frames, period, rows, width)
