@@ -54,12 +54,12 @@ def test_descriptor_rewrite_matches_pytorch(build, stacked: bool) -> None:  # ty
     ops = _ops(rewritten)
     assert not {"Abs", "ReduceMean", "Sub"} & set(ops), ops
     assert (ops.count("GlobalAveragePool"), ops.count("AveragePool")) == (2, 2)
-    assert ops.count("Slice") == int(stacked)  # the features cut out of the stacked rows, nothing in the head
+    assert "Slice" not in ops and ops.count("Split") == int(stacked)  # the features cut from the stacked rows
     difference = next(n for n in rewritten.graph.node if n.op_type == "Conv" and n.input[1].endswith("head_rising"))
     dilation = next(a.ints for a in difference.attribute if a.name == "dilations")
     assert (dilation[0] > 1) == stacked  # frame t+1 is one frame's rows further down
     head_reads = {n.op_type for n in rewritten.graph.node if difference.input[0] in n.input}
-    beside = {"Reshape"} if build is r2plus1d_18 else set()  # r2plus1d's view also feeds the reshape to features
+    beside = {"Reshape"} if build is r2plus1d_18 else set()  # r2plus1d's view also feeds the features' reshape
     assert head_reads == {"AveragePool", "Conv"} | beside, head_reads
     with torch.no_grad():
         features, logits = gate(clip)

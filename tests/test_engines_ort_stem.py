@@ -53,8 +53,9 @@ def test_gate_stem_rewrite_matches_pytorch(width: float, padded: int, stacked: b
     _, second = (n for n in rewritten.graph.node if n.op_type == "Conv")
     assert _attributes(second).get("dilations", [1, 1]) == ([18, 1] if stacked else [1, 1])  # 36 rows a frame, /2
     ops = [n.op_type for n in rewritten.graph.node]
-    # Stacked: the features sliced out of the frames' rows, beside the descriptor's two frame slices.
-    assert (ops.count("Pad"), ops.count("Slice"), ops.count("Transpose")) == ((1, 3, 1) if stacked else (0, 2, 2))
+    # Stacked: the features split off the frames' unused rows; the descriptor's two frame slices either way.
+    counts = (ops.count("Pad"), ops.count("Split"), ops.count("Slice"), ops.count("Transpose"))
+    assert counts == ((1, 1, 2, 1) if stacked else (0, 0, 2, 2))
     filters = {t.name: t.dims[0] for t in rewritten.graph.initializer}
     mid = model.stem[0].out_channels
     assert any(n == (48 if padded else mid) for name, n in filters.items() if "stem.0.weight" in name)
@@ -133,3 +134,57 @@ def test_conv_pairs_are_padded_only_when_cheap_and_exact(mid: int, between: str,
         np.testing.assert_allclose(
             run_at_level(model, {"x": x}, level)[0], run_at_level(before, {"x": x}, level)[0], atol=1e-4
         )
+
+
+def _clip_stem(kernel: int, stride: int, relu_after_temporal: bool) -> onnx.ModelProto:
+    """A hand-made gate stem: uint8 clip → transpose, cast, normalise → 1×k×k conv → ReLU → 3×1×1 conv [→ ReLU]."""
+    rng = np.random.default_rng(kernel * 10 + stride)
+    pad = kernel // 2
+    h_out = (12 + 2 * pad - kernel) // stride + 1
+    tensors = {
+        "scale": rng.uniform(0.5, 2, (1, 3, 1, 1, 1)) / 255,  # a checkpoint normalisation: values of order 1
+        "offset": rng.uniform(-1, 1, (1, 3, 1, 1, 1)),
+        "w1": rng.standard_normal((16, 3, 1, kernel, kernel)),
+        "b1": rng.standard_normal(16),
+        "w2": rng.standard_normal((8, 16, 3, 1, 1)),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["clip"], ["ct"], perm=[0, 4, 1, 2, 3]),
+        helper.make_node("Cast", ["ct"], ["cf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["cf", "scale"], ["cs"]),
+        helper.make_node("Add", ["cs", "offset"], ["cn"]),
+        helper.make_node(
+            "Conv", ["cn", "w1", "b1"], ["a"], pads=[0, pad, pad, 0, pad, pad], strides=[1, stride, stride]
+        ),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["z" if relu_after_temporal else "features"], pads=[1, 0, 0, 1, 0, 0]),
+        *([helper.make_node("Relu", ["z"], ["features"])] if relu_after_temporal else []),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("clip", TensorProto.UINT8, ["N", 4, 12, 12, 3])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 8, 4, h_out, h_out])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "relu_after_temporal", "unused_rows"),
+    [(1, 1, True, 0), (3, 1, False, 1), (5, 2, True, 1)],
+)
+def test_stacked_stems_of_other_shapes_are_exact(
+    kernel: int, stride: int, relu_after_temporal: bool, unused_rows: int
+) -> None:
+    """No unused rows (the features are a reshape of the stacked tensor), one after each frame, a stride of 2;
+    with and without the temporal conv's ReLU: the same features as the graph before, at both levels."""
+    model = _clip_stem(kernel, stride, relu_after_temporal)
+    stacked = stem_for_ort(model, max_unused_rows=1.0)
+    ops = [n.op_type for n in stacked.graph.node]
+    assert ops.count("Conv") == 2 and "Transpose" in ops and ops.count("Transpose") == 1
+    assert ops.count("Split") == int(unused_rows > 0)
+    clip = np.random.default_rng(0).integers(0, 256, (2, 4, 12, 12, 3)).astype(np.uint8)
+    for level in LEVELS:
+        want = run_at_level(model, {"clip": clip}, level)[0]
+        np.testing.assert_allclose(run_at_level(stacked, {"clip": clip}, level)[0], want, atol=1e-4, rtol=1e-5)
