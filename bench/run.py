@@ -269,11 +269,13 @@ def stem_in_buckets(gate_file: Path, manifest_full_gflops: float, full_conv_gflo
 
     The stem runs in the gate engine (its output is ``features``), but ``vared2.models`` counts it in every
     bucket's GFLOPs. The gate graph's convolutions are the stem; the manifest counts it when its full-bucket figure
-    is closer to the full bucket's own convolutions *plus* the stem than to them alone.
+    is closer to the full bucket's own convolutions *plus* the stem than to them alone. The figure returned is the
+    model's count (the manifest's full bucket less its own convolutions), not what the gate engine executes: the
+    ONNX Runtime builder may pad the stem's channels or compute rows no frame uses (``vared2.engines.ort_stacked``).
     """
     try:
-        stem = sum(layer.macs for layer in conv_layers(gate_file, batch=1)) / 1e9
+        executed = sum(layer.macs for layer in conv_layers(gate_file, batch=1)) / 1e9
     except ValueError:  # a gate without convolutions: nothing to account for
         return 0.0
-    with_stem = abs(manifest_full_gflops - (full_conv_gflops + stem))
-    return stem if with_stem < abs(manifest_full_gflops - full_conv_gflops) else 0.0
+    counted = manifest_full_gflops - full_conv_gflops
+    return counted if abs(counted - executed) < abs(counted) else 0.0
