@@ -102,7 +102,7 @@ def _frames_view(
 ) -> tuple[list[NodeProto], str, StackedFrames]:
     """(nodes to add, name, layout) of a 4-D view of the features in which every frame is a block of rows.
 
-    The stacked tensor of ``ort_stem.stem_over_frames`` if the features were sliced from one; else the
+    The stacked tensor of ``ort_stacked.stack_frames`` if the features were cut from one; else the
     ``[N, C, T, H·W]`` view (one row per frame) that the temporal conv run as 2-D already produces (its ReLU
     moved before the reshape by ``ort_specialize.temporal_convs_as_2d``); else a reshape of the features to it."""
     stacked = stacked_source(model, graph, features)
