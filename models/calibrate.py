@@ -1,4 +1,4 @@
-"""Fitting the gate of a trained network to its buckets (``vared2 train --fit-gate``).
+"""Fitting the gate of a trained network to its buckets (``vared2 train --fit-gate``, ``vared2 fit-gate``).
 
 Gumbel-softmax training matches the gate's *expected* cost to the target, but inference takes the argmax,
 which can sit on one bucket for every clip. Fitting the gate afterwards fixes the decision rule itself: for
@@ -9,6 +9,7 @@ gate (its MLP, on cached descriptors of the stem features: seconds) is trained t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -106,11 +107,19 @@ def fit_gate(
     steps: int = 400,
     lr: float = 1e-2,
     seed: int = 0,
+    costs: Sequence[float] | None = None,
 ) -> GateFit:
-    """Train the gate to predict, from the stem features, each clip's best bucket at the target cost."""
-    costs = torch.tensor([model.gflops(k) / model.gflops(0) for k in range(len(model.buckets))])
+    """Train the gate to predict, from the stem features, each clip's best bucket at the target cost.
+
+    A bucket's cost is its GFLOPs as a fraction of the full bucket's, or ``costs`` (one fraction per bucket, the
+    full bucket's 1: a device's measured latency, ``vared2.models.latency``)."""
+    if costs is None:
+        costs = [model.gflops(k) / model.gflops(0) for k in range(len(model.buckets))]
+    if len(costs) != len(model.buckets):
+        raise ValueError(f"fit_gate: {len(costs)} costs for {len(model.buckets)} buckets")
+    cost = torch.tensor(list(costs), dtype=torch.float32)
     losses = bucket_losses(model, clips, labels)
-    choices, price = oracle_choices(losses, costs, target_ratio)
+    choices, price = oracle_choices(losses, cost, target_ratio)
     with torch.no_grad():
         descriptors = torch.cat(
             [model.gate.descriptor(model.features(clips[i : i + 32])) for i in range(0, len(clips), 32)]
@@ -137,7 +146,7 @@ def fit_gate(
         picked = gate.fc2(gate.relu(gate.fc1(descriptors))).argmax(dim=1)
     return GateFit(
         price=price,
-        oracle_ratio=float(costs[choices].mean()),
-        gate_ratio=float(costs[picked].mean()),
+        oracle_ratio=float(cost[choices].mean()),
+        gate_ratio=float(cost[picked].mean()),
         gate_agreement=float((picked == choices).float().mean()),
     )

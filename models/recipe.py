@@ -1,4 +1,4 @@
-"""Training and evaluation from directories: what ``vared2 train`` and ``vared2 evaluate`` run.
+"""Training and evaluation from directories: what ``vared2 train``, ``vared2 fit-gate`` and ``vared2 evaluate`` run.
 
 Resolves a data directory into train/val datasets, builds the model from the dataset's classes, and records
 how the checkpoint was made (command, seed, data spec) in its ``model.json``.
@@ -11,10 +11,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from vared2.models.calibrate import calibrate_batchnorm, fit_gate, stack_dataset
+from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
 from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
+from vared2.models.latency import latency_costs, read_latency_table
 from vared2.models.train import EpochStats, TrainConfig, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model
 
@@ -79,6 +80,7 @@ def run_training(
     init_from: Path | None = None,
     fit_gate_after: bool = False,
     teacher: Path | None = None,
+    latency_table: Path | None = None,
     command: str = "",
 ) -> list[EpochStats]:
     """Train a fresh (or resumed) model on ``data`` and keep it in ``out``."""
@@ -106,6 +108,10 @@ def run_training(
                 f"{start.config.num_classes} classes, buckets {list(start.config.buckets)})"
             )
         model.load_state_dict(start.state_dict())
+    if latency_table is not None:  # checked before training, not after it
+        if not fit_gate_after:
+            raise ValueError("--latency-table prices the buckets of the gate fit: add --fit-gate")
+        latency_costs(latency_table, [bucket.name for bucket in model.buckets])
     teacher_model = None if teacher is None else load_teacher(Path(teacher), model.config)
     provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
     if init_from is not None:
@@ -122,14 +128,65 @@ def run_training(
         }
         save(model, out)
     if fit_gate_after:
-        clips, labels = stack_dataset(train_set)
-        result = fit_gate(model, clips, labels, config.target_ratio, seed=config.seed)
-        model.config.provenance = {
-            **model.config.provenance,
-            "gate_fit": {"command": command, "target_ratio": config.target_ratio, **asdict(result)},
-        }
+        fit_and_record_gate(model, train_set, config.target_ratio, latency_table, seed=config.seed, command=command)
         save(model, out)
     return history
+
+
+def fit_and_record_gate(
+    model: VaRed2VideoResNet,
+    train_set: VideoFolderDataset,
+    target_ratio: float,
+    latency_table: Path | None,
+    *,
+    seed: int,
+    command: str,
+) -> GateFit:
+    """Fit the gate on every clip of ``train_set`` at ``target_ratio`` of the full bucket's GFLOPs — or, with a
+    latency table, of its measured latency — and record the fit in the model's provenance."""
+    names = [bucket.name for bucket in model.buckets]
+    costs = None if latency_table is None else latency_costs(latency_table, names)
+    clips, labels = stack_dataset(train_set)
+    result = fit_gate(model, clips, labels, target_ratio, seed=seed, costs=costs)
+    priced_by: dict[str, object] = {"cost": "gflops"}
+    if latency_table is not None:
+        table = read_latency_table(latency_table)
+        priced_by = {"cost": "latency", "latency_table": str(latency_table), "engine": table.get("engine")}
+        priced_by |= {"threads": table.get("threads"), "costs": dict(zip(names, costs or [], strict=True))}
+    model.config.provenance = {
+        **model.config.provenance,
+        "gate_fit": {"command": command, "target_ratio": target_ratio, **priced_by, **asdict(result)},
+    }
+    return result
+
+
+def run_gate_fit(
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    target_ratio: float,
+    *,
+    latency_table: Path | None = None,
+    seed: int = 0,
+    command: str = "",
+) -> GateFit:
+    """Refit a trained checkpoint's gate (on the train split of ``data``) and save the result to ``out``."""
+    model = load(Path(checkpoint))
+    if Path(out).resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
+    config = model.config
+    train_set = VideoFolderDataset(
+        split_source(data, "train"),
+        frames=config.frames,
+        size=config.size,
+        mean=config.mean,
+        std=config.std,
+        classes=config.labels or None,
+    )
+    result = fit_and_record_gate(model, train_set, target_ratio, latency_table, seed=seed, command=command)
+    model.config.provenance = {**model.config.provenance, "refit_from": str(checkpoint)}
+    save(model, out)
+    return result
 
 
 def run_evaluation(

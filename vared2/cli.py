@@ -50,6 +50,7 @@ def cli() -> None:
 
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+LATENCY_HELP = "Price buckets by this device's measured latency (`vared2 bench --latency-table`), not GFLOPs."
 out_dir = click.Path(file_okay=False, path_type=Path)
 BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
 DATA_HELP = "A synthetic benchmark directory (train.csv/val.csv), a CSV list, or a root/<class>/<video> folder."
@@ -109,6 +110,7 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     is_flag=True,
     help="After training, fit the gate to each clip's best bucket at --target-ratio (see docs/training.md).",
 )
+@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None, help=LATENCY_HELP)
 def train(
     data: Path,
     out: Path,
@@ -129,6 +131,7 @@ def train(
     init_from: Path | None,
     teacher: Path | None,
     fit_gate: bool,
+    latency_table: Path | None,
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
     from vared2.models.recipe import run_training
@@ -158,12 +161,43 @@ def train(
             init_from=init_from,
             fit_gate_after=fit_gate,
             teacher=teacher,
+            latency_table=latency_table,
             command=command,
         )
         click.echo(describe(history))
         click.echo(f"checkpoint: {out}")
 
     from vared2.models.train import TrainConfig, describe
+
+    run_stage(go)
+
+
+@cli.command("fit-gate")
+@click.argument("checkpoint", type=existing_dir)
+@click.option("--data", type=click.Path(exists=True, path_type=Path), required=True, help=DATA_HELP)
+@click.option("--out", "out", type=out_dir, required=True, help="Checkpoint directory to write (not CHECKPOINT).")
+@click.option("--target-ratio", default=0.65, show_default=True, help="Target mean cost as a fraction of full.")
+@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None, help=LATENCY_HELP)
+@click.option("--seed", default=0, show_default=True)
+def fit_gate_command(
+    checkpoint: Path, data: Path, out: Path, target_ratio: float, latency_table: Path | None, seed: int
+) -> None:
+    """Refit CHECKPOINT's gate on DATA's training clips at --target-ratio of the full bucket's GFLOPs, or of its
+    latency on the device a --latency-table was measured on, and write the result to OUT."""
+    from vared2.models.recipe import run_gate_fit
+
+    def go() -> None:
+        command = " ".join(["vared2", *sys.argv[1:]])
+        result = run_gate_fit(
+            checkpoint, data, out, target_ratio, latency_table=latency_table, seed=seed, command=command
+        )
+        cost = "latency" if latency_table is not None else "GFLOPs"
+        click.echo(
+            f"gate fitted at {target_ratio:.3f} of the full bucket's {cost}: the training clips' best buckets cost "
+            f"{result.oracle_ratio:.3f}, the gate's picks {result.gate_ratio:.3f} "
+            f"(it agrees with {result.gate_agreement:.1%} of them)"
+        )
+        click.echo(f"checkpoint: {out}")
 
     run_stage(go)
 

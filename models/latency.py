@@ -1,0 +1,62 @@
+"""Bucket costs from a device's measured latency (``vared2 bench --latency-table``), for fitting the gate to it.
+
+FLOPs are a proxy: on a CPU a narrow channel bucket can run at half its FLOPs' speed, and on a small model a
+reduced bucket can even be slower than the full one (docs/benchmarks.md). A latency table records each bucket
+engine's median latency on one device; ``latency_costs`` turns it into the per-bucket cost fractions the gate fit
+prices buckets by (``vared2.models.calibrate.fit_gate``), so the gate meets a *time* budget on that device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: What ``vared2 bench --latency-table`` writes (``vared2.bench.report.LATENCY_TABLE_FORMAT``; the models cannot
+#: import the bench, which sits above them).
+LATENCY_TABLE_FORMAT = "vared2-latency-table"
+LATENCY_TABLE_VERSION = 1
+
+
+def read_latency_table(path: Path | str) -> dict[str, Any]:
+    """The parsed table; a ``ValueError`` naming the file and what was expected if it is not one."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"latency table {path}: no such file (write one with `vared2 bench --latency-table`)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"latency table {path}: not readable as JSON ({err})") from None
+    if not isinstance(table, dict) or table.get("format") != LATENCY_TABLE_FORMAT:
+        raise ValueError(f"latency table {path}: field 'format' must be {LATENCY_TABLE_FORMAT!r}")
+    if table.get("version") != LATENCY_TABLE_VERSION:
+        raise ValueError(
+            f"latency table {path}: version {table.get('version')!r}, this vared2 reads {LATENCY_TABLE_VERSION}"
+        )
+    if not isinstance(table.get("buckets"), dict):
+        raise ValueError(f"latency table {path}: field 'buckets' must map bucket names to milliseconds")
+    return table
+
+
+def latency_costs(path: Path | str, bucket_names: Sequence[str]) -> list[float]:
+    """Each bucket's latency as a fraction of the full bucket's (``bucket_names[0]``), in ``bucket_names`` order.
+
+    Every bucket of the model must be in the table with a positive, finite latency; extra entries are ignored."""
+    table = read_latency_table(path)
+    measured: dict[str, Any] = table["buckets"]
+    missing = [name for name in bucket_names if name not in measured]
+    if missing:
+        raise ValueError(
+            f"latency table {path}: no latency for bucket(s) {', '.join(missing)} of this model "
+            f"(the table has {', '.join(measured) or 'none'}; was it measured on this model's engines?)"
+        )
+    for name in bucket_names:
+        value = measured[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"latency table {path}: bucket {name}: expected a positive number of ms, got {value!r}")
+    full = float(measured[bucket_names[0]])
+    return [float(measured[name]) / full for name in bucket_names]
