@@ -168,6 +168,7 @@ def measure_ceilings(
     *,
     batch: int = 1,
     threads: int | None = None,
+    shared_thread_pool: bool = False,
     warmup_ms: float = 200.0,
     iterations: int = 10,
     duration_s: float = 3.0,
@@ -193,7 +194,13 @@ def measure_ceilings(
             layers = conv_layers(engine_dir / entry.file, batch)
             path = Path(tmp) / f"conv_only_{entry.id}.onnx"
             path.write_bytes(conv_only_model(layers).SerializeToString())
-            engine = OrtEngine(path, threads=threads, graph_optimization=level, session_config=config)
+            engine = OrtEngine(
+                path,
+                threads=threads,
+                graph_optimization=level,
+                session_config=config,
+                shared_thread_pool=shared_thread_pool,
+            )
             feeds = {
                 f"x{i}": rng.standard_normal(layer.input_shape, dtype=np.float32) for i, layer in enumerate(layers)
             }

@@ -213,6 +213,7 @@ class BenchReport:
             "device": self.engine["device"],
             "host": self.host,
             "threads": self.settings["threads"],
+            "shared_thread_pool": self.settings.get("shared_thread_pool", False),
             "gate_ms": self.gate.latency.median,
             "buckets": {b.name: b.median_ms for b in self.buckets},
             "bucket_ids": {b.name: b.id for b in self.buckets},

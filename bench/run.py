@@ -79,6 +79,7 @@ def run_bench(
     ceiling: bool = True,
     clips: int | None = None,
     verify: bool = True,
+    shared_thread_pool: bool = False,
 ) -> BenchReport:
     """Benchmark an engine directory and print trtexec-style summaries and the efficiency table to ``out``.
 
@@ -86,7 +87,8 @@ def run_bench(
     ``features`` for it. ``ceiling`` (ONNX Runtime engines; needs ``onnx``) times each bucket's convolutions alone.
     ``data`` (a directory with ``val.csv``, or a CSV) adds the dynamic workload over its first ``clips`` videos.
     ``replay`` (a ``--json`` file of a bench with a dynamic workload) serves that run's bucket mix instead.
-    ``json_path``, ``latency_table`` and ``plot`` name files to write.
+    ``json_path``, ``latency_table`` and ``plot`` name files to write. ``shared_thread_pool`` runs every session,
+    the ceilings' too, on one process-wide ONNX Runtime pool (``vared2.runtime.thread_pool``).
     """
     out = sys.stdout if out is None else out
     engine_dir = Path(engine_dir)
@@ -105,7 +107,7 @@ def run_bench(
     def say(line: str = "") -> None:
         print(line, file=out, flush=True)
 
-    rt = Runtime.open(engine_dir, threads=threads, verify=verify)
+    rt = Runtime.open(engine_dir, threads=threads, verify=verify, shared_thread_pool=shared_thread_pool)
     try:
         manifest = rt.manifest
         # A bad recording fails here, before minutes of timing.
@@ -120,6 +122,7 @@ def run_bench(
             "percentiles": list(pcts),
             "batch": batch,
             "threads": threads,
+            "shared_thread_pool": shared_thread_pool,
             "data": None if data is None else str(data),
             "replay": None if replay is None else str(replay),
             "clips": clips,
@@ -136,7 +139,8 @@ def run_bench(
         }
         backend = f"{manifest.backend} {manifest.backend_version}"
         say(f"=== {manifest.name}: {backend}, {manifest.precision}, batch {batch} ===")
-        say(f"Host: {cpu_model()}, {os.cpu_count()} logical CPUs, threads {threads or 'default'}, load {load_before}")
+        pool = ", one shared thread pool" if shared_thread_pool else ""
+        say(f"Host: {cpu_model()}, {os.cpu_count()} logical CPUs, threads {threads or 'default'}{pool}, load {load_before}")
         say(f"Warmup: {warmup_ms:g} ms, iterations: {iterations}, duration: {duration_s:g} s")
 
         def timed(step: Any) -> Trace:
@@ -185,7 +189,8 @@ def run_bench(
         ]
         note = None
         if ceiling:
-            note = _ceilings(rt, buckets, engine_dir, batch, threads, warmup_ms, iterations, duration_s, pcts, say)
+            timing = (warmup_ms, iterations, duration_s, pcts)
+            note = _ceilings(rt, buckets, engine_dir, batch, threads, shared_thread_pool, timing, say)
         else:
             note = "not measured (ceiling disabled)"
         result = BenchReport(
@@ -228,10 +233,8 @@ def _ceilings(
     engine_dir: Path,
     batch: int,
     threads: int | None,
-    warmup_ms: float,
-    iterations: int,
-    duration_s: float,
-    pcts: Sequence[float],
+    shared_thread_pool: bool,
+    timing: tuple[float, int, float, Sequence[float]],
     say: Any,
 ) -> str | None:
     """Measure and attach each bucket's ceiling; a note instead when it cannot be measured here."""
@@ -243,11 +246,13 @@ def _ceilings(
         return "not measured: needs the onnx package (pip install onnx)"
     say()
     started = time.perf_counter()
+    warmup_ms, iterations, duration_s, pcts = timing
     results = measure_ceilings(
         engine_dir,
         rt.manifest,
         batch=batch,
         threads=threads,
+        shared_thread_pool=shared_thread_pool,
         warmup_ms=warmup_ms,
         iterations=iterations,
         duration_s=duration_s,

@@ -56,18 +56,22 @@ class Runtime:
         threads: int | None = None,
         verify: bool = True,
         providers: Sequence[str] | None = None,
+        shared_thread_pool: bool = False,
         **backend_options: Any,
     ) -> Runtime:
         """Load the engines of ``directory``; the backend is the one the manifest names.
 
         Checks the manifest (fields, paths, and every file's sha256 unless ``verify=False``) and the installed
-        backend's version before loading anything. ``threads`` and ``providers`` are ONNX Runtime options (intra-op
-        threads; execution providers, e.g. ``["CUDAExecutionProvider"]``); TensorRT takes ``device``,
-        ``contexts`` (concurrent calls) and ``cuda_graphs``.
+        backend's version before loading anything. ``threads``, ``providers`` and ``shared_thread_pool`` are ONNX
+        Runtime options (intra-op threads; execution providers, e.g. ``["CUDAExecutionProvider"]``; one
+        process-wide pool of ``threads`` for all sessions, faster for small buckets but fixed for the process:
+        ``vared2.runtime.thread_pool``); TensorRT takes ``device``, ``contexts`` (concurrent calls) and
+        ``cuda_graphs``.
         """
         path = Path(directory)
         manifest = Manifest.load(path, verify=verify)
-        backend = open_backend(path, manifest, threads=threads, providers=providers, **backend_options)
+        pool = {"shared_thread_pool": True} if shared_thread_pool else {}  # an ONNX Runtime option only
+        backend = open_backend(path, manifest, threads=threads, providers=providers, **pool, **backend_options)
         return cls(path, manifest, backend)
 
     def close(self) -> None:

@@ -136,8 +136,10 @@ def session_options(level: str, threads: int | None, config: Mapping[str, str]) 
 class OrtEngine:
     """An ONNX Runtime session over one ``.onnx`` file (external data next to it is found by ORT itself).
 
-    ``threads`` is the intra-op thread count (None: ORT's default, one per physical core). ``providers`` are
-    ONNX Runtime execution provider names; the CPU provider is always appended as the fallback.
+    ``threads`` is the intra-op thread count (None: ORT's default, one per physical core); with
+    ``shared_thread_pool`` the session runs on the process's shared pool instead, which
+    ``vared2.runtime.thread_pool.shared_pool_threads`` must have created. ``providers`` are ONNX Runtime execution
+    provider names; the CPU provider is always appended as the fallback.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class OrtEngine:
         graph_optimization: str = "all",
         session_config: Mapping[str, str] | None = None,
         shared_initializers: Mapping[str, Any] | None = None,
+        shared_thread_pool: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -174,6 +177,9 @@ class OrtEngine:
             # A prepacked weight would be a per-session copy, so prepacking is off.
             config["session.disable_prepacking"] = "1"
         options = session_options(graph_optimization, threads, config)
+        if shared_thread_pool:  # the process's pool (vared2.runtime.thread_pool), sized there
+            options.use_per_session_threads = False
+            options.intra_op_num_threads = options.inter_op_num_threads = 0  # else ORT warns they are ignored
         if shared_initializers:
             for name, value in shared_initializers.items():
                 options.add_initializer(name, value)
@@ -222,10 +228,15 @@ class OrtBackend:
         *,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        shared_thread_pool: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         check_backend_version(manifest, ort.__version__, exact=2)
+        if shared_thread_pool:
+            from .thread_pool import shared_pool_threads
+
+            shared_pool_threads(threads)
         directory = Path(directory)
         level = manifest.build_options.get("optimization", "all")
         if level not in GRAPH_OPTIMIZATION_LEVELS:
@@ -249,6 +260,7 @@ class OrtBackend:
                 graph_optimization=level,
                 session_config=config,
                 shared_initializers=None if weights is None else weights.initializers(rel),
+                shared_thread_pool=shared_thread_pool,
             )
 
         self.gate = load(manifest.gate.file)
@@ -294,16 +306,21 @@ def open_backend(
     *,
     threads: int | None = None,
     providers: Sequence[str] | None = None,
+    shared_thread_pool: bool = False,
     **options: Any,
 ) -> Backend:
     """The backend the manifest names, loaded. TensorRT is imported only here, only for TensorRT engines."""
     if manifest.backend == "onnxruntime":
         if options:
             raise TypeError(f"unexpected options for ONNX Runtime engines: {', '.join(sorted(options))}")
-        return OrtBackend(directory, manifest, threads=threads, providers=providers)
+        return OrtBackend(
+            directory, manifest, threads=threads, providers=providers, shared_thread_pool=shared_thread_pool
+        )
     if manifest.backend == "tensorrt":
-        if providers is not None or threads is not None:
-            raise TypeError("threads= and providers= are ONNX Runtime options; TensorRT engines run on the GPU")
+        if providers is not None or threads is not None or shared_thread_pool:
+            raise TypeError(
+                "threads=, providers= and shared_thread_pool= are ONNX Runtime options; TensorRT engines run on the GPU"
+            )
         from .tensorrt_backend import TrtBackend
 
         return TrtBackend(directory, manifest, **options)

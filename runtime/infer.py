@@ -42,6 +42,7 @@ def infer(
     out: TextIO | None = None,
     *,
     threads: int | None = None,
+    shared_thread_pool: bool = False,
 ) -> int:
     """Print one line per window of each video — a table, or JSON lines (``Result.to_dict``) — and return the
     number of windows. Every video path is checked to exist before anything is printed; an unreadable or
@@ -53,7 +54,7 @@ def infer(
         if not is_url(os.fspath(video)) and not Path(video).is_file():
             raise FileNotFoundError(f"{os.fspath(video)}: no such video file")
     count = 0
-    with Runtime.open(engine_dir, threads=threads) as runtime:
+    with Runtime.open(engine_dir, threads=threads, shared_thread_pool=shared_thread_pool) as runtime:
         # Rows are printed as windows arrive, so the columns get fixed widths: the longest video name, the
         # longest label and bucket name the manifest can produce.
         manifest = runtime.manifest

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from io import StringIO
 from pathlib import Path
@@ -464,3 +466,17 @@ def test_a_drifting_machine_flags_the_dynamic_ratio() -> None:
     drifting = DynamicResult("d", 20, workload(mixed), workload([200.0] * 10 + [300.0] * 10), 2.0)
     assert not steady.drifted and drifting.drifted
     assert drifting.to_dict(["full"], [50.0])["drifted"] is True
+
+
+def test_bench_on_a_shared_thread_pool_says_so_everywhere(engines: Path, tmp_path: Path) -> None:
+    """`--shared-thread-pool` (in its own process: the pool belongs to the process) times every engine and the
+    ceilings on it, and the header, the JSON settings and the latency table record it."""
+    out = tmp_path / "bench.json"
+    table = tmp_path / "latency.json"
+    args = [sys.executable, "-m", "vared2", "bench", str(engines), "--warmup", "10", "--iterations", "3"]
+    args += ["--duration", "0.05", "--threads", "2", "--shared-thread-pool", "--json", str(out)]
+    run = subprocess.run([*args, "--latency-table", str(table)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "threads 2, one shared thread pool" in run.stdout and "Conv-only graph medians" in run.stdout
+    assert json.loads(out.read_text())["settings"]["shared_thread_pool"] is True
+    assert json.loads(table.read_text())["shared_thread_pool"] is True

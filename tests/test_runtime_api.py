@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import warnings
 from collections import Counter
@@ -281,3 +283,47 @@ def test_shared_weights_file_feeds_every_session(tmp_path: Path) -> None:
     _, plain0 = reference(tmp_path / "shared", batch, buckets=np.zeros(4))
     assert isinstance(unchanged, list)
     np.testing.assert_allclose(np.stack([r.probabilities for r in unchanged]), plain0, rtol=1e-5, atol=1e-7)
+
+
+SHARED_POOL_SCRIPT = """
+import json, sys
+import numpy as np
+from vared2.runtime import Runtime
+
+directory, clip_file = sys.argv[1], sys.argv[2]
+batch = np.load(clip_file)
+per_session = Runtime.open(directory, threads=1).classify(batch)
+shared = Runtime.open(directory, threads=2, shared_thread_pool=True)
+options = shared.backend.gate.session.get_session_options()
+again = Runtime.open(directory, shared_thread_pool=True)  # threads=None: the pool as it is
+try:
+    Runtime.open(directory, threads=1, shared_thread_pool=True)
+    resize = None
+except ValueError as error:
+    resize = str(error)
+results = shared.classify(batch)
+print(json.dumps({
+    "per_session_threads": options.use_per_session_threads,
+    "same_buckets": [a.bucket for a in results] == [b.bucket for b in per_session],
+    "max_diff": max(float(np.abs(a.probabilities - b.probabilities).max()) for a, b in zip(results, per_session)),
+    "again": [r.bucket for r in again.classify(batch)] == [r.bucket for r in results],
+    "resize": resize,
+}))
+"""
+
+
+def test_a_shared_thread_pool_gives_the_same_results_and_keeps_its_size(engine_dir: Path, tmp_path: Path) -> None:
+    """In a fresh process (the pool belongs to the process): the sessions run on it, the results equal the
+    per-session ones, and a second runtime asking for another size is a clear error, not a silent resize."""
+    np.save(tmp_path / "clips.npy", clips(5))
+    run = subprocess.run(
+        [sys.executable, "-c", SHARED_POOL_SCRIPT, str(engine_dir), str(tmp_path / "clips.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0 and "ignored" not in run.stderr, run.stderr
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["per_session_threads"] is False and found["same_buckets"] and found["again"]
+    assert found["max_diff"] < 1e-5
+    assert "has 2 thread(s) and cannot be resized to 1" in found["resize"]

@@ -59,6 +59,8 @@ def test_tensorrt_engines_without_tensorrt_are_a_clear_error(tmp_path: Path) -> 
         Runtime.open(tmp_path / "e")
     with pytest.raises(TypeError, match="ONNX Runtime options"):
         Runtime.open(tmp_path / "e", threads=2)
+    with pytest.raises(TypeError, match="ONNX Runtime options"):
+        Runtime.open(tmp_path / "e", shared_thread_pool=True)
 
 
 def test_tensorrt_plans_need_the_exact_version_and_gpu(tmp_path: Path) -> None:

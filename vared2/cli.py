@@ -50,6 +50,7 @@ def cli() -> None:
 
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+POOL_HELP = "ONNX Runtime: one process-wide thread pool for all engines (faster small buckets; docs/runtime.md)."
 LATENCY_HELP = "Price buckets by this device's measured latency (`vared2 bench --latency-table`), not GFLOPs."
 out_dir = click.Path(file_okay=False, path_type=Path)
 BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
@@ -303,11 +304,19 @@ def build(
 @click.option("--stride", default=8, show_default=True, help="Frames between the starts of two windows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per window instead of a table.")
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
-def infer(engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool, threads: int | None) -> None:
+@click.option("--shared-thread-pool", is_flag=True, help=POOL_HELP)
+def infer(
+    engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool, threads: int | None, shared_thread_pool: bool
+) -> None:
     """Classify sliding windows of VIDEOS (files or stream URLs) with the engines in ENGINE_DIR."""
     from vared2.runtime.infer import infer as run_infer
 
-    run_stage(lambda: run_infer(engine_dir, list(videos), stride=stride, as_json=as_json, threads=threads))
+    pool = shared_thread_pool
+    run_stage(
+        lambda: run_infer(
+            engine_dir, list(videos), stride=stride, as_json=as_json, threads=threads, shared_thread_pool=pool
+        )
+    )
 
 
 @cli.command()
@@ -337,6 +346,7 @@ def infer(engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool,
 )
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
 @click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions alone.")
+@click.option("--shared-thread-pool", is_flag=True, help=POOL_HELP)
 def bench(
     engine_dir: Path,
     warmup_ms: float,
@@ -352,6 +362,7 @@ def bench(
     replay: Path | None,
     threads: int | None,
     no_ceiling: bool,
+    shared_thread_pool: bool,
 ) -> None:
     """trtexec-style latency per bucket and for the gate, efficiency vs FLOPs, and a dynamic workload."""
     from vared2.bench import run_bench
@@ -372,6 +383,7 @@ def bench(
             replay=replay,
             threads=threads,
             ceiling=not no_ceiling,
+            shared_thread_pool=shared_thread_pool,
         )
     )
 
