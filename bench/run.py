@@ -140,7 +140,8 @@ def run_bench(
         backend = f"{manifest.backend} {manifest.backend_version}"
         say(f"=== {manifest.name}: {backend}, {manifest.precision}, batch {batch} ===")
         pool = ", one shared thread pool" if shared_thread_pool else ""
-        say(f"Host: {cpu_model()}, {os.cpu_count()} logical CPUs, threads {threads or 'default'}{pool}, load {load_before}")
+        cpus = f"{os.cpu_count()} logical CPUs, threads {threads or 'default'}{pool}"
+        say(f"Host: {cpu_model()}, {cpus}, load {load_before}")
         say(f"Warmup: {warmup_ms:g} ms, iterations: {iterations}, duration: {duration_s:g} s")
 
         def timed(step: Any) -> Trace:
