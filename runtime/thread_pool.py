@@ -22,13 +22,13 @@ def shared_pool_threads(threads: int | None) -> int:
     """Create this process's shared intra-op pool with ``threads`` threads (None: one per logical CPU) on first use
     and return its size; a ``ValueError`` if it already exists with another size (or was made elsewhere)."""
     global _threads
-    from onnxruntime.capi import _pybind_state
+    import onnxruntime as ort
 
     wanted = threads or os.cpu_count() or 1
     with _lock:
         if _threads is None:
             try:
-                _pybind_state.set_global_thread_pool_sizes(wanted, 1)
+                ort.set_global_thread_pool_sizes(wanted, 1)
             except Exception as error:  # ORT's Fail: another component created the process's pools first
                 raise ValueError(
                     f"shared_thread_pool: ONNX Runtime's process-wide thread pool already exists ({error}); "
