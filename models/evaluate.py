@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,23 @@ class Evaluation:
     accuracy_by_motion: dict[str, float] = field(default_factory=dict)
     count_by_motion: dict[str, int] = field(default_factory=dict)
     forced_bucket: int | None = None
+    #: With a latency table (``with_latency``): the choices' mean latency as a fraction of the full bucket's.
+    latency_ratio: float | None = None
+    latency_table: str | None = None
+
+    def with_latency(self, costs: list[float], table: str) -> Evaluation:
+        """This evaluation plus the expected latency of its bucket choices, priced by ``costs`` (each bucket's
+        latency as a fraction of the full bucket's, ``vared2.models.latency.latency_costs``) from ``table``."""
+        if len(costs) != len(self.histogram):
+            raise ValueError(f"{len(costs)} latency costs for {len(self.histogram)} buckets")
+        ratio = sum(c * n for c, n in zip(costs, self.histogram, strict=True)) / max(self.samples, 1)
+        return replace(self, latency_ratio=ratio, latency_table=table)
+
+    def _latency_line(self) -> list[str]:
+        if self.latency_ratio is None:
+            return []
+        saved = 1 - self.latency_ratio
+        return [f"mean latency {self.latency_ratio:.3f} of full by {self.latency_table} ({saved:.1%} less)"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -42,6 +59,7 @@ class Evaluation:
             f"samples {self.samples}   accuracy {self.accuracy:.4f}   ({mode})",
             f"mean GFLOPs {self.mean_gflops:.4f} of {self.full_gflops:.4f} full = {self.gflops_ratio:.3f} "
             f"({1 - self.gflops_ratio:.1%} fewer)",
+            *self._latency_line(),
             "",
             f"{'bucket':<28} {'clips':>6} {'share':>7}",
         ]

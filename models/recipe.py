@@ -196,9 +196,12 @@ def run_evaluation(
     split: str = "val",
     bucket: int | str | None = None,
     plot: Path | None = None,
+    latency_table: Path | None = None,
 ) -> Evaluation:
-    """Evaluate a checkpoint on one split of ``data``; optionally plot the bucket histogram."""
+    """Evaluate a checkpoint on one split of ``data``; optionally plot the bucket histogram, and with a latency
+    table also report the expected latency of the buckets chosen."""
     model: VaRed2VideoResNet = load(Path(checkpoint))
+    costs = None if latency_table is None else latency_costs(latency_table, [b.name for b in model.buckets])
     config = model.config
     dataset = VideoFolderDataset(
         split_source(data, split),
@@ -209,6 +212,8 @@ def run_evaluation(
         classes=config.labels or None,
     )
     result = evaluate(model, dataset, bucket=bucket)
+    if costs is not None:
+        result = result.with_latency(costs, str(latency_table))
     if plot is not None:
         plot_histogram([(Path(checkpoint).name, result)], Path(plot))
     return result

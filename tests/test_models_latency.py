@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from vared2.cli import cli
 from vared2.models import load, r2plus1d_18
 from vared2.models.calibrate import fit_gate
+from vared2.models.evaluate import Evaluation
 from vared2.models.latency import LATENCY_TABLE_FORMAT, latency_costs
 
 FRAMES, SIZE = 4, 32
@@ -84,6 +85,16 @@ def test_fit_gate_from_the_command_line_records_the_latency_it_priced(tmp_path: 
     assert fit["cost"] == "latency" and fit["latency_table"] == str(table) and fit["engine"] == "toy"
     assert fit["costs"] == {name: 1.0 if i == 0 else 1.25 for i, name in enumerate(names)}
     assert fit["oracle_ratio"] == 1.0 and fit["target_ratio"] == 0.6
+    # evaluate prices the choices it made by the same table: the histogram times each bucket's cost
+    report = tmp_path / "eval.json"
+    args_eval = ["evaluate", str(ckpt), "--data", str(data), "--latency-table", str(table), "--json", str(report)]
+    result = runner.invoke(cli, args_eval)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(report.read_text())
+    costs = [1.0] + [1.25] * (len(names) - 1)
+    expected = sum(c * n for c, n in zip(costs, evaluation["histogram"], strict=True)) / evaluation["samples"]
+    assert evaluation["latency_ratio"] == pytest.approx(expected) and evaluation["latency_table"] == str(table)
+    assert f"of full by {table}" in result.output
 
     write_table(table, {names[0]: 4.0})  # measured on some other model's engines
     result = runner.invoke(cli, [*refit, "--out", str(tmp_path / "bad"), "--latency-table", str(table)])
@@ -94,3 +105,13 @@ def test_fit_gate_from_the_command_line_records_the_latency_it_priced(tmp_path: 
     # training checks the table before it trains, and only prices a gate fit with it
     result = runner.invoke(cli, [*args, "--out", str(tmp_path / "c2"), "--latency-table", str(table), "--epochs", "1"])
     assert result.exit_code == 2 and "add --fit-gate" in result.output and not (tmp_path / "c2").exists()
+
+
+def test_an_evaluation_prices_its_bucket_choices_by_latency() -> None:
+    evaluation = Evaluation(10, 0.9, 0.2, 0.3, 0.66, ["full", "a", "b"], [2, 3, 5])
+    priced = evaluation.with_latency([1.0, 0.8, 0.5], "t.json")
+    assert priced.latency_ratio == pytest.approx((2 * 1.0 + 3 * 0.8 + 5 * 0.5) / 10)
+    assert "mean latency 0.690 of full by t.json (31.0% less)" in priced.table()
+    assert evaluation.latency_ratio is None and "latency" not in evaluation.table()
+    with pytest.raises(ValueError, match="2 latency costs for 3 buckets"):
+        evaluation.with_latency([1.0, 0.5], "t.json")

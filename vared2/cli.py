@@ -210,15 +210,27 @@ def fit_gate_command(
 @click.option("--bucket", default=None, help="Force one bucket (id or name) instead of the gate.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the bucket histogram (PNG).")
+@click.option(
+    "--latency-table",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also report the choices' mean latency on the device this `vared2 bench --latency-table` measured.",
+)
 def evaluate(
-    checkpoint: Path, data: Path, split: str, bucket: str | None, json_path: Path | None, plot: Path | None
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    bucket: str | None,
+    json_path: Path | None,
+    plot: Path | None,
+    latency_table: Path | None,
 ) -> None:
     """Accuracy, mean GFLOPs, the bucket histogram and GFLOPs by motion level of CHECKPOINT on DATA."""
     from vared2.models.recipe import run_evaluation
 
     def go() -> None:
         key: int | str | None = int(bucket) if bucket is not None and bucket.isdigit() else bucket
-        result = run_evaluation(checkpoint, data, split=split, bucket=key, plot=plot)
+        result = run_evaluation(checkpoint, data, split=split, bucket=key, plot=plot, latency_table=latency_table)
         click.echo(result.table())
         if json_path:
             json_path.write_text(result.to_json() + "\n")
