@@ -29,6 +29,11 @@ def conv_weight(node: NodeProto, graph: _Graph) -> np.ndarray | None:
     return weight
 
 
+def activated(relu: NodeProto | None, value: str) -> list[NodeProto]:
+    """The ReLU a rewritten convolution keeps (ONNX Runtime fuses it): ``<value>.pre`` → ``value``, if ``relu``."""
+    return [helper.make_node("Relu", [f"{value}.pre"], [value])] if relu is not None else []
+
+
 def _constant_input(node: NodeProto, graph: _Graph, value: str) -> np.ndarray | None:
     """The constant operand of a binary ``node`` whose other operand is ``value``."""
     if len(node.input) != 2 or value not in node.input:
@@ -89,7 +94,7 @@ class FrameConv:
                 strides=self.strides[1:],
                 pads=pads,
             ),
-            *([helper.make_node("Relu", [f"{y}.pre"], [y])] if self.relu is not None else []),
+            *activated(self.relu, y),
         ]
 
 

@@ -11,7 +11,7 @@ as one image: with ``H' = stride · period``, output rows ``t·period …`` are 
 ``t`` and zeros. The temporal convolution then reads frame ``t ± 1`` exactly ``period`` rows away — a ``kt×1``
 convolution dilated by ``period`` — on the same blocked tensor. The ``period - H_out`` rows after each frame's
 output rows belong to no frame: computed and never read. The features are that tensor reshaped to
-``[N, C, T, period, W]`` with the frame rows sliced out; the gate's head (``ort_gate_head``) reads the stacked
+``[N, C, T, period, W]`` with the unused rows split off; the gate's head (``ort_gate_head``) reads the stacked
 tensor directly, frame by frame.
 
 The unused rows cost ``period / H_out - 1`` more convolution work (3.6 % at 112×112, 7.1 % at 56×56), so the
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from .ort_frame_conv import FrameConv, conv_weight
+from .ort_frame_conv import FrameConv, activated, conv_weight
 from .ort_specialize import _attribute, _attribute_int, _Graph, _int64, _sole_consumer
 
 #: Measured (r2plus1d_18's stem, docs/performance.md): at 3.6 % unused rows stacking made the gate 9 % faster, at
@@ -74,11 +74,6 @@ def _temporal_after(graph: _Graph, value: str) -> tuple[NodeProto, int, int, int
     return conv, kernel[0], pads[0], int(weight.shape[0])
 
 
-def _activated(relu: NodeProto | None, value: str) -> list[NodeProto]:
-    """The ReLU a rewritten convolution keeps (ONNX Runtime fuses it), writing ``value``."""
-    return [helper.make_node("Relu", [f"{value}.pre"], [value])] if relu is not None else []
-
-
 def stack_frames(
     stem: FrameConv, graph: _Graph, prefix: str, max_unused_rows: float = MAX_UNUSED_ROWS
 ) -> tuple[list[NodeProto], list[NodeProto], list[TensorProto]] | None:
@@ -125,7 +120,7 @@ def stack_frames(
                 dilations=[period, 1],
                 pads=[t_pad * period, 0, t_pad * period, 0],
             ),
-            *_activated(relu2, last),
+            *activated(relu2, last),
         ]
     new += [
         _int64(f"{prefix}.by_frame", [-1, channels, t, period, w_out]),
