@@ -70,8 +70,14 @@ class Runtime:
         """
         path = Path(directory)
         manifest = Manifest.load(path, verify=verify)
-        pool = {"shared_thread_pool": True} if shared_thread_pool else {}  # an ONNX Runtime option only
-        backend = open_backend(path, manifest, threads=threads, providers=providers, **pool, **backend_options)
+        backend = open_backend(
+            path,
+            manifest,
+            threads=threads,
+            providers=providers,
+            shared_thread_pool=shared_thread_pool,
+            **backend_options,
+        )
         return cls(path, manifest, backend)
 
     def close(self) -> None:

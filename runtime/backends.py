@@ -137,9 +137,9 @@ class OrtEngine:
     """An ONNX Runtime session over one ``.onnx`` file (external data next to it is found by ORT itself).
 
     ``threads`` is the intra-op thread count (None: ORT's default, one per physical core); with
-    ``shared_thread_pool`` the session runs on the process's shared pool instead, which
-    ``vared2.runtime.thread_pool.shared_pool_threads`` must have created. ``providers`` are ONNX Runtime execution
-    provider names; the CPU provider is always appended as the fallback.
+    ``shared_thread_pool`` the session runs on the process's shared pool of ``threads`` instead
+    (``vared2.runtime.thread_pool.shared_pool_threads``). ``providers`` are ONNX Runtime execution provider
+    names; the CPU provider is always appended as the fallback.
     """
 
     def __init__(
@@ -177,7 +177,10 @@ class OrtEngine:
             # A prepacked weight would be a per-session copy, so prepacking is off.
             config["session.disable_prepacking"] = "1"
         options = session_options(graph_optimization, threads, config)
-        if shared_thread_pool:  # the process's pool (vared2.runtime.thread_pool), sized there
+        if shared_thread_pool:  # the process's pool, created (or checked against threads) here
+            from .thread_pool import shared_pool_threads
+
+            shared_pool_threads(threads)
             options.use_per_session_threads = False
             options.intra_op_num_threads = options.inter_op_num_threads = 0  # else ORT warns they are ignored
         if shared_initializers:
@@ -233,10 +236,6 @@ class OrtBackend:
         import onnxruntime as ort
 
         check_backend_version(manifest, ort.__version__, exact=2)
-        if shared_thread_pool:
-            from .thread_pool import shared_pool_threads
-
-            shared_pool_threads(threads)
         directory = Path(directory)
         level = manifest.build_options.get("optimization", "all")
         if level not in GRAPH_OPTIMIZATION_LEVELS:
