@@ -43,10 +43,15 @@ def read_latency_table(path: Path | str) -> dict[str, Any]:
 
 
 def latency_costs(path: Path | str, bucket_names: Sequence[str]) -> list[float]:
-    """Each bucket's latency as a fraction of the full bucket's (``bucket_names[0]``), in ``bucket_names`` order.
+    """Each bucket's latency as a fraction of the full bucket's (``bucket_names[0]``), in ``bucket_names`` order,
+    from the table at ``path``."""
+    return bucket_costs(read_latency_table(path), bucket_names, path)
+
+
+def bucket_costs(table: dict[str, Any], bucket_names: Sequence[str], path: Path | str) -> list[float]:
+    """``latency_costs`` of a table already read from ``path`` (named in the errors).
 
     Every bucket of the model must be in the table with a positive, finite latency; extra entries are ignored."""
-    table = read_latency_table(path)
     measured: dict[str, Any] = table["buckets"]
     missing = [name for name in bucket_names if name not in measured]
     if missing:

@@ -15,7 +15,7 @@ from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stac
 from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
-from vared2.models.latency import latency_costs, read_latency_table
+from vared2.models.latency import bucket_costs, latency_costs, read_latency_table
 from vared2.models.train import EpochStats, TrainConfig, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model
 
@@ -145,14 +145,15 @@ def fit_and_record_gate(
     """Fit the gate on every clip of ``train_set`` at ``target_ratio`` of the full bucket's GFLOPs — or, with a
     latency table, of its measured latency — and record the fit in the model's provenance."""
     names = [bucket.name for bucket in model.buckets]
-    costs = None if latency_table is None else latency_costs(latency_table, names)
-    clips, labels = stack_dataset(train_set)
-    result = fit_gate(model, clips, labels, target_ratio, seed=seed, costs=costs)
+    costs: list[float] | None = None
     priced_by: dict[str, object] = {"cost": "gflops"}
     if latency_table is not None:
         table = read_latency_table(latency_table)
+        costs = bucket_costs(table, names, latency_table)
         priced_by = {"cost": "latency", "latency_table": str(latency_table), "engine": table.get("engine")}
-        priced_by |= {"threads": table.get("threads"), "costs": dict(zip(names, costs or [], strict=True))}
+        priced_by |= {"threads": table.get("threads"), "costs": dict(zip(names, costs, strict=True))}
+    clips, labels = stack_dataset(train_set)
+    result = fit_gate(model, clips, labels, target_ratio, seed=seed, costs=costs)
     model.config.provenance = {
         **model.config.provenance,
         "gate_fit": {"command": command, "target_ratio": target_ratio, **priced_by, **asdict(result)},
