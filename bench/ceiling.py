@@ -30,7 +30,7 @@ import numpy as np
 from vared2.engines.manifest import Manifest
 from vared2.runtime.backends import OrtEngine
 
-from .timing import Trace, measure_interleaved
+from .timing import DEFAULT_TIMING, TimingSettings, Trace, measure_interleaved
 
 #: Seed of the random inputs and weights of the convolution-only graphs (timing does not depend on the values;
 #: normal values avoid denormals).
@@ -162,6 +162,18 @@ def conv_only_model(layers: Sequence[ConvLayer], seed: int = SEED) -> Any:
     return model
 
 
+def engine_like(manifest: Manifest, path: Path, *, threads: int | None, shared_thread_pool: bool) -> OrtEngine:
+    """An ONNX Runtime session on ``path`` opened as the engines' are: their optimisation level and session
+    config, the bench's threads and pool."""
+    return OrtEngine(
+        path,
+        threads=threads,
+        graph_optimization=manifest.build_options.get("optimization", "all"),
+        session_config=manifest.build_options.get("ort_session_config", {}),
+        shared_thread_pool=shared_thread_pool,
+    )
+
+
 def measure_ceilings(
     engine_dir: Path | str,
     manifest: Manifest,
@@ -169,10 +181,7 @@ def measure_ceilings(
     batch: int = 1,
     threads: int | None = None,
     shared_thread_pool: bool = False,
-    warmup_ms: float = 200.0,
-    iterations: int = 10,
-    duration_s: float = 3.0,
-    percentiles: Sequence[float] = (90.0, 95.0, 99.0),
+    timing: TimingSettings = DEFAULT_TIMING,
     progress: Callable[[str], None] | None = None,
 ) -> list[ConvOnly]:
     """Time the convolution-only graph of every bucket (ONNX Runtime, the engines' session options) and fill in
@@ -183,8 +192,6 @@ def measure_ceilings(
             f"this one is {manifest.backend}"
         )
     engine_dir = Path(engine_dir)
-    level = manifest.build_options.get("optimization", "all")
-    config = manifest.build_options.get("ort_session_config", {})
     rng = np.random.default_rng(SEED)
     graphs: list[tuple[int, int, float, OrtEngine, dict[str, np.ndarray]]] = []
     with tempfile.TemporaryDirectory(prefix="vared2-ceiling-") as tmp:
@@ -194,13 +201,7 @@ def measure_ceilings(
             layers = conv_layers(engine_dir / entry.file, batch)
             path = Path(tmp) / f"conv_only_{entry.id}.onnx"
             path.write_bytes(conv_only_model(layers).SerializeToString())
-            engine = OrtEngine(
-                path,
-                threads=threads,
-                graph_optimization=level,
-                session_config=config,
-                shared_thread_pool=shared_thread_pool,
-            )
+            engine = engine_like(manifest, path, threads=threads, shared_thread_pool=shared_thread_pool)
             feeds = {
                 f"x{i}": rng.standard_normal(layer.input_shape, dtype=np.float32) for i, layer in enumerate(layers)
             }
@@ -209,12 +210,7 @@ def measure_ceilings(
         if progress is not None:
             progress(f"timing the {len(graphs)} conv-only graphs interleaved")
         traces = measure_interleaved(
-            [partial(engine.run, feeds) for *_, engine, feeds in graphs],
-            warmup_ms=warmup_ms,
-            iterations=iterations,
-            duration_s=duration_s,
-            batch=batch,
-            percentiles=percentiles,
+            [partial(engine.run, feeds) for *_, engine, feeds in graphs], batch=batch, **timing.kwargs()
         )
         results = [
             ConvOnly(bucket, layers, gflops, trace)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .ceiling import ConvOnly
 from .dynamic import DynamicResult, policy_string
+from .stem import GateSplit
 from .timing import Trace
 
 LATENCY_TABLE_FORMAT = "vared2-latency-table"
@@ -113,6 +114,7 @@ class BenchReport:
     buckets: list[BucketResult]
     dynamic: DynamicResult | None = None
     ceiling_note: str | None = None
+    gate_split: GateSplit | None = None
     load_average: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -151,6 +153,15 @@ class BenchReport:
             f"gate: median {self.gate.latency.median:.3f} ms = {self.gate_fraction:.2%} of the full bucket "
             f"({self.gate_gflops:.4g} GFLOPs)"
         )
+        split = self.gate_split
+        if split is not None:
+            full_ms = self.full.median_ms
+            lines.append(
+                f"gate split (interleaved): gate {split.gate.latency.median:.3f} ms = stem alone "
+                f"{split.stem.latency.median:.3f} ms ({split.stem.latency.median / full_ms:.2%} of full) + decision "
+                f"{split.decision_ms:.3f} ms ({split.decision_ms / full_ms:.2%}; the head and MLP a static model "
+                "does not run)"
+            )
         stem = self.full.stem_gflops
         if stem:
             lines.append(
@@ -189,6 +200,7 @@ class BenchReport:
                 "median_ms": self.gate.latency.median,
                 "fraction_of_full": self.gate_fraction,
                 "trace": self.gate.to_dict(samples),
+                "split": None if self.gate_split is None else self.gate_split.to_dict(self.full.median_ms, samples),
             },
             "buckets": [b.to_dict(samples) for b in self.buckets],
             "ceiling_note": self.ceiling_note,

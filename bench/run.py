@@ -19,7 +19,8 @@ from .ceiling import conv_layers, measure_ceilings
 from .dynamic import policy_string, recorded_buckets, run_dynamic, run_replay
 from .report import BenchReport, BucketResult, write_json, write_latency_table, write_plot
 from .stats import DEFAULT_PERCENTILES, parse_percentiles
-from .timing import Trace, check_settings, measure, summary_lines
+from .stem import measure_gate_split
+from .timing import TimingSettings, Trace, check_settings, measure, summary_lines
 
 #: Seed of the random clip the gate and (through the gate's features) the buckets are timed on.
 SEED = 0
@@ -189,9 +190,15 @@ def run_bench(
             for e, t in zip(manifest.buckets, traces, strict=True)
         ]
         note = None
+        split = None
         if ceiling:
-            timing = (warmup_ms, iterations, duration_s, pcts)
+            timing = TimingSettings(warmup_ms, iterations, duration_s, tuple(pcts))
             note = _ceilings(rt, buckets, engine_dir, batch, threads, shared_thread_pool, timing, say)
+            if note is None:  # ONNX Runtime engines and onnx importable: the gate's stem can be timed alone too
+                say("--- gate split: the gate and its stem alone (the graph pruned to features), interleaved ---")
+                split = measure_gate_split(
+                    engine_dir, manifest, clip, threads=threads, shared_thread_pool=shared_thread_pool, timing=timing
+                )
         else:
             note = "not measured (ceiling disabled)"
         result = BenchReport(
@@ -203,6 +210,7 @@ def run_bench(
             gate_gflops=manifest.gate.gflops,
             buckets=buckets,
             ceiling_note=note,
+            gate_split=split,
         )
         if data is not None:
             say()
@@ -235,7 +243,7 @@ def _ceilings(
     batch: int,
     threads: int | None,
     shared_thread_pool: bool,
-    timing: tuple[float, int, float, Sequence[float]],
+    timing: TimingSettings,
     say: Any,
 ) -> str | None:
     """Measure and attach each bucket's ceiling; a note instead when it cannot be measured here."""
@@ -247,17 +255,13 @@ def _ceilings(
         return "not measured: needs the onnx package (pip install onnx)"
     say()
     started = time.perf_counter()
-    warmup_ms, iterations, duration_s, pcts = timing
     results = measure_ceilings(
         engine_dir,
         rt.manifest,
         batch=batch,
         threads=threads,
         shared_thread_pool=shared_thread_pool,
-        warmup_ms=warmup_ms,
-        iterations=iterations,
-        duration_s=duration_s,
-        percentiles=pcts,
+        timing=timing,
         progress=lambda text: say(f"--- ceiling: {text} ---"),
     )
     for b, r in zip(buckets, results, strict=True):

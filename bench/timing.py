@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .stats import DEFAULT_PERCENTILES, UNSTABLE_COV_PERCENT, Stats, fmt, perf_string
 
@@ -45,6 +46,28 @@ def check_settings(warmup_ms: float, iterations: int, duration_s: float, batch: 
         raise ValueError(f"--duration: expected seconds >= 0, got {duration_s!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"--batch: expected an integer >= 1, got {batch!r}")
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """trtexec's timing options as one value, shared by every graph a bench times (``kwargs`` for ``measure``)."""
+
+    warmup_ms: float = 200.0
+    iterations: int = 10
+    duration_s: float = 3.0
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "warmup_ms": self.warmup_ms,
+            "iterations": self.iterations,
+            "duration_s": self.duration_s,
+            "percentiles": self.percentiles,
+        }
+
+
+#: trtexec's defaults.
+DEFAULT_TIMING = TimingSettings()
 
 
 @dataclass

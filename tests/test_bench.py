@@ -34,6 +34,7 @@ from vared2.bench.ceiling import conv_layers, conv_only_model
 from vared2.bench.profile import profile_bucket
 from vared2.bench.run import stem_in_buckets
 from vared2.bench.stats import fmt, perf_string
+from vared2.bench.stem import stem_only_model
 from vared2.bench.timing import measure_interleaved
 from vared2.engines.build import build_engines
 from vared2.engines.ort_toy import write_toy_onnx_dir
@@ -323,6 +324,13 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
         assert conv["ceiling"] == pytest.approx(conv["conv_flops_fraction"] / conv["conv_latency_fraction"])
     assert [b["conv_only"]["conv_flops_fraction"] < 1 for b in saved["buckets"]] == [False, True, True]
     assert saved["gate"]["fraction_of_full"] == pytest.approx(saved["gate"]["median_ms"] / full["median_ms"])
+    split = saved["gate"]["split"]
+    assert split["decision_ms"] == pytest.approx(split["gate_median_ms"] - split["stem_median_ms"])
+    assert split["stem_fraction_of_full"] == pytest.approx(split["stem_median_ms"] / full["median_ms"])
+    assert split["decision_fraction_of_full"] == pytest.approx(split["decision_ms"] / full["median_ms"])
+    assert split["stem_median_ms"] == median(split["stem_trace"]["samples_ms"]["latency"])
+    assert 0 < split["stem_nodes"] < split["gate_nodes"]
+    assert re.search(r"^gate split \(interleaved\): gate [0-9.]+ ms = stem alone [0-9.]+ ms", text, re.M)
 
     dynamic = saved["dynamic"]
     assert dynamic["clips"] == 6
@@ -351,6 +359,7 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
 
 def test_batch_scales_the_throughput_and_the_inputs(engines: Path) -> None:
     report = run_bench(engines, **SHORT, batch=2, ceiling=False, out=StringIO())
+    assert report.gate_split is None  # timed with the ceilings
     assert report.gate.batch == 2 and all(b.trace.batch == 2 for b in report.buckets)
     trace = report.buckets[1].trace
     assert trace.throughput_qps == pytest.approx(2 * trace.count / trace.walltime_ms * 1e3)
@@ -431,6 +440,30 @@ def test_conv_only_graph_keeps_every_conv_at_its_real_shape(engines: Path) -> No
     stem = 8 * 3 * 9 * FRAMES * SIZE * SIZE / 1e9
     assert stem_in_buckets(engines / "gate.onnx", own + stem, own) == pytest.approx(stem)
     assert stem_in_buckets(engines / "gate.onnx", own, own) == 0.0
+
+
+def test_stem_only_graph_computes_the_gates_features_and_nothing_else(engines: Path, tmp_path: Path) -> None:
+    import onnx
+
+    gate = onnx.load(str(engines / "gate.onnx"), load_external_data=False)
+    stem = stem_only_model(engines / "gate.onnx")
+    assert [o.name for o in stem.graph.output] == ["features"]
+    assert len(stem.graph.node) < len(gate.graph.node)
+    assert not {"Gemm", "Flatten"} & {node.op_type for node in stem.graph.node}  # the head's MLP is gone
+    used = {name for node in stem.graph.node for name in node.input}
+    assert {t.name for t in stem.graph.initializer} <= used
+    clip = np.random.default_rng(1).integers(0, 256, (2, FRAMES, SIZE, SIZE, 3), np.uint8)
+    full = ort.InferenceSession(str(engines / "gate.onnx"), providers=["CPUExecutionProvider"])
+    alone = ort.InferenceSession(stem.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(alone.run(None, {"clip": clip})[0], full.run(["features"], {"clip": clip})[0],
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+
+    without = onnx.load(str(engines / "gate.onnx"))  # weights read in: the copy must not need weights.bin
+    del without.graph.output[0]  # a graph without the features output names the file and what it has
+    bad = tmp_path / "gate.onnx"
+    onnx.save(without, str(bad))
+    with pytest.raises(ValueError, match=r"gate\.onnx: the gate graph has no 'features' output \(outputs: bucket"):
+        stem_only_model(bad)
 
 
 def test_profile_totals_kernel_time_per_op_type(engines: Path) -> None:

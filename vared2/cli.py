@@ -357,7 +357,7 @@ def infer(
     help="Instead of --data: serve the bucket mix of the dynamic workload in this bench --json file.",
 )
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
-@click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions alone.")
+@click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions and the gate's stem alone.")
 @click.option("--shared-thread-pool", is_flag=True, help=POOL_HELP)
 def bench(
     engine_dir: Path,

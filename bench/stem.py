@@ -1,0 +1,121 @@
+"""The gate's latency split into the stem every bucket needs and the decision on top of it.
+
+The gate engine computes the stem (its ``features`` output, which the chosen bucket engine reads) and the bucket
+logits. A static model computes the stem as well, so what the dynamic model pays for *deciding* is the gate less
+its stem. The stem alone is the gate engine's own graph with every output but ``features`` removed and every node
+only they needed pruned — the same rewritten stem, session options and thread count — timed interleaved with the
+gate itself (``measure_interleaved``), so both medians come from the same phases of the machine.
+
+ONNX Runtime engine directories only (the gate's ``.onnx`` is the graph); ``onnx`` is imported lazily.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vared2.engines.manifest import Manifest
+
+from .ceiling import engine_like
+from .timing import DEFAULT_TIMING, TimingSettings, Trace, measure_interleaved
+
+#: The gate output the bucket engines read (DESIGN.md §4).
+FEATURES = "features"
+
+
+@dataclass
+class GateSplit:
+    """The gate engine and its stem alone, timed interleaved."""
+
+    gate: Trace
+    stem: Trace
+    nodes: int  # the gate graph's nodes
+    stem_nodes: int  # the nodes left when only ``features`` is computed
+
+    @property
+    def decision_ms(self) -> float:
+        """What the gate costs beyond the stem (the head and its MLP): median gate − median stem."""
+        return self.gate.latency.median - self.stem.latency.median
+
+    def to_dict(self, full_median_ms: float, samples: bool = True) -> dict[str, Any]:
+        return {
+            "gate_median_ms": self.gate.latency.median,
+            "stem_median_ms": self.stem.latency.median,
+            "decision_ms": self.decision_ms,
+            "stem_fraction_of_full": self.stem.latency.median / full_median_ms,
+            "decision_fraction_of_full": self.decision_ms / full_median_ms,
+            "gate_nodes": self.nodes,
+            "stem_nodes": self.stem_nodes,
+            "gate_trace": self.gate.to_dict(samples),
+            "stem_trace": self.stem.to_dict(samples),
+        }
+
+
+def stem_only_model(gate_file: Path | str) -> Any:
+    """The gate graph computing ``features`` alone (an ``onnx.ModelProto``, weights inline): every other output
+    and every node only they needed removed, nothing else changed."""
+    import onnx
+
+    gate_file = Path(gate_file)
+    model = onnx.load(str(gate_file))  # external weights (the shared weights file) are read in
+    names = [o.name for o in model.graph.output]
+    if FEATURES not in names:
+        raise ValueError(f"{gate_file}: the gate graph has no {FEATURES!r} output (outputs: {', '.join(names)})")
+    kept_outputs = [o for o in model.graph.output if o.name == FEATURES]
+    del model.graph.output[:]
+    model.graph.output.extend(kept_outputs)
+    needed = {FEATURES}
+    kept_nodes = []
+    for node in reversed(model.graph.node):  # a valid ONNX graph lists its nodes in topological order
+        if any(o in needed for o in node.output):
+            kept_nodes.append(node)
+            needed.update(node.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept_nodes))
+    kept_inits = [t for t in model.graph.initializer if t.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept_inits)
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model
+
+
+def measure_gate_split(
+    engine_dir: Path | str,
+    manifest: Manifest,
+    clip: np.ndarray,
+    *,
+    threads: int | None = None,
+    shared_thread_pool: bool = False,
+    timing: TimingSettings = DEFAULT_TIMING,
+) -> GateSplit:
+    """Time the gate engine and its stem alone on ``clip`` (uint8 ``[N, T, H, W, 3]``), interleaved, with the
+    engines' graph optimisation level and session config."""
+    if manifest.backend != "onnxruntime":
+        raise ValueError(
+            f"{engine_dir}: the gate split is measured on ONNX Runtime engine directories (their .onnx graphs); "
+            f"this one is {manifest.backend}"
+        )
+    engine_dir = Path(engine_dir)
+    gate_file = engine_dir / manifest.gate.file
+    stem = stem_only_model(gate_file)
+    with tempfile.TemporaryDirectory(prefix="vared2-stem-") as tmp:
+        path = Path(tmp) / "stem_only.onnx"
+        path.write_bytes(stem.SerializeToString())
+        engines = [
+            engine_like(manifest, p, threads=threads, shared_thread_pool=shared_thread_pool) for p in (gate_file, path)
+        ]
+        feeds = {"clip": clip}
+        gate_trace, stem_trace = measure_interleaved(
+            [partial(engine.run, feeds) for engine in engines], batch=int(clip.shape[0]), **timing.kwargs()
+        )
+        del engines
+    import onnx
+
+    nodes = len(onnx.load(str(gate_file), load_external_data=False).graph.node)
+    return GateSplit(gate_trace, stem_trace, nodes, len(stem.graph.node))
