@@ -49,6 +49,12 @@ def channel_reconstruct(x: Tensor, weight: Tensor, bias: Tensor, out_channels: i
             f"channel_reconstruct: weight must be [{generated}, 1, 1, 3, 3] and bias [{generated}], "
             f"got {list(weight.shape)} and {list(bias.shape)}"
         )
+    n, _, frames, height, width = x.shape
     index = torch.tensor(source_channels(computed, out_channels), device=x.device)
-    made = F.conv3d(x.index_select(1, index), weight, bias, padding=(0, 1, 1), groups=generated)
-    return torch.cat([x, made], dim=1)
+    # The (1, 3, 3) filter sees one frame at a time, so this is a 2-D depthwise convolution over the free view
+    # [N, G·T, H, W], each filter repeated for the T frames: the same sums as a grouped 3-D convolution, whose
+    # backward on the CPU is several times slower (it made a training step of the channel buckets ~1.5x longer).
+    sources = x.index_select(1, index).reshape(n, generated * frames, height, width)
+    filters = weight.reshape(generated, 1, 3, 3).repeat_interleave(frames, dim=0)
+    made = F.conv2d(sources, filters, bias.repeat_interleave(frames), padding=1, groups=generated * frames)
+    return torch.cat([x, made.reshape(n, generated, frames, height, width)], dim=1)
