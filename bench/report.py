@@ -155,12 +155,11 @@ class BenchReport:
         )
         split = self.gate_split
         if split is not None:
-            full_ms = self.full.median_ms
+            share, stem_ms, gate_ms = split.stem_share, split.stem.latency.median, split.gate.latency.median
             lines.append(
-                f"gate split (interleaved): gate {split.gate.latency.median:.3f} ms = stem alone "
-                f"{split.stem.latency.median:.3f} ms ({split.stem.latency.median / full_ms:.2%} of full) + decision "
-                f"{split.decision_ms:.3f} ms ({split.decision_ms / full_ms:.2%}; the head and MLP a static model "
-                "does not run)"
+                f"gate split (interleaved): stem alone {stem_ms:.3f} of {gate_ms:.3f} ms = {share:.1%} of the gate; "
+                f"so of the full bucket: stem {share * self.gate_fraction:.2%}, decision "
+                f"{(1 - share) * self.gate_fraction:.2%} (the head and MLP a static model does not run)"
             )
         stem = self.full.stem_gflops
         if stem:
@@ -200,7 +199,7 @@ class BenchReport:
                 "median_ms": self.gate.latency.median,
                 "fraction_of_full": self.gate_fraction,
                 "trace": self.gate.to_dict(samples),
-                "split": None if self.gate_split is None else self.gate_split.to_dict(self.full.median_ms, samples),
+                "split": None if self.gate_split is None else self.gate_split.to_dict(self.gate_fraction, samples),
             },
             "buckets": [b.to_dict(samples) for b in self.buckets],
             "ceiling_note": self.ceiling_note,

@@ -42,13 +42,23 @@ class GateSplit:
         """What the gate costs beyond the stem (the head and its MLP): median gate − median stem."""
         return self.gate.latency.median - self.stem.latency.median
 
-    def to_dict(self, full_median_ms: float, samples: bool = True) -> dict[str, Any]:
+    @property
+    def stem_share(self) -> float:
+        """The stem's share of the gate's time, from the interleaved medians (the decision's is 1 − this)."""
+        return self.stem.latency.median / self.gate.latency.median
+
+    def to_dict(self, gate_fraction_of_full: float, samples: bool = True) -> dict[str, Any]:
+        """``gate_fraction_of_full`` (the gate's median ÷ the full bucket's, from the bench's own timings) turns
+        the interleaved shares into fractions of the full bucket, so a phase of the machine that slows this pair
+        down does not distort them."""
         return {
             "gate_median_ms": self.gate.latency.median,
             "stem_median_ms": self.stem.latency.median,
             "decision_ms": self.decision_ms,
-            "stem_fraction_of_full": self.stem.latency.median / full_median_ms,
-            "decision_fraction_of_full": self.decision_ms / full_median_ms,
+            "stem_share_of_gate": self.stem_share,
+            "decision_share_of_gate": 1 - self.stem_share,
+            "stem_fraction_of_full": self.stem_share * gate_fraction_of_full,
+            "decision_fraction_of_full": (1 - self.stem_share) * gate_fraction_of_full,
             "gate_nodes": self.nodes,
             "stem_nodes": self.stem_nodes,
             "gate_trace": self.gate.to_dict(samples),

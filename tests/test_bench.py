@@ -326,11 +326,15 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
     assert saved["gate"]["fraction_of_full"] == pytest.approx(saved["gate"]["median_ms"] / full["median_ms"])
     split = saved["gate"]["split"]
     assert split["decision_ms"] == pytest.approx(split["gate_median_ms"] - split["stem_median_ms"])
-    assert split["stem_fraction_of_full"] == pytest.approx(split["stem_median_ms"] / full["median_ms"])
-    assert split["decision_fraction_of_full"] == pytest.approx(split["decision_ms"] / full["median_ms"])
+    share = split["stem_median_ms"] / split["gate_median_ms"]
+    assert split["stem_share_of_gate"] == pytest.approx(share)
+    assert split["decision_share_of_gate"] == pytest.approx(1 - share)
+    assert split["stem_fraction_of_full"] == pytest.approx(share * saved["gate"]["fraction_of_full"])
+    assert split["decision_fraction_of_full"] == pytest.approx((1 - share) * saved["gate"]["fraction_of_full"])
     assert split["stem_median_ms"] == median(split["stem_trace"]["samples_ms"]["latency"])
     assert 0 < split["stem_nodes"] < split["gate_nodes"]
-    assert re.search(r"^gate split \(interleaved\): gate [0-9.]+ ms = stem alone [0-9.]+ ms", text, re.M)
+    line = r"^gate split \(interleaved\): stem alone [0-9.]+ of [0-9.]+ ms = [0-9.]+% of the gate; so of the full"
+    assert re.search(line, text, re.M)
 
     dynamic = saved["dynamic"]
     assert dynamic["clips"] == 6
