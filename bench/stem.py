@@ -111,8 +111,11 @@ def measure_gate_split(
             f"{engine_dir}: the gate split is measured on ONNX Runtime engine directories (their .onnx graphs); "
             f"this one is {manifest.backend}"
         )
+    import onnx
+
     engine_dir = Path(engine_dir)
     gate_file = engine_dir / manifest.gate.file
+    nodes = len(onnx.load(str(gate_file), load_external_data=False).graph.node)
     stem = stem_only_model(gate_file)
     with tempfile.TemporaryDirectory(prefix="vared2-stem-") as tmp:
         path = Path(tmp) / "stem_only.onnx"
@@ -125,7 +128,4 @@ def measure_gate_split(
             [partial(engine.run, feeds) for engine in engines], batch=int(clip.shape[0]), **timing.kwargs()
         )
         del engines
-    import onnx
-
-    nodes = len(onnx.load(str(gate_file), load_external_data=False).graph.node)
     return GateSplit(gate_trace, stem_trace, nodes, len(stem.graph.node))
