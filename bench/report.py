@@ -155,11 +155,11 @@ class BenchReport:
         )
         split = self.gate_split
         if split is not None:
-            share, stem_ms, gate_ms = split.stem_share, split.stem.latency.median, split.gate.latency.median
+            stem, decision = split.of_full(self.gate_fraction)
             lines.append(
-                f"gate split (interleaved): stem alone {stem_ms:.3f} of {gate_ms:.3f} ms = {share:.1%} of the gate; "
-                f"so of the full bucket: stem {share * self.gate_fraction:.2%}, decision "
-                f"{(1 - share) * self.gate_fraction:.2%} (the head and MLP a static model does not run)"
+                f"gate split (interleaved): stem alone {split.stem.latency.median:.3f} of "
+                f"{split.gate.latency.median:.3f} ms = {split.stem_share:.1%} of the gate; so of the full bucket: "
+                f"stem {stem:.2%}, decision {decision:.2%} (the head and MLP a static model does not run)"
             )
         stem = self.full.stem_gflops
         if stem:

@@ -47,18 +47,22 @@ class GateSplit:
         """The stem's share of the gate's time, from the interleaved medians (the decision's is 1 − this)."""
         return self.stem.latency.median / self.gate.latency.median
 
+    def of_full(self, gate_fraction_of_full: float) -> tuple[float, float]:
+        """(stem, decision) as fractions of the full bucket: the interleaved shares times the gate's fraction of
+        full from the bench's own timings, so a phase of the machine that slows this pair down does not distort
+        them."""
+        return self.stem_share * gate_fraction_of_full, (1 - self.stem_share) * gate_fraction_of_full
+
     def to_dict(self, gate_fraction_of_full: float, samples: bool = True) -> dict[str, Any]:
-        """``gate_fraction_of_full`` (the gate's median ÷ the full bucket's, from the bench's own timings) turns
-        the interleaved shares into fractions of the full bucket, so a phase of the machine that slows this pair
-        down does not distort them."""
+        stem, decision = self.of_full(gate_fraction_of_full)
         return {
             "gate_median_ms": self.gate.latency.median,
             "stem_median_ms": self.stem.latency.median,
             "decision_ms": self.decision_ms,
             "stem_share_of_gate": self.stem_share,
             "decision_share_of_gate": 1 - self.stem_share,
-            "stem_fraction_of_full": self.stem_share * gate_fraction_of_full,
-            "decision_fraction_of_full": (1 - self.stem_share) * gate_fraction_of_full,
+            "stem_fraction_of_full": stem,
+            "decision_fraction_of_full": decision,
             "gate_nodes": self.nodes,
             "stem_nodes": self.stem_nodes,
             "gate_trace": self.gate.to_dict(samples),
@@ -66,30 +70,23 @@ class GateSplit:
         }
 
 
-def stem_only_model(gate_file: Path | str) -> Any:
-    """The gate graph computing ``features`` alone (an ``onnx.ModelProto``, weights inline): every other output
-    and every node only they needed removed, nothing else changed."""
+def stem_only_model(gate: Any, source: Path | str) -> Any:
+    """A copy of the gate graph ``gate`` (an ``onnx.ModelProto`` read from ``source``, named in errors) computing
+    ``features`` alone: every other output and every node and weight only they needed removed, nothing else
+    changed."""
     import onnx
 
-    gate_file = Path(gate_file)
-    model = onnx.load(str(gate_file))  # external weights (the shared weights file) are read in
-    names = [o.name for o in model.graph.output]
+    from vared2.engines.ort_specialize import prune_unused
+
+    names = [o.name for o in gate.graph.output]
     if FEATURES not in names:
-        raise ValueError(f"{gate_file}: the gate graph has no {FEATURES!r} output (outputs: {', '.join(names)})")
+        raise ValueError(f"{source}: the gate graph has no {FEATURES!r} output (outputs: {', '.join(names)})")
+    model = onnx.ModelProto()
+    model.CopyFrom(gate)
     kept_outputs = [o for o in model.graph.output if o.name == FEATURES]
     del model.graph.output[:]
     model.graph.output.extend(kept_outputs)
-    needed = {FEATURES}
-    kept_nodes = []
-    for node in reversed(model.graph.node):  # a valid ONNX graph lists its nodes in topological order
-        if any(o in needed for o in node.output):
-            kept_nodes.append(node)
-            needed.update(node.input)
-    del model.graph.node[:]
-    model.graph.node.extend(reversed(kept_nodes))
-    kept_inits = [t for t in model.graph.initializer if t.name in needed]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept_inits)
+    prune_unused(model)
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
     return model
@@ -115,8 +112,8 @@ def measure_gate_split(
 
     engine_dir = Path(engine_dir)
     gate_file = engine_dir / manifest.gate.file
-    nodes = len(onnx.load(str(gate_file), load_external_data=False).graph.node)
-    stem = stem_only_model(gate_file)
+    gate = onnx.load(str(gate_file))  # external weights (the shared weights file) read in: the copy stands alone
+    stem = stem_only_model(gate, gate_file)
     with tempfile.TemporaryDirectory(prefix="vared2-stem-") as tmp:
         path = Path(tmp) / "stem_only.onnx"
         path.write_bytes(stem.SerializeToString())
@@ -128,4 +125,4 @@ def measure_gate_split(
             [partial(engine.run, feeds) for engine in engines], batch=int(clip.shape[0]), **timing.kwargs()
         )
         del engines
-    return GateSplit(gate_trace, stem_trace, nodes, len(stem.graph.node))
+    return GateSplit(gate_trace, stem_trace, len(gate.graph.node), len(stem.graph.node))
