@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .stats import DEFAULT_PERCENTILES, UNSTABLE_COV_PERCENT, Stats, fmt, perf_string
@@ -58,12 +58,7 @@ class TimingSettings:
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
 
     def kwargs(self) -> dict[str, Any]:
-        return {
-            "warmup_ms": self.warmup_ms,
-            "iterations": self.iterations,
-            "duration_s": self.duration_s,
-            "percentiles": self.percentiles,
-        }
+        return asdict(self)
 
 
 #: trtexec's defaults.
