@@ -76,8 +76,6 @@ def stem_only_model(gate: Any, source: Path | str) -> Any:
     changed."""
     import onnx
 
-    from vared2.engines.ort_specialize import prune_unused
-
     names = [o.name for o in gate.graph.output]
     if FEATURES not in names:
         raise ValueError(f"{source}: the gate graph has no {FEATURES!r} output (outputs: {', '.join(names)})")
@@ -86,7 +84,19 @@ def stem_only_model(gate: Any, source: Path | str) -> Any:
     kept_outputs = [o for o in model.graph.output if o.name == FEATURES]
     del model.graph.output[:]
     model.graph.output.extend(kept_outputs)
-    prune_unused(model)
+    # The engine builders have the same pruning (ort_specialize._prune), but the bench may not import them
+    # (DESIGN.md §1: only the runtime and the manifest), so it walks the graph itself.
+    needed = {FEATURES}
+    kept_nodes = []
+    for node in reversed(model.graph.node):  # a valid ONNX graph lists its nodes in topological order
+        if any(o in needed for o in node.output):
+            kept_nodes.append(node)
+            needed.update(node.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept_nodes))
+    kept_inits = [t for t in model.graph.initializer if t.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept_inits)
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
     return model

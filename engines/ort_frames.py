@@ -33,7 +33,7 @@ from onnx import ModelProto, NodeProto
 
 from vared2.plugins import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 
-from .ort_specialize import _analyse, _attribute, _Graph, _int64, prune_unused
+from .ort_specialize import _analyse, _attribute, _Graph, _int64, _prune
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
 
     del result.graph.node[:]
     result.graph.node.extend(nodes)
-    prune_unused(result)  # the dropped nodes' coefficients
+    _prune(result)  # the dropped nodes' coefficients
     # Thinned values carry T/m frames. Keep every other recorded shape: shape inference cannot see through the
     # generic functions of the remaining vared2 nodes, and the specialisation needs the shapes.
     for info in result.graph.value_info:

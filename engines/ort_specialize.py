@@ -361,7 +361,7 @@ def is_specialized_initializer(name: str) -> bool:
     return name.rpartition(".")[0].endswith(SPECIALIZED_SUFFIX)
 
 
-def prune_unused(model: ModelProto) -> None:
+def _prune(model: ModelProto) -> None:
     """Drop nodes whose outputs nothing reads (e.g. Identity aliases of replaced parameters), then unused
     initializers."""
     while True:
@@ -384,7 +384,7 @@ def _replace_nodes(model: ModelProto, nodes: list[NodeProto], initializers: list
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(initializers)
-    prune_unused(model)
+    _prune(model)
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
 
@@ -444,5 +444,5 @@ def _specialize_custom_nodes(result: ModelProto) -> None:
     if not any(o.domain == SPECIALIZED_DOMAIN for o in result.opset_import):
         result.opset_import.append(helper.make_opsetid(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION))
     del result.graph.value_info[:]  # stale for the absorbed values; ONNX Runtime infers shapes itself
-    prune_unused(result)
+    _prune(result)
     onnx.checker.check_model(result)

@@ -31,9 +31,9 @@ from .ort_specialize import (
     SPECIALIZED_SUFFIX,
     _analyse,
     _int64,
+    _prune,
     _replace_nodes,
     _sole_consumer,
-    prune_unused,
 )
 from .ort_stacked import MAX_UNUSED_ROWS, stack_frames
 
@@ -80,7 +80,7 @@ def pad_conv_pairs(model: ModelProto) -> int:
         count += 1
     if added:
         model.graph.initializer.extend(added)
-        prune_unused(model)
+        _prune(model)
         del model.graph.value_info[:]
         onnx.checker.check_model(model)
     return count
