@@ -231,7 +231,8 @@ class GateEntry:
 @dataclass(frozen=True)
 class BucketEntry:
     """One policy bucket's engine. ``policy`` is one ``(pt, pc)`` per stage; ``path`` records, for TensorRT,
-    whether the custom ops ran as the plugin or as the ONNX local functions (None for ONNX Runtime)."""
+    whether the custom ops ran as the plugin or as the ONNX local functions (None for ONNX Runtime).
+    ``short_name`` (``full``, ``t1c2``, …) is the exporter's, stored because the runtime cannot import the rule."""
 
     id: int
     name: str
@@ -240,6 +241,22 @@ class BucketEntry:
     file: str
     sha256: str
     path: str | None = None
+    short_name: str | None = None
+
+    @classmethod
+    def from_export(cls, entry: Mapping[str, Any], file: str, sha256: str, path: str | None = None) -> BucketEntry:
+        """The engine of one bucket of an export spec (``export.json``), built into ``file``."""
+        short_name = entry.get("short_name")
+        return cls(
+            id=int(entry["id"]),
+            name=str(entry["name"]),
+            policy=tuple((int(p[0]), int(p[1])) for p in entry["policy"]),
+            gflops=float(entry["gflops"]),
+            file=file,
+            sha256=sha256,
+            path=path,
+            short_name=None if short_name is None else str(short_name),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -250,6 +267,7 @@ class BucketEntry:
             "file": self.file,
             "sha256": self.sha256,
             "path": self.path,
+            "short_name": self.short_name,
         }
 
     @classmethod
@@ -263,7 +281,7 @@ class BucketEntry:
             if not isinstance(stage, list) or len(stage) != 2:
                 raise ManifestError(f"{where}policy[{i}]: expected [pt, pc], got {stage!r}")
             stages.append((_int(stage[0], f"{where}policy[{i}][0]", 0), _int(stage[1], f"{where}policy[{i}][1]", 0)))
-        path = data.get("path")
+        path, short_name = data.get("path"), data.get("short_name")
         return cls(
             id=_int(_require(data, "id", where), f"{where}id", 0),
             name=_str(_require(data, "name", where), f"{where}name"),
@@ -272,6 +290,7 @@ class BucketEntry:
             file=_relpath(_require(data, "file", where), f"{where}file"),
             sha256=_sha(_require(data, "sha256", where), f"{where}sha256"),
             path=None if path is None else _str(path, f"{where}path", OP_PATHS),
+            short_name=None if short_name is None else _str(short_name, f"{where}short_name"),
         )
 
 
@@ -400,13 +419,19 @@ class Manifest:
         return len(self.buckets)
 
     def bucket(self, key: int | str) -> BucketEntry:
-        """A bucket by id or by name; a ``KeyError``-free ``ValueError`` listing the choices otherwise."""
+        """A bucket by id, by name, or by short name where one bucket has it; a ``KeyError``-free ``ValueError``
+        listing the choices otherwise."""
         for b in self.buckets:
             if (isinstance(key, str) and b.name == key) or (
                 isinstance(key, int) and not isinstance(key, bool) and b.id == key
             ):
                 return b
-        choices = ", ".join(f"{b.id} ({b.name})" for b in self.buckets)
+        by_short = [b for b in self.buckets if isinstance(key, str) and b.short_name == key]
+        if len(by_short) == 1:
+            return by_short[0]
+        choices = ", ".join(f"{b.id} ({b.name}{f', {b.short_name}' if b.short_name else ''})" for b in self.buckets)
+        if by_short:
+            raise ValueError(f"bucket {key!r} is ambiguous in engine {self.name!r}; buckets are: {choices}")
         raise ValueError(f"no bucket {key!r} in engine {self.name!r}; buckets are: {choices}")
 
     # ---- (de)serialisation ------------------------------------------------------------------------------

@@ -375,17 +375,7 @@ def build_onnxruntime(
         worst[file] = check_parity(onnx_dir / file, out_dir, file, feed, optimization=optimization)
 
     gate = GateEntry(file=gate_file, sha256=sha256_file(out_dir / gate_file), gflops=float(spec["gate"]["gflops"]))
-    buckets = tuple(
-        BucketEntry(
-            id=int(b["id"]),
-            name=str(b["name"]),
-            policy=tuple((int(p[0]), int(p[1])) for p in b["policy"]),
-            gflops=float(b["gflops"]),
-            file=b["file"],
-            sha256=sha256_file(out_dir / b["file"]),
-        )
-        for b in spec["buckets"]
-    )
+    buckets = tuple(BucketEntry.from_export(b, b["file"], sha256_file(out_dir / b["file"])) for b in spec["buckets"])
     return Manifest(
         name=name or out_dir.name,
         backend="onnxruntime",

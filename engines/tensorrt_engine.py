@@ -206,17 +206,7 @@ def build_tensorrt(
     buckets = []
     for b in spec["buckets"]:
         file, path = plan(b["file"])
-        buckets.append(
-            BucketEntry(
-                id=int(b["id"]),
-                name=str(b["name"]),
-                policy=tuple((int(p[0]), int(p[1])) for p in b["policy"]),
-                gflops=float(b["gflops"]),
-                file=file,
-                sha256=sha256_file(out_dir / file),
-                path=path,
-            )
-        )
+        buckets.append(BucketEntry.from_export(b, file, sha256_file(out_dir / file), path))
     return Manifest(
         name=name or out_dir.name,
         backend="tensorrt",

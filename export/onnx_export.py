@@ -115,6 +115,7 @@ def export_model(model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: 
                 {
                     "id": index,
                     "name": bucket.name,
+                    "short_name": bucket.short_name,
                     "policy": [list(p) for p in bucket.policies],
                     "gflops": model.gflops(index),
                     "file": name,

@@ -49,6 +49,16 @@ class Bucket:
     def is_full(self) -> bool:
         return all(policy == (0, 0) for policy in self.policies)
 
+    @property
+    def short_name(self) -> str:
+        """``full``, or the largest temporal and channel reduction of any stage (``c1``, ``t1``, ``t1c2``): what the
+        docs and the bench call the default buckets, accepted wherever a table has one bucket of that name."""
+        if self.is_full:
+            return "full"
+        pt = max(policy[0] for policy in self.policies)
+        pc = max(policy[1] for policy in self.policies)
+        return (f"t{pt}" if pt else "") + (f"c{pc}" if pc else "")
+
     @classmethod
     def parse(cls, name: str) -> Bucket:
         """``"t1c1/t1c1/t0c1/t0c0"`` → Bucket; a clear ValueError for anything else."""
@@ -101,7 +111,13 @@ class BucketTable:
     def __contains__(self, key: object) -> bool:
         if isinstance(key, Bucket):
             return key in self._buckets
-        return isinstance(key, str) and key in self.names
+        if not isinstance(key, str):
+            return False
+        try:
+            self.index(key)
+        except BucketError:
+            return False
+        return True
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BucketTable) and self._buckets == other._buckets
@@ -122,10 +138,15 @@ class BucketTable:
             if 0 <= key < len(self._buckets):
                 return key
             raise BucketError(f"bucket index {key} out of range 0..{len(self) - 1}; buckets: {self._listing()}")
-        try:
+        if key in self.names:
             return self.names.index(key)
-        except ValueError:
-            raise BucketError(f"unknown bucket {key!r}; buckets: {self._listing()}") from None
+        matches = [i for i, bucket in enumerate(self._buckets) if bucket.short_name == key]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            named = ", ".join(f"{i}={self.names[i]}" for i in matches)
+            raise BucketError(f"bucket {key!r} is ambiguous in this table ({named}); give the full name or the index")
+        raise BucketError(f"unknown bucket {key!r}; buckets: {self._listing()}")
 
     def levels(self, stage: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The ``pt`` values and the ``pc`` values used for ``stage`` (0 always included): what its layers need."""
@@ -143,7 +164,7 @@ class BucketTable:
         return cls(data)
 
     def _listing(self) -> str:
-        return ", ".join(f"{i}={name}" for i, name in enumerate(self.names))
+        return ", ".join(f"{i}={bucket.name} ({bucket.short_name})" for i, bucket in enumerate(self._buckets))
 
 
 def conv_frames(frames_in: int, kernel: int, stride: int, padding: int) -> int:

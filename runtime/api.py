@@ -143,8 +143,8 @@ class Runtime:
         """Classify one clip ``[T,H,W,3]`` (→ a Result) or a batch ``[N,T,H,W,3]`` (→ a list, in input order).
 
         The clip is RGB uint8, already resized and cropped to the manifest's size. ``max_gflops`` restricts the
-        choice to buckets whose total cost (gate + bucket) fits; ``bucket`` (id or name) forces one. Everything is
-        checked before any engine runs.
+        choice to buckets whose total cost (gate + bucket) fits; ``bucket`` (id, name or short name) forces one.
+        Everything is checked before any engine runs.
         """
         start = time.perf_counter()
         batch, single = self._check_clip(clip)

@@ -68,6 +68,10 @@ def test_real_engines_match_the_exported_onnx(real_onnx: Path, real_engine: Path
     assert manifest.backend == "onnxruntime" and manifest.backend_version == ort.__version__
     assert [b.file for b in manifest.buckets] == [b["file"] for b in spec["buckets"]]
     assert [b.policy for b in manifest.buckets] == [tuple(map(tuple, b["policy"])) for b in spec["buckets"]]
+    # The exporter's short names reach the manifest, so the runtime can select a bucket by one.
+    assert manifest.buckets[0].short_name == "full" and all(b.short_name for b in manifest.buckets)
+    assert [b.short_name for b in manifest.buckets] == [b["short_name"] for b in spec["buckets"]]
+    assert manifest.bucket(manifest.buckets[-1].short_name or "").id == manifest.buckets[-1].id
     assert manifest.weights is not None and manifest.weights.file == "weights.bin"
     clip_feed, features = _gate_features(real_onnx)
     for file in [manifest.gate.file, *(b.file for b in manifest.buckets)]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,27 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded.bucket("t2c2").id == 2 and loaded.bucket(1).name == "t1c1"
     with pytest.raises(ValueError, match=r"no bucket 'nope'.*0 \(full\)"):
         loaded.bucket("nope")
+
+
+def test_short_names_are_stored_and_looked_up(tmp_path: Path) -> None:
+    """The exporter's short names survive the manifest and select a bucket; a shared one is refused, not guessed."""
+    directory = tmp_path / "d"
+    directory.mkdir()
+    manifest = _fill(directory)
+    shorts = ("full", "t1", "t2")
+    buckets = tuple(replace(b, short_name=short) for b, short in zip(manifest.buckets, shorts, strict=True))
+    replace(manifest, buckets=buckets).write(directory)
+    loaded = Manifest.load(directory)
+    assert [b.short_name for b in loaded.buckets] == list(shorts)
+    assert loaded.bucket("t1").id == 1 and loaded.bucket("full").id == 0
+    with pytest.raises(ValueError, match=r"no bucket 't3'.*1 \(t1c1, t1\)"):
+        loaded.bucket("t3")
+    _edit(directory, lambda d: d["buckets"][2].update(short_name="t1"))
+    with pytest.raises(ValueError, match="'t1' is ambiguous"):
+        Manifest.load(directory).bucket("t1")
+    _edit(directory, lambda d: d["buckets"][2].update(short_name=7))
+    with pytest.raises(ManifestError, match=r"buckets\[2\]\.short_name"):
+        Manifest.load(directory)
 
 
 def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:

@@ -41,6 +41,20 @@ def test_table_rules() -> None:
         BucketTable([])
 
 
+def test_short_names() -> None:
+    """``full``, else the largest reduction of any stage; a table accepts one where it names a single bucket."""
+    assert [b.short_name for b in default_buckets("r2plus1d_18", 8)] == ["full", "c1", "c2", "t1", "t1c1", "t1c2"]
+    assert Bucket.parse("t1c0/t0c0/t0c2/t0c0").short_name == "t1c2"
+    table = default_buckets("r2plus1d_18", 8)
+    assert [table.index(short) for short in ("full", "c1", "c2", "t1", "t1c1", "t1c2")] == list(range(6))
+    assert "t1c2" in table and "t2" not in table
+    # Two buckets share the short name t1c1: the lookup refuses to guess and lists both.
+    ambiguous = BucketTable([FULL, "t1c1/t1c1/t0c1/t0c0", "t1c1/t1c1/t1c1/t0c1"])
+    with pytest.raises(KeyError, match=r"'t1c1' is ambiguous.*1=t1c1/t1c1/t0c1/t0c0, 2=t1c1/t1c1/t1c1/t0c1"):
+        ambiguous.index("t1c1")
+    assert ambiguous.index("t1c1/t1c1/t1c1/t0c1") == 2 and "t1c1" not in ambiguous
+
+
 def test_table_lookup_and_json() -> None:
     table = BucketTable([FULL, "t1c0/t1c0/t0c0/t0c0", Bucket.parse("t0c1/t0c1/t0c1/t0c1")])
     assert len(table) == 3 and table[0].is_full
@@ -49,7 +63,9 @@ def test_table_lookup_and_json() -> None:
     assert table.index(table[1]) == 1
     assert "t1c0/t1c0/t0c0/t0c0" in table and "t2c0/t0c0/t0c0/t0c0" not in table
     assert table.levels(0) == ((0, 1), (0, 1)) and table.levels(3) == ((0,), (0, 1))
-    with pytest.raises(KeyError, match=r"unknown bucket 'nope'.*0=t0c0/t0c0/t0c0/t0c0, 1=t1c0"):
+    with pytest.raises(
+        KeyError, match=r"unknown bucket 'nope'.*0=t0c0/t0c0/t0c0/t0c0 \(full\), 1=t1c0/t1c0/t0c0/t0c0 \(t1\)"
+    ):
         table.index("nope")
     with pytest.raises(ValueError, match=r"out of range 0..2"):
         table.index(3)

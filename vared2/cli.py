@@ -207,7 +207,11 @@ def fit_gate_command(
 @click.argument("checkpoint", type=existing_dir)
 @click.option("--data", type=click.Path(exists=True, path_type=Path), required=True, help=DATA_HELP)
 @click.option("--split", default="val", show_default=True, help="Which CSV split of DATA to evaluate.")
-@click.option("--bucket", default=None, help="Force one bucket (id or name) instead of the gate.")
+@click.option(
+    "--bucket",
+    default=None,
+    help="Force one bucket (id, name or short name: full, c1, t1, t1c2, …) instead of the gate.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the bucket histogram (PNG).")
 @click.option(
