@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vared2.models.augment import random_translate
 from vared2.models.checkpoint import load, save
 from vared2.models.video_resnet import VaRed2VideoResNet
 
@@ -54,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     static: bool = False
     threads: int | None = None
+    translate: int = 0  # random translation of each training clip by up to this many pixels (models.augment)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -64,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
         if not self.tau_start >= self.tau_end > 0:
             raise ValueError("train: need tau_start >= tau_end > 0")
+        if self.translate < 0:
+            raise ValueError(f"train: translate must be >= 0 pixels, got {self.translate}")
 
 
 @dataclass
@@ -299,12 +303,14 @@ def train(
         gated = not config.static and epoch > config.warmup_epochs
         tau = temperature(config, epoch)
         generator.manual_seed(config.seed * 1000 + epoch)  # each epoch's order depends on (seed, epoch) only
+        moves = torch.Generator().manual_seed(10**6 + config.seed * 1000 + epoch)  # and so do its translations
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step)
+            clips = random_translate(clips, config.translate, moves)
             teacher_logits = None
             if teacher is not None:
                 with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_routing_runs_each_sample_through_its_bucket(clips: ClipListDataset) -> 
 
 
 def test_training_is_deterministic_and_resumes_exactly(clips: ClipListDataset, tmp_path: Path) -> None:
-    config = TrainConfig(epochs=2, warmup_epochs=1, batch_size=8, seed=5)
+    config = TrainConfig(epochs=2, warmup_epochs=1, batch_size=8, seed=5, translate=2)  # augmentation included
     train(tiny_model(), clips, clips, tmp_path / "straight", config)
     train(tiny_model(), clips, clips, tmp_path / "again", config)
 
@@ -99,6 +100,10 @@ def test_training_is_deterministic_and_resumes_exactly(clips: ClipListDataset, t
         state = load(tmp_path / other).state_dict()
         for name, value in straight.items():
             torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=f"{other}: {name}")
+    # The translations are part of what was trained: without them the same run ends elsewhere.
+    train(tiny_model(), clips, clips, tmp_path / "unmoved", replace(config, translate=0))
+    unmoved = load(tmp_path / "unmoved").state_dict()
+    assert any(not torch.equal(unmoved[name], value) for name, value in straight.items())
 
 
 def test_resume_without_a_saved_run_is_a_clear_error(clips: ClipListDataset, tmp_path: Path) -> None:
@@ -113,6 +118,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     args = ["train", "--data", str(data), "--out", str(ckpt), "--width", "0.125", "--frames", str(FRAMES)]
     args += ["--size", str(SIZE), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--fit-gate"]
+    args += ["--translate", "2"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     config = json.loads((ckpt / "model.json").read_text())["config"]
@@ -122,6 +128,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert 0 < provenance["gate_fit"]["oracle_ratio"] <= 1.0
     assert provenance["command"].startswith("vared2 train") or provenance["command"].startswith("vared2")
     assert provenance["seed"] == 0 and provenance["data"]["seed"] == 0
+    assert provenance["train_config"]["translate"] == 2
     assert len(config["labels"]) == config["num_classes"] == 12
     report, plot = tmp_path / "eval.json", tmp_path / "hist.png"
     args = ["evaluate", str(ckpt), "--data", str(data), "--json", str(report), "--plot", str(plot)]
@@ -133,6 +140,13 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert set(evaluation["gflops_by_motion"]) <= {"static", "slow", "fast"}
     assert plot.stat().st_size > 1000
     assert "accuracy" in result.output and "motion" in result.output
+    # A bucket forced by its short name is the one forced by its id (t1 is t1c0/t1c0/t0c0/t0c0 at 4 frames).
+    forced = [tmp_path / "t1.json", tmp_path / "3.json"]
+    for key, out in zip(["t1", "3"], forced, strict=True):
+        result = runner.invoke(cli, ["evaluate", str(ckpt), "--data", str(data), "--bucket", key, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+    assert json.loads(forced[0].read_text()) == json.loads(forced[1].read_text())
+    assert json.loads(forced[0].read_text())["forced_bucket"] is not None
 
 
 def test_train_rejects_bad_data_with_a_clear_reason(tmp_path: Path) -> None:

@@ -95,6 +95,13 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
 @click.option(
+    "--translate",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Move each training clip by a random offset of up to this many pixels (augmentation).",
+)
+@click.option(
     "--init-from",
     type=existing_dir,
     default=None,
@@ -129,6 +136,7 @@ def train(
     flops_weight: float,
     seed: int,
     threads: int | None,
+    translate: int,
     init_from: Path | None,
     teacher: Path | None,
     fit_gate: bool,
@@ -148,6 +156,7 @@ def train(
             seed=seed,
             static=static,
             threads=threads,
+            translate=translate,
         )
         command = " ".join(["vared2", *sys.argv[1:]])
         history = run_training(
