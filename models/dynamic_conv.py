@@ -28,6 +28,33 @@ def computed_channels(c_out: int, pc: int) -> int:
     return min(c_out, 8 * math.ceil(c_out / 2**pc / 8))
 
 
+def _bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def conv3d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+    dilation: tuple[int, int, int],
+) -> Tensor:
+    """``F.conv3d``, except that a temporal-only convolution (a ``k×1×1`` kernel, no spatial stride or padding)
+    under CPU bfloat16 autocast runs as the same 2-D convolution over the ``[N, C, T, H·W]`` view.
+
+    Why: with torch 2.14.1 oneDNN's bfloat16 weight gradient of the 3-D form is garbage (values near 1e38,
+    different every call) on 2-frame inputs, e.g. ``[16, 144, 2, 7, 7]`` — every ``r2plus1d`` layer3 temporal
+    conv at 8 input frames; the 2-D form is right (``tests/test_models_dynamic_conv.py``). In fp32, and so in
+    every export, the 3-D call is kept.
+    """
+    temporal_only = weight.shape[3:] == (1, 1) and stride[1:] == (1, 1) and padding[1:] == (0, 0)
+    if not (temporal_only and _bf16_autocast()):
+        return F.conv3d(x, weight, bias, stride, padding, dilation)
+    y = F.conv2d(x.flatten(3), weight.flatten(3), bias, (stride[0], 1), (padding[0], 0), (dilation[0], 1))
+    return y.unflatten(3, x.shape[3:])
+
+
 class DynamicConv3d(nn.Conv3d):
     """A 3-D convolution with partial-computation policies and per-level cheap reconstruction parameters.
 
@@ -159,7 +186,7 @@ class DynamicConv3d(nn.Conv3d):
 
     def forward_policy(self, x: Tensor, policy: Policy) -> Tensor:
         pt, pc = self._check_policy(policy)
-        if pt == 0 and pc == 0:
+        if pt == 0 and pc == 0 and not _bf16_autocast():
             return super().forward(x)
         factor = 2**pt
         cc = self.computed_channels_at(pc)
@@ -173,7 +200,7 @@ class DynamicConv3d(nn.Conv3d):
                 )
         bias = self.bias[:cc] if self.bias is not None else None
         stride = (self.stride[0] * factor, self.stride[1], self.stride[2])
-        y = F.conv3d(x, self.weight[:cc], bias, stride, self.explicit_padding, self.dilation)
+        y = conv3d(x, self.weight[:cc], bias, stride, self.explicit_padding, self.dilation)
         if factor > 1:
             scale, shift = self.temporal_params(pt, pc)
             y = temporal_reconstruct(y, scale, shift, factor)

@@ -37,6 +37,8 @@ from vared2.models.video_resnet import VaRed2VideoResNet
 log = logging.getLogger(__name__)
 
 TRAIN_STATE = "train_state"
+#: Training precisions: fp32, or bfloat16 autocast, which CPUs with AVX-512 BF16 or AMX run 1.3-1.4x faster.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class TrainConfig:
     static: bool = False
     threads: int | None = None
     translate: int = 0  # random translation of each training clip by up to this many pixels (models.augment)
+    precision: str = "fp32"  # "bf16": the forward passes under CPU autocast to bfloat16 (weights stay fp32)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -68,6 +71,8 @@ class TrainConfig:
             raise ValueError("train: need tau_start >= tau_end > 0")
         if self.translate < 0:
             raise ValueError(f"train: translate must be >= 0 pixels, got {self.translate}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -79,6 +84,12 @@ class EpochStats:
     val_gflops_ratio: float
     tau: float
     histogram: list[int] = field(default_factory=list)
+
+
+def autocast(config: TrainConfig) -> torch.autocast:
+    """The context the training forward passes run in: CPU bfloat16 autocast for ``precision="bf16"``
+    (convolutions and matmuls in bf16, losses and weights in fp32), else a no-op."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
 def temperature(config: TrainConfig, epoch: int) -> float:
@@ -312,12 +323,13 @@ def train(
                 group["lr"] = cosine_lr(step)
             clips = random_translate(clips, config.translate, moves)
             teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(clips, bucket=0)
-            loss, logits, _ = training_loss(
-                model, clips, labels, tau=tau, config=config, gated=gated, teacher_logits=teacher_logits
-            )
+            with autocast(config):
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(clips, bucket=0)
+                loss, logits, _ = training_loss(
+                    model, clips, labels, tau=tau, config=config, gated=gated, teacher_logits=teacher_logits
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

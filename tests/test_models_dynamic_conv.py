@@ -186,3 +186,26 @@ def test_forward_errors_name_the_layer_and_its_levels() -> None:
         layer(x)
     with pytest.raises(ValueError, match=r"layer2\.1\.conv2\.0: input with 5 frames"):
         layer.forward_policy(torch.randn(1, 4, 5, 5, 5), (1, 0))
+
+
+@pytest.mark.parametrize("policy", [(0, 0), (0, 1)])
+def test_bf16_autocast_gives_the_temporal_weight_gradient_of_fp32(policy: tuple[int, int]) -> None:
+    """A 2-frame input into a ``3×1×1`` conv, as every r2plus1d layer3 temporal conv at 8 frames sees: oneDNN's
+    bfloat16 weight gradient of the 3-D form is garbage there (torch 2.14.1); ``conv3d`` runs it as 2-D."""
+    torch.manual_seed(0)
+    conv = nn.Conv3d(144, 64, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    layer = DynamicConv3d(conv, t_levels=(), c_levels=(1,), frames_out=2, name="layer3.temporal")
+    x = torch.randn(16, 144, 2, 7, 7).relu().bfloat16().float()  # exactly representable in bf16
+
+    def weight_grad(bf16: bool) -> Tensor:
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = layer.forward_policy(x, policy)
+        y.float().square().sum().backward()
+        assert layer.weight.grad is not None
+        return layer.weight.grad.clone()
+
+    reference, autocast = weight_grad(False), weight_grad(True)
+    assert torch.isfinite(autocast).all()
+    torch.testing.assert_close(autocast, reference, rtol=0.05, atol=0.02 * float(reference.abs().max()))
+    assert torch.equal(layer.forward_policy(x, (0, 0)), conv(x))  # fp32 keeps the 3-D call

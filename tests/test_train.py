@@ -15,7 +15,7 @@ from vared2.cli import cli
 from vared2.models import load, r2plus1d_18
 from vared2.models.dataset import ClipListDataset
 from vared2.models.synthetic import generate
-from vared2.models.train import TrainConfig, routed_forward, sandwich_buckets, train, training_loss
+from vared2.models.train import TrainConfig, autocast, routed_forward, sandwich_buckets, train, training_loss
 
 FRAMES, SIZE = 4, 32
 
@@ -35,13 +35,15 @@ def batch(dataset: ClipListDataset, n: int = 12) -> tuple[torch.Tensor, torch.Te
     return torch.stack([c for c, _, _ in items]), torch.tensor([label for _, label, _ in items])
 
 
-def test_a_few_steps_reduce_the_loss(clips: ClipListDataset) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_few_steps_reduce_the_loss(clips: ClipListDataset, precision: str) -> None:
     """Warm-up (sandwich) steps: the full bucket's cross-entropy falls, and so does each reduced bucket's,
-    though only the full one sees the labels (the others learn from its predictions)."""
+    though only the full one sees the labels (the others learn from its predictions) — in fp32 and under
+    bfloat16 autocast."""
     model = tiny_model().train()
     x, y = batch(clips)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    config = TrainConfig()
+    config = TrainConfig(precision=precision)
 
     def label_losses() -> list[float]:
         with torch.no_grad():
@@ -50,7 +52,8 @@ def test_a_few_steps_reduce_the_loss(clips: ClipListDataset) -> None:
     before = label_losses()
     torch.manual_seed(0)  # which reduced bucket each sandwich step adds
     for _ in range(20):
-        loss, _, _ = training_loss(model, x, y, tau=1.0, config=config, gated=False)
+        with autocast(config):
+            loss, _, _ = training_loss(model, x, y, tau=1.0, config=config, gated=False)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -106,6 +109,22 @@ def test_training_is_deterministic_and_resumes_exactly(clips: ClipListDataset, t
     assert any(not torch.equal(unmoved[name], value) for name, value in straight.items())
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "epochs and batch_size"),
+        ({"warmup_epochs": 13}, "warmup_epochs must be within 0..epochs"),
+        ({"target_ratio": 0.0}, "target_ratio must be in"),
+        ({"tau_end": 6.0}, "tau_start >= tau_end"),
+        ({"translate": -1}, "translate must be >= 0"),
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
+    ],
+)
+def test_a_bad_training_setting_is_named(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        replace(TrainConfig(), **change).validate()
+
+
 def test_resume_without_a_saved_run_is_a_clear_error(clips: ClipListDataset, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no such checkpoint"):
         train(tiny_model(), clips, clips, tmp_path / "nothing", TrainConfig(epochs=1, warmup_epochs=0), resume=True)
@@ -118,7 +137,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     args = ["train", "--data", str(data), "--out", str(ckpt), "--width", "0.125", "--frames", str(FRAMES)]
     args += ["--size", str(SIZE), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--fit-gate"]
-    args += ["--translate", "2"]
+    args += ["--translate", "2", "--precision", "bf16"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     config = json.loads((ckpt / "model.json").read_text())["config"]
@@ -129,6 +148,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert provenance["command"].startswith("vared2 train") or provenance["command"].startswith("vared2")
     assert provenance["seed"] == 0 and provenance["data"]["seed"] == 0
     assert provenance["train_config"]["translate"] == 2
+    assert provenance["train_config"]["precision"] == "bf16"
     assert len(config["labels"]) == config["num_classes"] == 12
     report, plot = tmp_path / "eval.json", tmp_path / "hist.png"
     args = ["evaluate", str(ckpt), "--data", str(data), "--json", str(report), "--plot", str(plot)]

@@ -102,6 +102,13 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     help="Move each training clip by a random offset of up to this many pixels (augmentation).",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(("fp32", "bf16")),  # models.train.PRECISIONS, without importing torch here
+    default="fp32",
+    show_default=True,
+    help="bf16: run the training forward passes under CPU autocast to bfloat16 (faster on AVX-512 BF16 / AMX).",
+)
+@click.option(
     "--init-from",
     type=existing_dir,
     default=None,
@@ -137,6 +144,7 @@ def train(
     seed: int,
     threads: int | None,
     translate: int,
+    precision: str,
     init_from: Path | None,
     teacher: Path | None,
     fit_gate: bool,
@@ -157,6 +165,7 @@ def train(
             static=static,
             threads=threads,
             translate=translate,
+            precision=precision,
         )
         command = " ".join(["vared2", *sys.argv[1:]])
         history = run_training(
