@@ -38,7 +38,7 @@ def conv3d(
     bias: Tensor | None,
     stride: tuple[int, int, int],
     padding: tuple[int, int, int],
-    dilation: tuple[int, int, int],
+    dilation: tuple[int, ...],
 ) -> Tensor:
     """``F.conv3d``, except that a temporal-only convolution (a ``k×1×1`` kernel, no spatial stride or padding)
     under CPU bfloat16 autocast runs as the same 2-D convolution over the ``[N, C, T, H·W]`` view.

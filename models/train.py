@@ -37,7 +37,7 @@ from vared2.models.video_resnet import VaRed2VideoResNet
 log = logging.getLogger(__name__)
 
 TRAIN_STATE = "train_state"
-#: Training precisions: fp32, or bfloat16 autocast, which CPUs with AVX-512 BF16 or AMX run 1.3-1.4x faster.
+#: Training precisions: fp32, or bfloat16 autocast — faster on CPUs with native bf16 (docs/training.md).
 PRECISIONS = ("fp32", "bf16")
 
 
