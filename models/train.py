@@ -88,7 +88,7 @@ class EpochStats:
 
 def autocast(config: TrainConfig) -> torch.autocast:
     """The context the training forward passes run in: CPU bfloat16 autocast for ``precision="bf16"``
-    (convolutions and matmuls in bf16, losses and weights in fp32), else a no-op."""
+    (convolutions in bf16; the cross-entropy, the weights and AdamW in fp32), else a no-op."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
