@@ -204,3 +204,26 @@ def default_buckets(backbone: str, frames: int) -> BucketTable:
             if bucket not in buckets:
                 buckets.append(bucket)
     return BucketTable(buckets)
+
+
+def table_from_names(names: Iterable[str], default: BucketTable) -> BucketTable:
+    """A bucket table from names, each a full name (``t1c0/t1c0/t1c0/t0c0``) or a short name of ``default`` (the
+    backbone's own table: ``full``, ``t1``, ``t1c2``, …), so ``full,t1,t1c2`` picks three of the default buckets.
+
+    What ``vared2 train --buckets`` takes; an unknown name is a ValueError naming it and listing the short names."""
+    buckets = []
+    for name in names:
+        try:
+            buckets.append(Bucket.parse(name))
+            continue
+        except ValueError:
+            pass
+        try:
+            buckets.append(default[name])
+        except BucketError:
+            short = ", ".join(bucket.short_name for bucket in default)
+            raise ValueError(
+                f"bucket {name!r}: neither a bucket name like 't1c1/t1c1/t0c1/t0c0' nor one of this backbone's "
+                f"default buckets ({short})"
+            ) from None
+    return BucketTable(buckets)

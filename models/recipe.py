@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
 from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
 from vared2.models.latency import bucket_costs, latency_costs, read_latency_table
 from vared2.models.train import EpochStats, TrainConfig, train
-from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model
+from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model, copy_weights
 
 BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
 #: Training clips the per-bucket BatchNorm statistics are recomputed on after dynamic training.
@@ -81,15 +83,18 @@ def run_training(
     fit_gate_after: bool = False,
     teacher: Path | None = None,
     latency_table: Path | None = None,
+    buckets: Sequence[str] | None = None,
     command: str = "",
 ) -> list[EpochStats]:
-    """Train a fresh (or resumed) model on ``data`` and keep it in ``out``."""
+    """Train a fresh (or resumed) model on ``data`` and keep it in ``out``; ``buckets`` (names, or short names of
+    the backbone's default table) sets the bucket table, ``None`` keeps the default."""
     if backbone not in BUILDERS:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
     val_set = VideoFolderDataset(
         split_source(data, "val"), frames=frames, size=size, classes=train_set.classes, cache=True
     )
+    table = None if buckets is None else table_from_names(buckets, default_buckets(backbone, frames))
     config_ = ModelConfig(
         backbone=backbone,
         width=width,
@@ -97,17 +102,15 @@ def run_training(
         frames=frames,
         size=size,
         labels=tuple(train_set.classes),
+        buckets=() if table is None else table.names,
     )
     model = build_model(config_)
     if init_from is not None and not resume:
         start = load(Path(init_from))
-        if start.config.to_json() | {"provenance": {}} != model.config.to_json() | {"provenance": {}}:
-            raise ValueError(
-                f"--init-from {init_from}: its architecture differs from this run's "
-                f"({start.config.backbone} w{start.config.width} {start.config.frames}x{start.config.size}, "
-                f"{start.config.num_classes} classes, buckets {list(start.config.buckets)})"
-            )
-        model.load_state_dict(start.state_dict())
+        try:
+            copy_weights(start, model)  # the bucket table may differ: a static baseline is the usual start
+        except ValueError as error:
+            raise ValueError(f"--init-from {init_from}: {error}") from None
     if latency_table is not None:  # checked before training, not after it
         if not fit_gate_after:
             raise ValueError("--latency-table prices the buckets of the gate fit: add --fit-gate")

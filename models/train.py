@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -304,6 +304,13 @@ def train(
     start, history = 0, list[EpochStats]()
     if resume:
         previous = load(out_dir)
+        if replace(previous.config, provenance={}) != replace(model.config, provenance={}):
+            saved, this = previous.config, model.config
+            raise ValueError(
+                f"--resume {out_dir}: the run saved there is another model ({saved.backbone} w{saved.width} "
+                f"{saved.frames}x{saved.size}, buckets {list(saved.buckets)}) than this one ({this.backbone} "
+                f"w{this.width} {this.frames}x{this.size}, buckets {list(this.buckets)}); resume with its options"
+            )
         model.load_state_dict(previous.state_dict())
         model.config.provenance = previous.config.provenance  # how the run so far was made
         start, history = load_training_state(out_dir, optimizer)

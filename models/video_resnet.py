@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, overload
 
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "VaRed2VideoResNet",
     "build_model",
+    "copy_weights",
     "from_torchvision",
     "mc3_18",
     "r2plus1d_18",
@@ -502,6 +503,50 @@ def from_torchvision(
     for bn in ours.bucket_batchnorms():
         bn.copy_full_statistics()
     return ours.train(model.training)
+
+
+def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[str]:
+    """Copy ``source``'s weights into ``target``, which may have another bucket table; returns the names of
+    ``target``'s tensors left as they were (nothing in ``source`` to take them from).
+
+    Why: a static baseline trained with the default table is the usual start of a dynamic model with a table of
+    its own (``vared2 train --init-from … --buckets …``). Everything but the bucket table must match. Weights and
+    the cheap ops of each policy level are shared by name; per-bucket BatchNorm statistics and the gate's rows
+    follow the bucket *name* (row order is table order); a bucket ``source`` lacks starts from the full
+    bucket's statistics, as after ``from_torchvision``.
+    """
+    mine, theirs = target.config, source.config
+    if replace(theirs, buckets=mine.buckets, provenance=mine.provenance) != mine:
+        raise ValueError(
+            f"cannot copy weights: the architectures differ beyond the bucket table ({theirs.backbone} "
+            f"w{theirs.width} {theirs.frames}x{theirs.size} {theirs.num_classes} classes, gate {theirs.gate_hidden} "
+            f"→ {mine.backbone} w{mine.width} {mine.frames}x{mine.size} {mine.num_classes} classes, gate "
+            f"{mine.gate_hidden})"
+        )
+    state = source.state_dict()
+    rows = {name: index for index, name in enumerate(source.buckets.names)}
+    # Where each target bucket's row comes from in ``source`` (None: absent there).
+    origin = [rows.get(name) for name in target.buckets.names]
+    untouched: list[str] = []
+    with torch.no_grad():
+        for key, value in target.state_dict().items():
+            if key.endswith(("bucket_running_mean", "bucket_running_var")):
+                full = state[key.replace("bucket_", "")]  # running_mean / running_var: the full bucket's
+                for k, j in enumerate(origin[1:], start=1):
+                    value[k - 1].copy_(full if j is None else state[key][j - 1])  # j >= 1: not the full bucket
+                if None in origin:
+                    untouched.append(key)
+            elif key.startswith("gate.fc2."):
+                for k, j in enumerate(origin):
+                    if j is not None:
+                        value[k].copy_(state[key][j])
+                if None in origin:
+                    untouched.append(key)
+            elif key in state and state[key].shape == value.shape:
+                value.copy_(state[key])
+            else:
+                untouched.append(key)
+    return untouched
 
 
 def _is_vared2_key(key: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vared2.models import Bucket, BucketTable, DynamicConv3d, default_buckets, r2plus1d_18, r3d_18
-from vared2.models.buckets import BucketError, stage_frames
+from vared2.models.buckets import BucketError, stage_frames, table_from_names
 from vared2.models.video_resnet import mc3_18
 
 FULL = "t0c0/t0c0/t0c0/t0c0"
@@ -112,3 +112,15 @@ def test_stage_frames_match_the_built_layers(builder: object, frames: int) -> No
         seen[stage].add(conv.frames_out)
     assert seen == [set(ts) for ts in expected]
     assert model.buckets == default_buckets(backbone, frames)
+
+
+def test_a_table_from_full_and_short_names() -> None:
+    default = default_buckets("r2plus1d_18", 8)
+    table = table_from_names(["full", "t1", "t1c2/t1c2/t1c2/t0c2", "t1c0/t1c0/t0c0/t0c0"], default)
+    assert table.names == (FULL, "t1c0/t1c0/t1c0/t0c0", "t1c2/t1c2/t1c2/t0c2", "t1c0/t1c0/t0c0/t0c0")
+    with pytest.raises(ValueError, match=r"bucket 't3'.*full, c1, c2, t1, t1c1, t1c2"):
+        table_from_names(["full", "t3"], default)
+    with pytest.raises(ValueError, match="bucket 0 must be the full bucket"):
+        table_from_names(["t1", "full"], default)
+    with pytest.raises(ValueError, match="unique"):
+        table_from_names(["full", "t1", "t1c0/t1c0/t1c0/t0c0"], default)

@@ -19,7 +19,7 @@ from vared2.models import (
     r2plus1d_18,
     r3d_18,
 )
-from vared2.models.video_resnet import mc3_18
+from vared2.models.video_resnet import copy_weights, mc3_18
 
 
 @pytest.mark.parametrize(
@@ -182,3 +182,33 @@ def test_config_json_round_trip_and_validation() -> None:
         ModelConfig.from_json(config.to_json() | {"depth": 50})
     with pytest.raises(ValueError, match=r"missing model config field.*frames"):
         ModelConfig.from_json({k: v for k, v in config.to_json().items() if k != "frames"})
+
+
+def test_copy_weights_follows_bucket_names_into_another_table() -> None:
+    """Shared weights by name, per-bucket statistics and gate rows by bucket name: every bucket both tables have
+    computes the same logits; a bucket only the target has starts from the full bucket's statistics."""
+    torch.manual_seed(0)
+    source = r2plus1d_18(width=0.125, frames=4, size=32, num_classes=5).eval()
+    with torch.no_grad():  # make every tensor distinct, so a row copied from the wrong place shows
+        for key, value in source.state_dict().items():
+            if value.is_floating_point():
+                value.copy_(torch.rand_like(value) + 0.5 if "running_var" in key else torch.randn_like(value) * 0.1)
+    names = source.buckets.names
+    new = "t1c0/t0c0/t0c0/t0c0"
+    target = r2plus1d_18(width=0.125, frames=4, size=32, num_classes=5, buckets=[names[0], names[5], names[3], new])
+    untouched = copy_weights(source, target.eval())
+    assert untouched and all(
+        k.endswith(("bucket_running_mean", "bucket_running_var")) or k.startswith("gate.fc2") for k in untouched
+    )
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        for name in target.buckets.names[:3]:
+            torch.testing.assert_close(target(x, bucket=name), source(x, bucket=name), rtol=0, atol=0)
+        torch.testing.assert_close(
+            target.bucket_logits(target.features(x))[:, :3], source.bucket_logits(source.features(x))[:, [0, 5, 3]]
+        )
+    for bn in target.bucket_batchnorms():
+        torch.testing.assert_close(bn.bucket_running_mean[2], bn.running_mean)
+    wider = r2plus1d_18(width=0.25, frames=4, size=32, num_classes=5)
+    with pytest.raises(ValueError, match="differ beyond the bucket table"):
+        copy_weights(wider, target)

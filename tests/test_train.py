@@ -250,3 +250,32 @@ def test_a_teacher_that_reads_other_clips_or_names_other_classes_is_a_clear_erro
     with pytest.raises(ValueError, match=message):
         one_epoch_on_new_data(tmp_path, teacher=tmp_path / "teacher")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bucket_table_of_ones_own_from_the_command_line(tmp_path: Path) -> None:
+    """``--buckets`` sets the table (short names of the default one, or full names); ``--init-from`` starts it
+    from a checkpoint with the default table; a bad name, or resuming with another table, is named."""
+    runner = CliRunner()
+    data = tmp_path / "data"
+    assert (
+        runner.invoke(cli, ["synth", "--out", str(data), "--clips", "24", "--frames", "8", "--size", "40"]).exit_code
+        == 0
+    )
+    common = ["--data", str(data), "--width", "0.125", "--frames", str(FRAMES), "--size", str(SIZE), "--epochs", "1"]
+    result = runner.invoke(cli, ["train", *common, "--out", str(tmp_path / "static"), "--static"])
+    assert result.exit_code == 0, result.output
+    table = ["full", "t1", "t1c2/t1c2/t0c2/t0c2"]
+    args = ["train", *common, "--out", str(tmp_path / "dyn"), "--warmup-epochs", "1", "--buckets", ",".join(table)]
+    result = runner.invoke(cli, [*args, "--init-from", str(tmp_path / "static")])
+    assert result.exit_code == 0, result.output
+    model = load(tmp_path / "dyn")
+    assert model.buckets.names == ("t0c0/t0c0/t0c0/t0c0", "t1c0/t1c0/t0c0/t0c0", "t1c2/t1c2/t0c2/t0c2")
+    assert model.config.provenance["init_from"]["path"] == str(tmp_path / "static")
+
+    result = runner.invoke(cli, ["train", *common, "--out", str(tmp_path / "bad"), "--buckets", "full,t9"])
+    assert result.exit_code == 2 and "'t9'" in result.output and "t1c2" in result.output
+    assert not (tmp_path / "bad").exists()
+    result = runner.invoke(
+        cli, ["train", *common, "--out", str(tmp_path / "dyn"), "--resume", "--epochs", "2", "--warmup-epochs", "1"]
+    )
+    assert result.exit_code == 2 and "--resume" in result.output and "t1c2/t1c2/t0c2/t0c2" in result.output

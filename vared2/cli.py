@@ -109,10 +109,17 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     help="bf16: run the training forward passes under CPU autocast to bfloat16 (faster on AVX-512 BF16 / AMX).",
 )
 @click.option(
+    "--buckets",
+    default=None,
+    help="The bucket table, comma-separated: bucket names (t1c0/t1c0/t1c0/t0c0) or the backbone's short names "
+    "(full,t1,t1c2); the full bucket first. Default: full,c1,c2,t1,t1c1,t1c2.",
+)
+@click.option(
     "--init-from",
     type=existing_dir,
     default=None,
-    help="Start from this checkpoint's weights (e.g. the static baseline) instead of random ones.",
+    help="Start from this checkpoint's weights (e.g. the static baseline; its bucket table may differ) instead of "
+    "random ones.",
 )
 @click.option(
     "--teacher",
@@ -145,6 +152,7 @@ def train(
     threads: int | None,
     translate: int,
     precision: str,
+    buckets: str | None,
     init_from: Path | None,
     teacher: Path | None,
     fit_gate: bool,
@@ -181,6 +189,7 @@ def train(
             fit_gate_after=fit_gate,
             teacher=teacher,
             latency_table=latency_table,
+            buckets=None if buckets is None else [name.strip() for name in buckets.split(",")],
             command=command,
         )
         click.echo(describe(history))
