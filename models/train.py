@@ -305,11 +305,9 @@ def train(
     if resume:
         previous = load(out_dir)
         if replace(previous.config, provenance={}) != replace(model.config, provenance={}):
-            saved, this = previous.config, model.config
             raise ValueError(
-                f"--resume {out_dir}: the run saved there is another model ({saved.backbone} w{saved.width} "
-                f"{saved.frames}x{saved.size}, buckets {list(saved.buckets)}) than this one ({this.backbone} "
-                f"w{this.width} {this.frames}x{this.size}, buckets {list(this.buckets)}); resume with its options"
+                f"--resume {out_dir}: the run saved there is another model ({previous.config.summary()}) than this "
+                f"one ({model.config.summary()}); resume with its options"
             )
         model.load_state_dict(previous.state_dict())
         model.config.provenance = previous.config.provenance  # how the run so far was made

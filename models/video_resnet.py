@@ -127,6 +127,13 @@ class ModelConfig:
     def bucket_table(self) -> BucketTable:
         return BucketTable(self.buckets)
 
+    def summary(self) -> str:
+        """One line naming the architecture, for messages that compare two models."""
+        return (
+            f"{self.backbone} w{self.width} {self.frames}x{self.size}, {self.num_classes} classes, "
+            f"gate {self.gate_hidden}, buckets {list(self.buckets)}"
+        )
+
     def to_json(self) -> dict[str, Any]:
         self._check_provenance()
         data = asdict(self)
@@ -518,10 +525,8 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
     mine, theirs = target.config, source.config
     if replace(theirs, buckets=mine.buckets, provenance=mine.provenance) != mine:
         raise ValueError(
-            f"cannot copy weights: the architectures differ beyond the bucket table ({theirs.backbone} "
-            f"w{theirs.width} {theirs.frames}x{theirs.size} {theirs.num_classes} classes, gate {theirs.gate_hidden} "
-            f"→ {mine.backbone} w{mine.width} {mine.frames}x{mine.size} {mine.num_classes} classes, gate "
-            f"{mine.gate_hidden})"
+            f"cannot copy weights: the architectures differ beyond the bucket table ({theirs.summary()} → "
+            f"{mine.summary()})"
         )
     state = source.state_dict()
     rows = {name: index for index, name in enumerate(source.buckets.names)}
