@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
 from vared2.models.checkpoint import load, save
@@ -104,6 +106,9 @@ def run_training(
         labels=tuple(train_set.classes),
         buckets=() if table is None else table.names,
     )
+    # The initial weights come from torch's global RNG: seed it here, or they depend on whatever drew from it
+    # before (the same for every --seed, and different whenever the code before this line changes).
+    torch.manual_seed(config.seed)
     model = build_model(config_)
     if init_from is not None and not resume:
         start = load(Path(init_from))

@@ -279,3 +279,21 @@ def test_a_bucket_table_of_ones_own_from_the_command_line(tmp_path: Path) -> Non
         cli, ["train", *common, "--out", str(tmp_path / "dyn"), "--resume", "--epochs", "2", "--warmup-epochs", "1"]
     )
     assert result.exit_code == 2 and "--resume" in result.output and "t1c2/t1c2/t0c2/t0c2" in result.output
+
+
+def test_the_initial_weights_follow_the_seed(tmp_path: Path) -> None:
+    """A fresh run's weights come from ``--seed`` alone, not from whatever drew from torch's RNG before it."""
+    runner = CliRunner()
+    data = tmp_path / "data"
+    result = runner.invoke(cli, ["synth", "--out", str(data), "--clips", "16", "--frames", "8", "--size", "40"])
+    assert result.exit_code == 0, result.output
+    common = ["train", "--data", str(data), "--width", "0.125", "--frames", str(FRAMES), "--size", str(SIZE)]
+    common += ["--epochs", "1", "--static"]
+    for out, seed, draws in [("a", 0, 0), ("b", 0, 7), ("c", 1, 0)]:
+        torch.rand(draws)  # something else used the global RNG first
+        result = runner.invoke(cli, [*common, "--seed", str(seed), "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    a, b, c = (load(tmp_path / out).state_dict() for out in "abc")
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(c[name], value) for name, value in a.items() if value.is_floating_point())
