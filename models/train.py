@@ -59,6 +59,7 @@ class TrainConfig:
     threads: int | None = None
     translate: int = 0  # random translation of each training clip by up to this many pixels (models.augment)
     precision: str = "fp32"  # "bf16": the forward passes under CPU autocast to bfloat16 (weights stay fp32)
+    distill_weight: float = 1.0  # weight of each reduced bucket's distillation term in the sandwich
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError("train: need tau_start >= tau_end > 0")
         if self.translate < 0:
             raise ValueError(f"train: translate must be >= 0 pixels, got {self.translate}")
+        if not 0.0 <= self.distill_weight < math.inf:
+            raise ValueError(f"train: distill_weight must be a finite number >= 0, got {self.distill_weight}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -152,7 +155,8 @@ def training_loss(
       ("sandwich"); only the full bucket sees the labels, the reduced ones learn the full bucket's predictions
       (in-place distillation, as in slimmable networks), so the shared weights and every bucket's cheap ops are
       trained before the gate starts to route. Each bucket normalises with its own BatchNorm statistics
-      (``BucketBatchNorm3d``).
+      (``BucketBatchNorm3d``). ``config.distill_weight`` scales the reduced buckets' terms: AdamW normalises
+      each step by the whole gradient, so when they dominate it the full bucket learns more slowly.
     * gated: each sample's Gumbel-sampled bucket (straight-through), the FLOPs term, and the full bucket
       again, so routing samples away from it does not let the shared weights drift.
 
@@ -175,7 +179,7 @@ def training_loss(
     if not gated:
         targets = full.detach().softmax(dim=1) if teacher is None else teacher
         for k in sandwich_buckets(model):
-            loss = loss + distilled(model.forward_features(features, k), targets)
+            loss = loss + config.distill_weight * distilled(model.forward_features(features, k), targets)
         return loss, full, None
     gate_logits = model.bucket_logits(features)
     weights = F.gumbel_softmax(gate_logits, tau=tau, hard=True)

@@ -62,6 +62,24 @@ def test_a_few_steps_reduce_the_loss(clips: ClipListDataset, precision: str) -> 
     assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
 
 
+def test_the_distillation_weight_scales_only_the_reduced_buckets_terms(clips: ClipListDataset) -> None:
+    """``distill_weight`` multiplies each sandwich bucket's distillation, not the full bucket's cross-entropy."""
+    model = tiny_model().eval()  # eval: BatchNorm statistics do not move between the calls
+    with torch.no_grad():
+        model.fc.weight.normal_(0, 1.0)  # fresh logits are all near 0; make the buckets' predictions differ
+    x, y = batch(clips)
+    losses = {}
+    for weight in (0.0, 0.3, 1.0):
+        torch.manual_seed(0)  # the same sandwich bucket each time
+        with torch.no_grad():
+            loss, full, _ = training_loss(model, x, y, tau=1.0, config=TrainConfig(distill_weight=weight), gated=False)
+        losses[weight] = float(loss)
+    assert losses[0.0] == pytest.approx(float(F.cross_entropy(full, y)), rel=1e-6)
+    distillation = losses[1.0] - losses[0.0]
+    assert distillation > 0.05  # the reduced buckets disagree with the full one
+    assert losses[0.3] - losses[0.0] == pytest.approx(0.3 * distillation, rel=1e-4)
+
+
 def test_the_gate_receives_gradients_through_the_routed_buckets(clips: ClipListDataset) -> None:
     model = tiny_model().train()
     x, y = batch(clips)
@@ -118,6 +136,7 @@ def test_training_is_deterministic_and_resumes_exactly(clips: ClipListDataset, t
         ({"tau_end": 6.0}, "tau_start >= tau_end"),
         ({"translate": -1}, "translate must be >= 0"),
         ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
+        ({"distill_weight": -0.5}, "distill_weight must be a finite number >= 0, got -0.5"),
     ],
 )
 def test_a_bad_training_setting_is_named(change: dict[str, object], message: str) -> None:
@@ -137,7 +156,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     args = ["train", "--data", str(data), "--out", str(ckpt), "--width", "0.125", "--frames", str(FRAMES)]
     args += ["--size", str(SIZE), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--fit-gate"]
-    args += ["--translate", "2", "--precision", "bf16"]
+    args += ["--translate", "2", "--precision", "bf16", "--distill-weight", "0.5"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     config = json.loads((ckpt / "model.json").read_text())["config"]
@@ -149,6 +168,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert provenance["seed"] == 0 and provenance["data"]["seed"] == 0
     assert provenance["train_config"]["translate"] == 2
     assert provenance["train_config"]["precision"] == "bf16"
+    assert provenance["train_config"]["distill_weight"] == 0.5
     assert len(config["labels"]) == config["num_classes"] == 12
     report, plot = tmp_path / "eval.json", tmp_path / "hist.png"
     args = ["evaluate", str(ckpt), "--data", str(data), "--json", str(report), "--plot", str(plot)]

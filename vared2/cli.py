@@ -109,6 +109,13 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     help="bf16: run the training forward passes under CPU autocast to bfloat16 (faster on AVX-512 BF16 / AMX).",
 )
 @click.option(
+    "--distill-weight",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Weight of the reduced buckets' distillation terms in the sandwich (docs/training.md, the recipe).",
+)
+@click.option(
     "--buckets",
     default=None,
     help="The bucket table, comma-separated: bucket names (t1c0/t1c0/t1c0/t0c0) or the backbone's short names "
@@ -152,6 +159,7 @@ def train(
     threads: int | None,
     translate: int,
     precision: str,
+    distill_weight: float,
     buckets: str | None,
     init_from: Path | None,
     teacher: Path | None,
@@ -174,6 +182,7 @@ def train(
             threads=threads,
             translate=translate,
             precision=precision,
+            distill_weight=distill_weight,
         )
         command = " ".join(["vared2", *sys.argv[1:]])
         history = run_training(
