@@ -106,8 +106,8 @@ def run_training(
         labels=tuple(train_set.classes),
         buckets=() if table is None else table.names,
     )
-    # The initial weights come from torch's global RNG: seed it here, or they depend on whatever drew from it
-    # before (the same for every --seed, and different whenever the code before this line changes).
+    # The initial weights come from torch's global RNG: seed it here, or they ignore --seed (torch seeds its
+    # default generator at random in every process; docs/training.md, "Seeding").
     torch.manual_seed(config.seed)
     model = build_model(config_)
     if init_from is not None and not resume:
