@@ -60,6 +60,7 @@ class TrainConfig:
     translate: int = 0  # random translation of each training clip by up to this many pixels (models.augment)
     precision: str = "fp32"  # "bf16": the forward passes under CPU autocast to bfloat16 (weights stay fp32)
     distill_weight: float = 1.0  # weight of each reduced bucket's distillation term in the sandwich
+    lr_warmup_epochs: int = 0  # the learning rate rises linearly from ~0 over this many epochs (see learning_rate)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
         if not self.tau_start >= self.tau_end > 0:
             raise ValueError("train: need tau_start >= tau_end > 0")
+        if not 0 <= self.lr_warmup_epochs <= self.epochs:
+            raise ValueError(f"train: lr_warmup_epochs must be within 0..epochs ({self.epochs})")
         if self.translate < 0:
             raise ValueError(f"train: translate must be >= 0 pixels, got {self.translate}")
         if not 0.0 <= self.distill_weight < math.inf:
@@ -93,6 +96,16 @@ def autocast(config: TrainConfig) -> torch.autocast:
     """The context the training forward passes run in: CPU bfloat16 autocast for ``precision="bf16"``
     (convolutions in bf16; the cross-entropy, the weights and AdamW in fp32), else a no-op."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Cosine decay from ``config.lr`` over all steps, scaled by a linear ramp over the first
+    ``lr_warmup_epochs``. Without the ramp, AdamW's first full-size steps from random weights can leave a run
+    at chance for epochs (docs/training.md, "The static part")."""
+    total_steps = config.epochs * steps_per_epoch
+    cosine = config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    ramp_steps = config.lr_warmup_epochs * steps_per_epoch
+    return cosine * min(1.0, (step + 1) / ramp_steps) if ramp_steps else cosine
 
 
 def temperature(config: TrainConfig, epoch: int) -> float:
@@ -298,11 +311,6 @@ def train(
     val_loader = DataLoader(val_set, batch_size=config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(len(train_loader), 1)
-    total_steps = config.epochs * steps_per_epoch
-
-    def cosine_lr(step: int) -> float:
-        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-
     if teacher is not None:
         teacher.eval()  # its BatchNorm statistics stay as trained; only ``model`` switches modes below
     start, history = 0, list[EpochStats]()
@@ -329,7 +337,7 @@ def train(
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step)
+                group["lr"] = learning_rate(config, step, steps_per_epoch)
             clips = random_translate(clips, config.translate, moves)
             teacher_logits = None
             with autocast(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,15 @@ from vared2.cli import cli
 from vared2.models import load, r2plus1d_18
 from vared2.models.dataset import ClipListDataset
 from vared2.models.synthetic import generate
-from vared2.models.train import TrainConfig, autocast, routed_forward, sandwich_buckets, train, training_loss
+from vared2.models.train import (
+    TrainConfig,
+    autocast,
+    learning_rate,
+    routed_forward,
+    sandwich_buckets,
+    train,
+    training_loss,
+)
 
 FRAMES, SIZE = 4, 32
 
@@ -127,6 +136,18 @@ def test_training_is_deterministic_and_resumes_exactly(clips: ClipListDataset, t
     assert any(not torch.equal(unmoved[name], value) for name, value in straight.items())
 
 
+def test_the_learning_rate_ramps_up_then_follows_the_cosine() -> None:
+    plain, ramped = TrainConfig(epochs=4, lr=1e-3), TrainConfig(epochs=4, lr=1e-3, lr_warmup_epochs=1)
+    steps = 10  # per epoch
+    assert learning_rate(plain, 0, steps) == pytest.approx(1e-3)
+    assert learning_rate(plain, 20, steps) == pytest.approx(0.5e-3)  # half way through the cosine
+    ramp = [learning_rate(ramped, step, steps) for step in range(steps)]
+    assert ramp[0] == pytest.approx(1e-4)  # a tenth of the way up at the first step
+    assert all(a < b for a, b in itertools.pairwise(ramp))
+    for step in range(steps - 1, 4 * steps):  # from the ramp's last step on, the plain schedule
+        assert learning_rate(ramped, step, steps) == learning_rate(plain, step, steps)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -137,6 +158,7 @@ def test_training_is_deterministic_and_resumes_exactly(clips: ClipListDataset, t
         ({"translate": -1}, "translate must be >= 0"),
         ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
         ({"distill_weight": -0.5}, "distill_weight must be a finite number >= 0, got -0.5"),
+        ({"lr_warmup_epochs": 13}, "lr_warmup_epochs must be within 0..epochs"),
     ],
 )
 def test_a_bad_training_setting_is_named(change: dict[str, object], message: str) -> None:
@@ -156,7 +178,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     args = ["train", "--data", str(data), "--out", str(ckpt), "--width", "0.125", "--frames", str(FRAMES)]
     args += ["--size", str(SIZE), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--fit-gate"]
-    args += ["--translate", "2", "--precision", "bf16", "--distill-weight", "0.5"]
+    args += ["--translate", "2", "--precision", "bf16", "--distill-weight", "0.5", "--lr-warmup-epochs", "1"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     config = json.loads((ckpt / "model.json").read_text())["config"]
@@ -169,6 +191,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert provenance["train_config"]["translate"] == 2
     assert provenance["train_config"]["precision"] == "bf16"
     assert provenance["train_config"]["distill_weight"] == 0.5
+    assert provenance["train_config"]["lr_warmup_epochs"] == 1
     assert len(config["labels"]) == config["num_classes"] == 12
     report, plot = tmp_path / "eval.json", tmp_path / "hist.png"
     args = ["evaluate", str(ckpt), "--data", str(data), "--json", str(report), "--plot", str(plot)]

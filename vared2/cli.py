@@ -90,6 +90,13 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 @click.option("--warmup-epochs", default=3, show_default=True, help="Epochs on the full bucket before the gate.")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default=2e-3, show_default=True)
+@click.option(
+    "--lr-warmup-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Raise the learning rate linearly from ~0 to --lr over this many epochs (then cosine decay).",
+)
 @click.option("--target-ratio", default=0.55, show_default=True, help="Target mean GFLOPs as a fraction of full.")
 @click.option("--flops-weight", default=2.0, show_default=True, help="Weight of the FLOPs term in the loss.")
 @click.option("--seed", default=0, show_default=True)
@@ -153,6 +160,7 @@ def train(
     warmup_epochs: int,
     batch_size: int,
     lr: float,
+    lr_warmup_epochs: int,
     target_ratio: float,
     flops_weight: float,
     seed: int,
@@ -175,6 +183,7 @@ def train(
             warmup_epochs=0 if static else warmup_epochs,
             batch_size=batch_size,
             lr=lr,
+            lr_warmup_epochs=lr_warmup_epochs,
             target_ratio=target_ratio,
             flops_weight=flops_weight,
             seed=seed,
