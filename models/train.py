@@ -101,7 +101,7 @@ def autocast(config: TrainConfig) -> torch.autocast:
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Cosine decay from ``config.lr`` over all steps, scaled by a linear ramp over the first
     ``lr_warmup_epochs``. Without the ramp, AdamW's first full-size steps from random weights can leave a run
-    at chance for epochs (docs/training.md, "The static part")."""
+    at chance for epochs (docs/training.md, "Learning-rate warm-up")."""
     total_steps = config.epochs * steps_per_epoch
     cosine = config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
     ramp_steps = config.lr_warmup_epochs * steps_per_epoch
