@@ -20,8 +20,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vared2.engines.manifest import Manifest, ManifestError, sha256_file, write_engine_dir
-from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, EXPORT_JSON, GRAPH_REWRITE, read_export_spec
+from vared2.engines.manifest import (
+    EXPORT_JSON,
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    check_output_dir,
+    read_export_spec,
+    sha256_file,
+    write_engine_dir,
+)
+from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -89,6 +98,10 @@ def build_engines(
     (the graph optimisation level sessions use). TensorRT options: ``fp16``, ``opt_batch``, ``timing_cache``,
     ``use_plugins``. ``max_batch`` is recorded for both (TensorRT's profile maximum). ``force`` rebuilds even
     when the directory is up to date.
+
+    ``out_dir`` is replaced as a whole, so it must not exist, be empty, or be a previous engine directory (it has
+    ``manifest.json``); anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``)
+    ``onnx_dir`` itself, a directory inside or containing it, and the current directory or an ancestor of it.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     if backend not in BACKENDS:
@@ -98,6 +111,9 @@ def build_engines(
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
     read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
+    check_output_dir(
+        out_dir, marker=MANIFEST_NAME, kind="an engine directory", source=onnx_dir, source_kind="ONNX directory"
+    )
 
     options: dict[str, Any]
     if backend == "onnxruntime":
@@ -159,7 +175,7 @@ def build_engines(
         )
 
     try:
-        write_engine_dir(out_dir, fill)
+        write_engine_dir(out_dir, fill, source=onnx_dir)
     finally:
         bar.close()
     return out_dir

@@ -23,6 +23,9 @@ from typing import Any
 #: The manifest schema this vared2 reads and writes. Bump it when a field changes meaning or becomes required.
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: The exported model directory's description (``vared2 export`` writes it; the builders and ``verify`` read it).
+EXPORT_JSON = "export.json"
+EXPORT_FORMAT = "vared2-onnx"
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 #: How TensorRT realised the custom ops of an engine: the AOT plugin, or the ONNX local functions as plain layers.
@@ -489,6 +492,8 @@ class Manifest:
     def load(cls, directory: Path | str, *, verify: bool = True) -> Manifest:
         """Read and validate ``directory/manifest.json`` and the files it names (sha256 too unless ``verify=False``)."""
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory}: a file, not an engine directory")
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: no such engine directory")
         path = directory / MANIFEST_NAME
@@ -526,13 +531,64 @@ def resolve_inside(root: Path, rel: str, name: str) -> Path:
     return real
 
 
-def write_engine_dir(final_dir: Path | str, fill: Callable[[Path], Manifest]) -> Manifest:
+def check_output_dir(
+    out_dir: Path | str,
+    *,
+    marker: str,
+    kind: str,
+    source: Path | str | None = None,
+    source_kind: str = "source directory",
+) -> Path:
+    """Refuse, before any work, an output directory a stage must not replace; return it resolved.
+
+    A stage (``vared2 export``, ``vared2 build``) replaces its output directory as a whole, so ``out_dir`` may be
+    replaced only if it does not exist, is an empty directory, or holds ``marker`` (a previous output of the same
+    stage: ``export.json``, ``manifest.json``); otherwise ``FileExistsError`` (``NotADirectoryError`` for a file).
+    Whatever its content, it must not be ``source`` (the stage's input), contain it or lie inside it, nor be the
+    current working directory or one of its ancestors: ``ValueError``. Paths are compared with symlinks resolved.
+    ``kind`` names what the directory should be (``"an ONNX export"``); every message names the directory.
+    """
+    out = Path(out_dir).resolve()
+    name = os.fspath(out_dir) if Path(out_dir).absolute() == out else f"{os.fspath(out_dir)} (= {out})"
+    try:
+        cwd: Path | None = Path.cwd().resolve()
+    except OSError:  # the working directory was deleted: nothing to protect there
+        cwd = None
+    if cwd is not None and cwd.is_relative_to(out):
+        where = "the current directory" if cwd == out else f"an ancestor of the current directory {cwd}"
+        raise ValueError(f"{name} is {where}, which would be replaced as a whole; choose another --out")
+    if source is not None:
+        src = Path(source).resolve()
+        if out == src:
+            raise ValueError(f"{name} is the {source_kind}, which would be replaced; choose another --out")
+        if out.is_relative_to(src):
+            raise ValueError(f"{name} lies inside the {source_kind} {src}; choose another --out")
+        if src.is_relative_to(out):
+            raise ValueError(f"{name} contains the {source_kind} {src}, which would be replaced; choose another --out")
+    if out.exists():
+        if not out.is_dir():
+            raise NotADirectoryError(f"{name} exists and is not a directory; choose another --out")
+        if not (out / marker).is_file() and any(out.iterdir()):
+            raise FileExistsError(f"{name} exists and is not {kind} (no {marker}); choose another --out or empty it")
+    return out
+
+
+def write_engine_dir(
+    final_dir: Path | str, fill: Callable[[Path], Manifest], *, source: Path | str | None = None
+) -> Manifest:
     """Build an engine directory atomically: ``fill`` writes the engine files into a temporary sibling directory
     and returns their manifest; the manifest is written and the whole directory re-read and verified, and only
     then renamed to ``final_dir``. An existing ``final_dir`` is replaced (renamed away, new one renamed in, old
     one deleted), so readers see the old directory or the new one, never a half-built one. If ``fill`` raises, the
     temporary directory is removed and nothing at ``final_dir`` changes.
+
+    Only a previous engine directory (one with ``manifest.json``) or an empty one is replaced: anything else, the
+    current directory or an ancestor of it, and (given ``source``, the ONNX directory) the source, a directory
+    inside it or one containing it are refused before ``fill`` runs (``check_output_dir``).
     """
+    check_output_dir(
+        final_dir, marker=MANIFEST_NAME, kind="an engine directory", source=source, source_kind="ONNX directory"
+    )
     final_dir = Path(final_dir)
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -562,3 +618,30 @@ def write_engine_dir(final_dir: Path | str, fill: Callable[[Path], Manifest]) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
+    """``export.json`` of an exported model directory, checked for what the builders and ``vared2 verify`` use."""
+    path = Path(onnx_dir) / EXPORT_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
+        raise ValueError(
+            f"{path}: format must be {EXPORT_FORMAT!r}, got {spec.get('format') if isinstance(spec, dict) else spec!r}"
+        )
+    for key in ("model", "gate", "buckets"):
+        if key not in spec:
+            raise ValueError(f"{path}: missing field {key!r}")
+    if not spec["buckets"]:
+        raise ValueError(f"{path}: buckets: expected at least one bucket")
+    files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
+    for file in files:
+        if Path(file).name != file:
+            raise ValueError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
+        if not (Path(onnx_dir) / file).is_file():
+            raise FileNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
+    return spec

@@ -28,14 +28,21 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
-from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, WeightsEntry, sha256_file
+from vared2.engines.manifest import (
+    BucketEntry,
+    GateEntry,
+    Manifest,
+    ModelSpec,
+    WeightsEntry,
+    read_export_spec,
+    sha256_file,
+)
 from vared2.engines.ort_frames import skip_unread_frames
 from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_phases import split_temporal_phases
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
 
-EXPORT_JSON = "export.json"
 # The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
 # import the builders and vice versa, so the few constants live in both and a test checks they agree).
 WEIGHTS_FILE = "weights.bin"
@@ -267,31 +274,12 @@ def check_parity(
 # --- the builder ---------------------------------------------------------------------------------------------
 
 
-def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
-    """``export.json`` of an exported model directory, checked for what the builders use."""
-    path = Path(onnx_dir) / EXPORT_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
+def _load_exported(path: Path) -> onnx.ModelProto:
+    """An exported graph, or an error naming the file when it is not a readable ONNX model (truncated, say)."""
     try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(spec, dict) or spec.get("format") != "vared2-onnx":
-        raise ValueError(
-            f"{path}: format must be 'vared2-onnx', got {spec.get('format') if isinstance(spec, dict) else spec!r}"
-        )
-    for key in ("model", "gate", "buckets"):
-        if key not in spec:
-            raise ValueError(f"{path}: missing field {key!r}")
-    if not spec["buckets"]:
-        raise ValueError(f"{path}: buckets: expected at least one bucket")
-    files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
-    for file in files:
-        if Path(file).name != file:
-            raise ValueError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
-        if not (Path(onnx_dir) / file).is_file():
-            raise FileNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
-    return spec
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
+        raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
 
 
 def model_spec(spec: dict[str, Any]) -> ModelSpec:
@@ -341,7 +329,7 @@ def build_onnxruntime(
     out_dir.mkdir(parents=True, exist_ok=True)
     gate_file = spec["gate"]["file"]
     files = [gate_file, *(b["file"] for b in spec["buckets"])]
-    models = {file: onnx.load(str(onnx_dir / file)) for file in files}
+    models = {file: _load_exported(onnx_dir / file) for file in files}
     if rewrite:
         models = {
             file: motion_head_for_ort(specialize(stem_for_ort(m)))

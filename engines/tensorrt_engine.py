@@ -22,8 +22,8 @@ from typing import Any
 
 import onnx
 
-from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, sha256_file
-from vared2.engines.onnxruntime_engine import model_spec, read_export_spec
+from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
+from vared2.engines.onnxruntime_engine import model_spec
 
 #: The first TensorRT whose ``tensorrt.plugin`` has ahead-of-time (``aot_impl``) plugins.
 AOT_PLUGIN_VERSION = (10, 9)

@@ -25,15 +25,14 @@ import onnx
 import torch
 from torch import nn
 
+from vared2.engines.manifest import EXPORT_FORMAT, EXPORT_JSON, check_output_dir
 from vared2.export.graphs import BucketGraph, GateGraph
 from vared2.models import VaRed2VideoResNet, load
 from vared2.models.checkpoint import sha256_of
 from vared2.plugins import onnx_functions, torch_ops
 
 OPSET = 17
-EXPORT_FORMAT = "vared2-onnx"
 EXPORT_VERSION = 1
-EXPORT_JSON = "export.json"
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,13 @@ def to_onnx(
 
 
 def export_model(model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: str = "") -> ExportedModel:
-    """Write the gate and every bucket of ``model`` to ``out_dir`` (replacing it atomically)."""
+    """Write the gate and every bucket of ``model`` to ``out_dir`` (replacing it atomically).
+
+    ``out_dir`` is replaced as a whole, so it must not exist, be empty, or be a previous export (it has
+    ``export.json``); anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``)
+    the current directory or an ancestor of it (``vared2.engines.manifest.check_output_dir``).
+    """
+    check_output_dir(out_dir, marker=EXPORT_JSON, kind="an ONNX export")
     model = model.eval()
     config = model.config
     # Build every graph first: a bucket the model cannot run fails here, before anything is written.
@@ -145,7 +150,14 @@ def export_model(model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: 
 
 
 def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> ExportedModel:
-    """``vared2 export``: load a checkpoint directory (never unpickling) and export it."""
+    """``vared2 export``: load a checkpoint directory (never unpickling) and export it.
+
+    ``out_dir`` follows ``export_model``'s rule, and must also not be ``checkpoint_dir``, lie inside it or contain
+    it (``ValueError``; checked once the checkpoint has loaded, so a bad checkpoint is reported first).
+    """
     checkpoint_dir = Path(checkpoint_dir)
     model = load(checkpoint_dir)
+    check_output_dir(
+        out_dir, marker=EXPORT_JSON, kind="an ONNX export", source=checkpoint_dir, source_kind="checkpoint directory"
+    )
     return export_model(model, out_dir, checkpoint_sha256=sha256_of(checkpoint_dir / "model.safetensors"))

@@ -4,6 +4,7 @@ ONNX, one shared weights file, atomic and incremental builds, tampering detected
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -249,6 +250,10 @@ def test_bad_inputs_give_clear_errors(toy_onnx: Path, tmp_path: Path) -> None:
         build_engines(toy_onnx, tmp_path / "out", optimization="max", progress=False)
     with pytest.raises(ValueError, match="fp16"):
         build_engines(toy_onnx, tmp_path / "out", fp16=True, progress=False)
+    whole = (toy_onnx / "bucket_1.onnx").read_bytes()
+    (toy_onnx / "bucket_1.onnx").write_bytes(whole[: len(whole) // 2])  # a truncated copy
+    with pytest.raises(ValueError, match=r"bucket_1\.onnx: not a readable ONNX model"):
+        build_engines(toy_onnx, tmp_path / "out", progress=False)
     (toy_onnx / "bucket_1.onnx").unlink()
     with pytest.raises(FileNotFoundError, match=r"bucket_1\.onnx"):
         build_engines(toy_onnx, tmp_path / "out", progress=False)
@@ -265,3 +270,63 @@ def test_weights_format_constants_agree() -> None:
     assert ort_engine.WEIGHTS_FILE == shared_weights.WEIGHTS_FILE
     assert set(ort_engine.LEVELS) == {"disabled", "basic", "extended", "all"}
     assert build_module.BACKENDS == ("onnxruntime", "tensorrt")
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_build_replaces_only_an_empty_directory_or_a_previous_build(toy_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engines"
+    out.mkdir()
+    build_engines(toy_onnx, out, progress=False)  # an empty directory is fine
+    (out / "stale.txt").write_text("from the previous build")
+    build_engines(toy_onnx, out, force=True, progress=False)  # a rebuild replaces the previous build as a whole
+    assert not (out / "stale.txt").exists()
+    Manifest.load(out)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    other_export = write_toy_onnx_dir(tmp_path / "other_onnx")  # an export is not an engine directory either
+    before = _contents(other_export)
+    for foreign in (mine, other_export):
+        with pytest.raises(FileExistsError, match=re.escape(f"{foreign} exists and is not an engine directory")):
+            build_engines(toy_onnx, foreign, progress=False)
+    assert _contents(mine) == {"keep.txt": b"keep"} and _contents(other_export) == before
+
+
+def test_build_refuses_its_onnx_directory_and_the_working_directory(
+    toy_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _contents(toy_onnx)
+    (tmp_path / "link").symlink_to(toy_onnx)
+    for out in (toy_onnx, toy_onnx / "engines", tmp_path, tmp_path / "link"):
+        with pytest.raises(ValueError, match=r"(is|inside|contains) the ONNX directory"):
+            build_engines(toy_onnx, out, progress=False)
+    assert _contents(toy_onnx) == before
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for out in (Path("."), work):
+        with pytest.raises(ValueError, match="current directory"):
+            build_engines(toy_onnx, out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "toy_onnx", "work"]
+    assert list(work.iterdir()) == []
+
+
+def test_cli_build_refuses_a_foreign_out_directory(toy_onnx: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vared2.cli import cli
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    result = CliRunner().invoke(cli, ["build", str(toy_onnx), "--out", str(mine)])
+    assert result.exit_code == 2, result.output
+    assert f"vared2: error: {mine} exists and is not an engine directory (no manifest.json)" in result.output
+    assert _contents(mine) == {"keep.txt": b"keep"}
+    result = CliRunner().invoke(cli, ["build", str(toy_onnx), "--out", str(toy_onnx)])
+    assert result.exit_code == 2, result.output
+    assert f"{toy_onnx} is the ONNX directory" in result.output
+    assert (toy_onnx / "export.json").is_file()

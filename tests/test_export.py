@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,35 @@ def test_cli_export_and_verify_exit_codes(tmp_path: Path) -> None:
     assert "model.json" in result.output
 
 
+def test_verify_names_a_broken_export_and_marks_the_failing_row(tmp_path: Path) -> None:
+    import shutil
+
+    from vared2.export.verify import ATOL, Check, VerifyReport
+
+    ckpt = _checkpoint(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "onnx")]).exit_code == 0
+    broken = tmp_path / "broken"
+    for content, message in (("{}", "format must be 'vared2-onnx'"), ('{"format": "vared2-onnx",', "not valid JSON")):
+        shutil.copytree(tmp_path / "onnx", broken, dirs_exist_ok=True)
+        (broken / EXPORT_JSON).write_text(content)
+        result = runner.invoke(cli, ["verify", str(broken), "--checkpoint", str(ckpt)])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"{broken / EXPORT_JSON}: {message}" in result.output
+    shutil.copytree(tmp_path / "onnx", broken, dirs_exist_ok=True)
+    whole = (broken / "bucket_1.onnx").read_bytes()
+    (broken / "bucket_1.onnx").write_bytes(whole[: len(whole) // 2])
+    result = runner.invoke(cli, ["verify", str(broken), "--checkpoint", str(ckpt)])
+    assert result.exit_code == 2, result.output
+    assert "bucket_1.onnx: ONNX Runtime cannot load this exported graph" in result.output
+    # The verdict stands on the row that earned it, not on the graph's first row.
+    report = VerifyReport([Check("gate", {"features": ATOL / 2, "bucket_logits": 30.0}, passed=False)])
+    rows = report.table().splitlines()
+    assert rows[2].split()[-1] == "ok" and rows[3].split()[-1] == "FAIL" and "MISMATCH" in rows[-1]
+    report = VerifyReport([Check("gate", {"features": 0.0}, passed=False, note="bucket argmax DIFFERS: [1]")])
+    assert report.table().splitlines()[3].endswith("FAIL")
+
+
 def test_output_directories_follow_the_umask(tmp_path: Path) -> None:
     import os
 
@@ -229,3 +259,70 @@ def test_output_directories_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert (tmp_path / "onnx").stat().st_mode & 0o777 == 0o755
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_export_replaces_only_an_empty_directory_or_a_previous_export(tmp_path: Path) -> None:
+    model = tiny()
+    out = tmp_path / "onnx"
+    out.mkdir()
+    export_model(model, out)  # an empty directory (pytest's tmp_path, a fresh mkdir) is fine
+    (out / "stale.txt").write_text("from the previous export")
+    export_model(model, out)  # a re-export replaces the previous one as a whole
+    assert (out / EXPORT_JSON).is_file() and not (out / "stale.txt").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=re.escape(f"{mine} exists and is not an ONNX export (no export.json)")):
+        export_model(model, mine)
+    assert _contents(mine) == {"keep.txt": b"keep"}
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(NotADirectoryError, match="file exists and is not a directory"):
+        export_model(model, tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine", "onnx"]
+
+
+def test_export_refuses_the_checkpoint_directory_and_anything_inside_or_around_it(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    before = _contents(ckpt)
+    (tmp_path / "link").symlink_to(ckpt)
+    for out in (ckpt, ckpt / "onnx", tmp_path, tmp_path / "link"):
+        with pytest.raises(ValueError, match=r"(is|inside|contains) the checkpoint directory"):
+            export_checkpoint(ckpt, out)
+        assert _contents(ckpt) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "link"]
+
+
+def test_export_refuses_the_working_directory_and_its_ancestors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / EXPORT_JSON).write_text("{}")  # even a previous export: the current directory is never replaced
+    monkeypatch.chdir(work)
+    model = tiny()
+    for out in (Path("."), work, tmp_path):
+        with pytest.raises(ValueError, match="current directory"):
+            export_model(model, out)
+    assert _contents(work) == {EXPORT_JSON: b"{}"}
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]
+
+
+def test_cli_export_refuses_a_foreign_out_directory(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", str(ckpt), "--out", str(mine)])
+    assert result.exit_code == 2, result.output
+    assert f"vared2: error: {mine} exists and is not an ONNX export" in result.output
+    assert _contents(mine) == {"keep.txt": b"keep"}
+    before = _contents(ckpt)
+    result = runner.invoke(cli, ["export", str(ckpt), "--out", str(ckpt)])
+    assert result.exit_code == 2, result.output
+    assert f"{ckpt} is the checkpoint directory" in result.output
+    assert _contents(ckpt) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from vared2.engines.manifest import (
     ModelSpec,
     SchemaVersionError,
     WeightsEntry,
+    check_output_dir,
     sha256_file,
     write_engine_dir,
 )
@@ -177,6 +179,9 @@ def test_missing_engine_file(engine_dir: Path) -> None:
 def test_missing_manifest_and_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such engine directory"):
         Manifest.load(tmp_path / "nothing")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(NotADirectoryError, match="a_file: a file, not an engine directory"):
+        Manifest.load(tmp_path / "a_file")
     with pytest.raises(FileNotFoundError, match="no manifest"):
         Manifest.load(tmp_path)
 
@@ -269,3 +274,63 @@ def test_atomic_writer_replaces_an_existing_directory(engine_dir: Path) -> None:
     assert Manifest.load(engine_dir) == manifest and manifest.num_buckets == 2
     assert not (engine_dir / "stale.txt").exists() and not (engine_dir / "weights.bin").exists()
     assert _siblings(engine_dir) == ["engine"]
+
+
+def test_atomic_writer_replaces_only_an_empty_directory_or_a_previous_build(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_engine_dir(empty, _fill)
+    Manifest.load(empty)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    calls: list[Path] = []
+
+    def fill(directory: Path) -> Manifest:
+        calls.append(directory)
+        return _fill(directory)
+
+    with pytest.raises(
+        FileExistsError, match=re.escape(f"{mine} exists and is not an engine directory (no manifest.json)")
+    ):
+        write_engine_dir(mine, fill)
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(NotADirectoryError, match="file exists and is not a directory"):
+        write_engine_dir(tmp_path / "file", fill)
+    assert calls == []  # refused before any work
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"] and (tmp_path / "file").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "mine"]
+
+
+def test_atomic_writer_refuses_its_source_and_the_working_directory(
+    engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "onnx"
+    source.mkdir()
+    (source / "export.json").write_text("{}")
+    for out in (source, source / "engine", tmp_path):
+        with pytest.raises(ValueError, match=r"(is|inside|contains) the ONNX directory"):
+            write_engine_dir(out, _fill, source=source)
+    assert [p.name for p in source.iterdir()] == ["export.json"]
+    before = Manifest.load(engine_dir)
+    monkeypatch.chdir(engine_dir)  # a previous engine directory, but the current one: never replaced
+    for out in (Path("."), engine_dir, tmp_path):
+        with pytest.raises(ValueError, match="current directory"):
+            write_engine_dir(out, _fill)
+    assert Manifest.load(engine_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine", "onnx"]
+
+
+def test_output_directory_check_resolves_symlinks(tmp_path: Path) -> None:
+    source = tmp_path / "onnx"
+    source.mkdir()
+    (tmp_path / "link").symlink_to(source)
+    with pytest.raises(ValueError, match=re.escape(f"link (= {source}) is the ONNX directory")):
+        check_output_dir(
+            tmp_path / "link",
+            marker=MANIFEST_NAME,
+            kind="an engine directory",
+            source=source,
+            source_kind="ONNX directory",
+        )
+    assert check_output_dir(tmp_path / "new", marker=MANIFEST_NAME, kind="x", source=source) == tmp_path / "new"

@@ -46,7 +46,8 @@ def child(scheme: str, onnx_dir: Path, engine_dir: Path, optimization: str, thre
     import numpy as np
     import onnxruntime as ort
 
-    from vared2.engines.onnxruntime_engine import read_export_spec, session_options
+    from vared2.engines.manifest import read_export_spec
+    from vared2.engines.onnxruntime_engine import session_options
     from vared2.runtime.shared_weights import SharedWeights, register_shared_allocator
 
     spec = read_export_spec(onnx_dir)
@@ -113,7 +114,8 @@ def latency_by_level(onnx_dir: Path, engine_dir: Path, threads: int | None, roun
     import numpy as np
     import onnxruntime as ort
 
-    from vared2.engines.onnxruntime_engine import LEVELS, read_export_spec, session_options
+    from vared2.engines.manifest import read_export_spec
+    from vared2.engines.onnxruntime_engine import LEVELS, session_options
     from vared2.runtime.shared_weights import SharedWeights
 
     file = read_export_spec(onnx_dir)["buckets"][0]["file"]
