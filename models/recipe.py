@@ -20,7 +20,7 @@ from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
 from vared2.models.latency import bucket_costs, latency_costs, read_latency_table
-from vared2.models.train import EpochStats, TrainConfig, train
+from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model, copy_weights
 
 BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
@@ -54,6 +54,23 @@ def describe_data(data: Path) -> dict[str, object]:
     return info
 
 
+def refuse_to_replace(out: Path, *, overwrite: bool, hint: str) -> None:
+    """Refuse an ``out`` that exists and holds anything, unless ``overwrite``: one mistyped re-run must not
+    replace a finished checkpoint, nor write among unrelated files. A missing or empty directory is fine."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a directory")
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    raise FileExistsError(f"--out {out} already exists and is not empty; {hint}")
+
+
+def check_target_ratio(target_ratio: float) -> None:
+    """The gate fit's target, checked before any work (the oracle would otherwise bisect toward nonsense)."""
+    if not 0.0 < target_ratio <= 1.0:
+        raise ValueError(f"gate fit: target_ratio (--target-ratio) must be in (0, 1], got {target_ratio}")
+
+
 def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
     """The checkpoint to distil from; it must read the same clips and name the same classes as the student."""
     teacher = load(path)
@@ -81,6 +98,7 @@ def run_training(
     frames: int = 8,
     size: int = 56,
     resume: bool = False,
+    overwrite: bool = False,
     init_from: Path | None = None,
     fit_gate_after: bool = False,
     teacher: Path | None = None,
@@ -89,7 +107,16 @@ def run_training(
     command: str = "",
 ) -> list[EpochStats]:
     """Train a fresh (or resumed) model on ``data`` and keep it in ``out``; ``buckets`` (names, or short names of
-    the backbone's default table) sets the bucket table, ``None`` keeps the default."""
+    the backbone's default table) sets the bucket table, ``None`` keeps the default. A non-empty ``out`` is
+    refused before any work unless ``resume`` (continue the run saved there) or ``overwrite`` (replace it)."""
+    if latency_table is not None and not fit_gate_after:
+        raise ValueError("--latency-table prices the buckets of the gate fit: add --fit-gate")
+    config.validate()  # before the data is decoded, not after
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass only one")
+    if not resume:
+        hint = "pass --resume to continue the run saved there, --overwrite to replace it, or another --out"
+        refuse_to_replace(out, overwrite=overwrite, hint=hint)
     if backbone not in BUILDERS:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
@@ -117,8 +144,6 @@ def run_training(
         except ValueError as error:
             raise ValueError(f"--init-from {init_from}: {error}") from None
     if latency_table is not None:  # checked before training, not after it
-        if not fit_gate_after:
-            raise ValueError("--latency-table prices the buckets of the gate fit: add --fit-gate")
         latency_costs(latency_table, [bucket.name for bucket in model.buckets])
     teacher_model = None if teacher is None else load_teacher(Path(teacher), model.config)
     provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
@@ -152,6 +177,7 @@ def fit_and_record_gate(
 ) -> GateFit:
     """Fit the gate on every clip of ``train_set`` at ``target_ratio`` of the full bucket's GFLOPs — or, with a
     latency table, of its measured latency — and record the fit in the model's provenance."""
+    check_target_ratio(target_ratio)
     names = [bucket.name for bucket in model.buckets]
     costs: list[float] | None = None
     priced_by: dict[str, object] = {"cost": "gflops"}
@@ -177,12 +203,16 @@ def run_gate_fit(
     *,
     latency_table: Path | None = None,
     seed: int = 0,
+    overwrite: bool = False,
     command: str = "",
 ) -> GateFit:
-    """Refit a trained checkpoint's gate (on the train split of ``data``) and save the result to ``out``."""
-    model = load(Path(checkpoint))
+    """Refit a trained checkpoint's gate (on the train split of ``data``) and save the result to ``out``, which
+    must not be the checkpoint, nor (unless ``overwrite``) a directory that holds anything."""
+    check_target_ratio(target_ratio)
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise ValueError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
+    refuse_to_replace(out, overwrite=overwrite, hint="pass --overwrite to replace it, or another --out")
+    model = load(Path(checkpoint))
     config = model.config
     train_set = VideoFolderDataset(
         split_source(data, "train"),
@@ -195,6 +225,8 @@ def run_gate_fit(
     result = fit_and_record_gate(model, train_set, target_ratio, latency_table, seed=seed, command=command)
     model.config.provenance = {**model.config.provenance, "refit_from": str(checkpoint)}
     save(model, out)
+    for suffix in (".json", ".safetensors"):  # a replaced run's training state: `--resume` must not find it
+        (Path(out) / f"{TRAIN_STATE}{suffix}").unlink(missing_ok=True)
     return result
 
 

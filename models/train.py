@@ -65,10 +65,21 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train: epochs and batch_size must be at least 1")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"train: warmup_epochs must be within 0..epochs ({self.epochs})")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs > self.epochs:  # the default 3 stops a shorter run: say what to change
+            raise ValueError(
+                f"train: warmup_epochs must be within 0..epochs ({self.epochs}), got {self.warmup_epochs}; "
+                f"lower it (--warmup-epochs, default 3) to at most {self.epochs}"
+            )
         if not 0.0 < self.target_ratio <= 1.0:
             raise ValueError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
+        if not 0.0 < self.lr < math.inf:
+            raise ValueError(f"train: lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.flops_weight < math.inf:
+            raise ValueError(f"train: flops_weight must be a finite number >= 0, got {self.flops_weight}")
+        if self.threads is not None and self.threads < 1:  # None: torch's default, all cores
+            raise ValueError(f"train: threads must be at least 1 (or None for all cores), got {self.threads}")
         if not self.tau_start >= self.tau_end > 0:
             raise ValueError("train: need tau_start >= tau_end > 0")
         if not 0 <= self.lr_warmup_epochs <= self.epochs:
@@ -304,7 +315,7 @@ def train(
     torch.manual_seed(config.seed)
     # Denormal floats make CPU convolutions and BatchNorm many times slower for no accuracy benefit.
     torch.set_flush_denormal(True)
-    if config.threads:
+    if config.threads is not None:
         torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)

@@ -153,17 +153,118 @@ def test_the_learning_rate_ramps_up_then_follows_the_cosine() -> None:
     [
         ({"epochs": 0}, "epochs and batch_size"),
         ({"warmup_epochs": 13}, "warmup_epochs must be within 0..epochs"),
+        ({"warmup_epochs": -1}, "warmup_epochs must be >= 0, got -1"),
         ({"target_ratio": 0.0}, "target_ratio must be in"),
         ({"tau_end": 6.0}, "tau_start >= tau_end"),
         ({"translate": -1}, "translate must be >= 0"),
         ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
         ({"distill_weight": -0.5}, "distill_weight must be a finite number >= 0, got -0.5"),
         ({"lr_warmup_epochs": 13}, "lr_warmup_epochs must be within 0..epochs"),
+        ({"threads": 0}, "threads must be at least 1 .*got 0"),
+        ({"threads": -2}, "threads must be at least 1 .*got -2"),
+        ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+        ({"flops_weight": -1.0}, "flops_weight must be a finite number >= 0, got -1.0"),
     ],
 )
 def test_a_bad_training_setting_is_named(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         replace(TrainConfig(), **change).validate()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--threads", "0"], "'--threads': 0 is not in the range x>=1"),
+        (["--threads", "-2"], "'--threads': -2 is not in the range x>=1"),
+        (["--lr", "0"], "'--lr': 0.0 is not in the range x>0"),
+        (["--flops-weight", "-1"], "'--flops-weight': -1.0 is not in the range x>=0"),
+        (["--epochs", "1"], "got 3; lower it (--warmup-epochs, default 3) to at most 1"),
+    ],
+)
+def test_a_bad_training_option_is_named_on_the_command_line(tmp_path: Path, option: list[str], message: str) -> None:
+    """Refused before the data is read (DATA is an empty folder), naming the option — not a traceback from
+    ``torch.set_num_threads``, nor ``--threads 0`` silently meaning all cores."""
+    (tmp_path / "data").mkdir()
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c"), *option]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_train_refuses_a_non_empty_out_unless_resume_or_overwrite(tmp_path: Path) -> None:
+    """A second run into the same --out (or into a folder of other files) stops before any work; --overwrite
+    replaces the checkpoint there, --resume continues it, and an empty folder is as good as a new one."""
+    from vared2.models.recipe import run_training
+
+    runner = CliRunner()
+    data, out = tmp_path / "data", tmp_path / "ckpt"
+    result = runner.invoke(cli, ["synth", "--out", str(data), "--clips", "16", "--frames", "8", "--size", "40"])
+    assert result.exit_code == 0, result.output
+    out.mkdir()
+    (out / "model.json").write_text("a finished run\n")
+    (out / "notes.txt").write_text("unrelated\n")
+    args = ["train", "--data", str(data), "--out", str(out), "--width", "0.125", "--frames", str(FRAMES)]
+    args += ["--size", str(SIZE), "--epochs", "1", "--static"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert f"--out {out} already exists and is not empty" in result.output
+    assert "--resume" in result.output and "--overwrite" in result.output
+    assert (out / "model.json").read_text() == "a finished run\n" and sorted(p.name for p in out.iterdir()) == [
+        "model.json",
+        "notes.txt",
+    ]
+    with pytest.raises(FileExistsError, match="not empty"):  # Python callers get the same rule
+        run_training(data, out, TrainConfig(epochs=1, static=True, warmup_epochs=0), width=0.125, frames=FRAMES)
+    result = runner.invoke(cli, [*args, "--resume", "--overwrite"])
+    assert result.exit_code == 2 and "pass only one" in result.output, result.output
+
+    result = runner.invoke(cli, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert load(out).config.provenance["epochs_done"] == 1
+    assert (out / "notes.txt").read_text() == "unrelated\n"  # only the checkpoint's files are replaced
+    result = runner.invoke(cli, [*args[:-3], "--epochs", "2", "--static", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert load(out).config.provenance["epochs_done"] == 2
+
+    (tmp_path / "empty").mkdir()
+    empty = ["--out", str(tmp_path / "empty"), "--data", str(tmp_path / "empty")]
+    result = runner.invoke(cli, ["train", *empty, "--epochs", "1", "--static"])
+    assert result.exit_code == 2 and "no 'train' split" in result.output, result.output  # past the check
+
+
+def test_fit_gate_checks_its_target_and_its_out_before_any_work(tmp_path: Path) -> None:
+    """A --target-ratio outside (0, 1] is refused as train refuses it (it used to be fitted and saved); a non-empty
+    --out needs --overwrite, which replaces the checkpoint there and drops the replaced run's training state;
+    the checkpoint's own directory is refused even with --overwrite."""
+    from vared2.models import save
+    from vared2.models.recipe import run_gate_fit
+
+    runner = CliRunner()
+    ckpt, out, data = tmp_path / "ckpt", tmp_path / "refit", tmp_path / "data"
+    save(tiny_model(), ckpt)
+    refit = ["fit-gate", str(ckpt), "--data", str(tmp_path), "--out", str(out)]
+    for ratio in ("-1", "0", "2"):
+        result = runner.invoke(cli, [*refit, "--target-ratio", ratio])
+        assert result.exit_code == 2 and "'--target-ratio'" in result.output and "0.0<x<=1.0" in result.output
+    with pytest.raises(ValueError, match=r"target_ratio \(--target-ratio\) must be in \(0, 1\], got -1"):
+        run_gate_fit(tmp_path / "no checkpoint", tmp_path, out, -1.0)  # checked before anything is read
+    assert not out.exists()
+
+    result = runner.invoke(cli, ["synth", "--out", str(data), "--clips", "16", "--frames", "8", "--size", "40"])
+    assert result.exit_code == 0, result.output
+    out.mkdir()
+    for name in ("model.json", "train_state.json", "train_state.safetensors"):
+        (out / name).write_text("an earlier run\n")
+    refit = ["fit-gate", str(ckpt), "--data", str(data), "--out", str(out), "--target-ratio", "0.6"]
+    result = runner.invoke(cli, refit)
+    assert result.exit_code == 2 and f"--out {out} already exists and is not empty" in result.output
+    assert "--overwrite" in result.output and (out / "model.json").read_text() == "an earlier run\n"
+    result = runner.invoke(cli, [*refit[:4], "--out", str(ckpt), "--overwrite"])
+    assert result.exit_code == 2 and "the same directory as the checkpoint" in result.output
+    result = runner.invoke(cli, [*refit, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert load(out).config.provenance["refit_from"] == str(ckpt)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
 
 
 def test_resume_without_a_saved_run_is_a_clear_error(clips: ClipListDataset, tmp_path: Path) -> None:
@@ -193,7 +294,7 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert provenance["train_config"]["distill_weight"] == 0.5
     assert provenance["train_config"]["lr_warmup_epochs"] == 1
     assert len(config["labels"]) == config["num_classes"] == 12
-    report, plot = tmp_path / "eval.json", tmp_path / "hist.png"
+    report, plot = tmp_path / "new_folder" / "eval.json", tmp_path / "hist.png"  # --json makes its folder
     args = ["evaluate", str(ckpt), "--data", str(data), "--json", str(report), "--plot", str(plot)]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -255,7 +356,8 @@ def one_epoch_on_new_data(tmp_path: Path, **options: Path) -> None:
     data = tmp_path / "data"
     args = ["synth", "--out", str(data), "--clips", "24", "--frames", "8", "--size", "40"]
     assert CliRunner().invoke(cli, args).exit_code == 0
-    run_training(data, tmp_path / "c", TrainConfig(epochs=1), width=0.125, frames=FRAMES, size=SIZE, **options)
+    config = TrainConfig(epochs=1, warmup_epochs=1)
+    run_training(data, tmp_path / "c", config, width=0.125, frames=FRAMES, size=SIZE, **options)
 
 
 def test_a_teacher_is_what_the_reduced_buckets_learn(clips: ClipListDataset) -> None:
@@ -315,7 +417,8 @@ def test_a_bucket_table_of_ones_own_from_the_command_line(tmp_path: Path) -> Non
     assert model.buckets.names == ("t0c0/t0c0/t0c0/t0c0", "t1c0/t1c0/t0c0/t0c0", "t1c2/t1c2/t0c2/t0c2")
     assert model.config.provenance["init_from"]["path"] == str(tmp_path / "static")
 
-    result = runner.invoke(cli, ["train", *common, "--out", str(tmp_path / "bad"), "--buckets", "full,t9"])
+    bad = ["--out", str(tmp_path / "bad"), "--warmup-epochs", "1", "--buckets", "full,t9"]
+    result = runner.invoke(cli, ["train", *common, *bad])
     assert result.exit_code == 2 and "'t9'" in result.output and "t1c2" in result.output
     assert not (tmp_path / "bad").exists()
     result = runner.invoke(

@@ -25,18 +25,34 @@ class CheckFailed(Exception):
     failed_check = True
 
 
+#: What users cause: bad values, types, files and directories, a missing optional package.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    ImportError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+
+
 def run_stage(action: Callable[[], T]) -> T:
     """Run one stage, turning the errors users cause into a one-line reason and exit code 2, and failed
     checks into exit code 1. Stages mark "a check ran and failed" errors (an engine's parity, say) with a
-    class attribute ``failed_check = True``, so the CLI need not import them."""
+    class attribute ``failed_check = True``, and other errors the user has to fix (engines this host cannot
+    serve, say) with ``bad_input = True``, so the CLI need not import them."""
     try:
         return action()
-    except (ValueError, TypeError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+    except USER_ERRORS as err:
         # KeyError's str() adds quotes; a bucket-name error is both a KeyError and a ValueError.
         reason = err.args[0] if isinstance(err, KeyError) and err.args else err
         click.echo(f"vared2: error: {reason}", err=True)
         sys.exit(2)
     except Exception as err:
+        if getattr(err, "bad_input", False):
+            click.echo(f"vared2: error: {err}", err=True)
+            sys.exit(2)
         if not getattr(err, "failed_check", False):
             raise
         click.echo(f"vared2: check failed: {err}", err=True)
@@ -55,6 +71,7 @@ LATENCY_HELP = "Price buckets by this device's measured latency (`vared2 bench -
 out_dir = click.Path(file_okay=False, path_type=Path)
 BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
 DATA_HELP = "A synthetic benchmark directory (train.csv/val.csv), a CSV list, or a root/<class>/<video> folder."
+TARGET_RATIO = click.FloatRange(min=0.0, max=1.0, min_open=True)  # (0, 1]: TrainConfig.validate, check_target_ratio
 
 
 @cli.command()
@@ -82,14 +99,26 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 @click.option("--out", "out", type=out_dir, required=True, help="Checkpoint directory to write (and resume from).")
 @click.option("--static", is_flag=True, help="Train the full bucket only: the static baseline.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in OUT (its checkpoint files, epoch by epoch); without it or --resume a non-empty OUT "
+    "is refused.",
+)
 @click.option("--backbone", default="r2plus1d_18", show_default=True, type=click.Choice(BACKBONES))
 @click.option("--width", default=0.25, show_default=True, help="Channel width multiplier.")
 @click.option("--frames", default=8, show_default=True, help="Frames per clip (T).")
 @click.option("--size", default=56, show_default=True, help="Crop size (H = W).")
 @click.option("--epochs", default=12, show_default=True)
-@click.option("--warmup-epochs", default=3, show_default=True, help="Epochs on the full bucket before the gate.")
+@click.option(
+    "--warmup-epochs",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Epochs on the full bucket before the gate.",
+)
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=2e-3, show_default=True)
 @click.option(
     "--lr-warmup-epochs",
     type=click.IntRange(min=0),
@@ -97,10 +126,22 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     show_default=True,
     help="Raise the learning rate linearly from ~0 to --lr over this many epochs (then cosine decay).",
 )
-@click.option("--target-ratio", default=0.55, show_default=True, help="Target mean GFLOPs as a fraction of full.")
-@click.option("--flops-weight", default=2.0, show_default=True, help="Weight of the FLOPs term in the loss.")
+@click.option(
+    "--target-ratio",
+    type=TARGET_RATIO,
+    default=0.55,
+    show_default=True,
+    help="Target mean GFLOPs as a fraction of full.",
+)
+@click.option(
+    "--flops-weight",
+    type=click.FloatRange(min=0.0),
+    default=2.0,
+    show_default=True,
+    help="Weight of the FLOPs term in the loss.",
+)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: all cores).")
 @click.option(
     "--translate",
     type=click.IntRange(min=0),
@@ -152,6 +193,7 @@ def train(
     out: Path,
     static: bool,
     resume: bool,
+    overwrite: bool,
     backbone: str,
     width: float,
     frames: int,
@@ -203,6 +245,7 @@ def train(
             frames=frames,
             size=size,
             resume=resume,
+            overwrite=overwrite,
             init_from=init_from,
             fit_gate_after=fit_gate,
             teacher=teacher,
@@ -222,11 +265,24 @@ def train(
 @click.argument("checkpoint", type=existing_dir)
 @click.option("--data", type=click.Path(exists=True, path_type=Path), required=True, help=DATA_HELP)
 @click.option("--out", "out", type=out_dir, required=True, help="Checkpoint directory to write (not CHECKPOINT).")
-@click.option("--target-ratio", default=0.65, show_default=True, help="Target mean cost as a fraction of full.")
+@click.option(
+    "--target-ratio",
+    type=TARGET_RATIO,
+    default=0.65,
+    show_default=True,
+    help="Target mean cost as a fraction of full.",
+)
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None, help=LATENCY_HELP)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the checkpoint in OUT; without it a non-empty OUT is refused.")
 def fit_gate_command(
-    checkpoint: Path, data: Path, out: Path, target_ratio: float, latency_table: Path | None, seed: int
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    target_ratio: float,
+    latency_table: Path | None,
+    seed: int,
+    overwrite: bool,
 ) -> None:
     """Refit CHECKPOINT's gate on DATA's training clips at --target-ratio of the full bucket's GFLOPs, or of its
     latency on the device a --latency-table was measured on, and write the result to OUT."""
@@ -235,7 +291,14 @@ def fit_gate_command(
     def go() -> None:
         command = " ".join(["vared2", *sys.argv[1:]])
         result = run_gate_fit(
-            checkpoint, data, out, target_ratio, latency_table=latency_table, seed=seed, command=command
+            checkpoint,
+            data,
+            out,
+            target_ratio,
+            latency_table=latency_table,
+            seed=seed,
+            overwrite=overwrite,
+            command=command,
         )
         cost = "latency" if latency_table is not None else "GFLOPs"
         click.echo(
@@ -281,7 +344,8 @@ def evaluate(
         key: int | str | None = int(bucket) if bucket is not None and bucket.isdigit() else bucket
         result = run_evaluation(checkpoint, data, split=split, bucket=key, plot=plot, latency_table=latency_table)
         click.echo(result.table())
-        if json_path:
+        if json_path:  # like --plot and bench's --json: the folder is made if needed
+            json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(result.to_json() + "\n")
 
     run_stage(go)
