@@ -184,15 +184,17 @@ def _timed_into(into: WorkloadResult, rt: Runtime, clip: np.ndarray, **kwargs: A
 
 def run_dynamic(
     rt: Runtime,
+    clips: Sequence[LabelledClip],
     data: Path | str,
     *,
     warmup_ms: float = 200.0,
-    limit: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> DynamicResult:
-    """Classify every clip twice, interleaved so drifts in machine load hit both alike: through the gate's choice,
-    and with bucket 0 forced. Latency is the host wall time of each ``classify`` call (batch 1)."""
-    clips = load_clips(rt, data, limit)
+    """Classify every clip (``load_clips`` of ``data``, decoded before any timing so bad data fails early) twice,
+    interleaved so drifts in machine load hit both alike: through the gate's choice, and with bucket 0 forced.
+    Latency is the host wall time of each ``classify`` call (batch 1)."""
+    if not clips:
+        raise ValueError(f"{data}: no clips for the dynamic workload")
     if progress is not None:
         progress(f"dynamic workload: {len(clips)} clips from {data}")
     start = time.perf_counter()

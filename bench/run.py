@@ -3,6 +3,7 @@ table with each bucket's ceiling, and optionally the dynamic workload (DESIGN.md
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 from vared2.runtime import Runtime
 
 from .ceiling import conv_layers, measure_ceilings
-from .dynamic import policy_string, recorded_buckets, run_dynamic, run_replay
+from .dynamic import load_clips, policy_string, recorded_buckets, run_dynamic, run_replay
 from .report import BenchReport, BucketResult, write_json, write_latency_table, write_plot
 from .stats import DEFAULT_PERCENTILES, parse_percentiles
 from .stem import measure_gate_split
@@ -103,6 +104,8 @@ def run_bench(
         raise ValueError("--replay and --data are two ways to choose the dynamic workload; give one")
     if replay is not None and not Path(replay).is_file():
         raise FileNotFoundError(f"{replay}: no such bench JSON file (--replay)")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(f"{plot}: --plot needs matplotlib, which is not installed (pip install matplotlib)")
     load_before = _load_average()
 
     def say(line: str = "") -> None:
@@ -113,6 +116,8 @@ def run_bench(
         manifest = rt.manifest
         # A bad recording fails here, before minutes of timing.
         replayed = recorded_buckets(Path(replay), rt) if replay is not None else None
+        # So do unreadable videos and unknown labels: the workload is decoded before any timing.
+        workload = load_clips(rt, Path(data), clips) if data is not None else None
         if batch > manifest.max_batch:
             raise ValueError(f"--batch: {batch} exceeds the engines' max batch {manifest.max_batch} (manifest.json)")
         device = manifest.backend == "tensorrt"
@@ -212,9 +217,9 @@ def run_bench(
             ceiling_note=note,
             gate_split=split,
         )
-        if data is not None:
+        if workload is not None:
             say()
-            result.dynamic = run_dynamic(rt, Path(data), warmup_ms=warmup_ms, limit=clips, progress=say)
+            result.dynamic = run_dynamic(rt, workload, str(data), warmup_ms=warmup_ms, progress=say)
         elif replayed is not None:
             say()
             result.dynamic = run_replay(rt, replayed, str(replay), warmup_ms=warmup_ms, seed=SEED, progress=say)

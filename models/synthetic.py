@@ -264,7 +264,7 @@ def write_dataset(
         raise ValueError(f"clips must be at least 1, got {clips}")
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out} already exists (--overwrite, or overwrite=True in Python, replaces it)")
     spec = SyntheticSpec(frames=frames, size=size, fps=fps)
     codec = codec or default_codec()
     labels = [clip_label(seed, i) for i in range(clips)]

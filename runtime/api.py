@@ -9,6 +9,7 @@ the serial results.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -119,7 +120,8 @@ class Runtime:
             mask[:] = False
             mask[entry.id] = True
         elif max_gflops is not None:
-            if isinstance(max_gflops, bool) or not isinstance(max_gflops, int | float) or math.isnan(max_gflops):
+            # numbers.Real: Python and NumPy numbers alike (a budget often comes out of a NumPy computation).
+            if isinstance(max_gflops, bool) or not isinstance(max_gflops, numbers.Real) or math.isnan(max_gflops):
                 raise TypeError(f"max_gflops must be a number, got {max_gflops!r}")
             mask = self._gflops <= max_gflops
             if not mask.any():

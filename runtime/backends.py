@@ -14,6 +14,7 @@ Every method is safe to call from several threads at once: nothing here keeps pe
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -155,7 +156,9 @@ class OrtEngine:
     ) -> None:
         import onnxruntime as ort
 
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)):
+            raise TypeError(f"threads must be an integer or None, got {threads!r}")
+        if threads is not None and threads < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
             raise ValueError(

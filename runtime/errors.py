@@ -35,6 +35,10 @@ __all__ = [
 class BackendError(RuntimeError):
     """The inference backend is missing or cannot serve these engines (e.g. TensorRT not installed)."""
 
+    #: The command line reports it as bad input (a one-line reason, exit code 2): the engines or the host are
+    #: what the user has to change, not the code.
+    bad_input = True
+
 
 class BackendVersionError(ManifestError):
     """The installed backend differs from the one that built the engines in a way that matters."""

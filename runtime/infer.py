@@ -45,13 +45,20 @@ def infer(
     shared_thread_pool: bool = False,
 ) -> int:
     """Print one line per window of each video — a table, or JSON lines (``Result.to_dict``) — and return the
-    number of windows. Every video path is checked to exist before anything is printed; an unreadable or
-    truncated file raises before its first line."""
+    number of windows. The arguments and every video path are checked before the engines load, and the table's
+    header waits for the first window, so a bad argument or an unreadable first video prints nothing but the
+    error; a later unreadable or truncated file raises before its first line."""
     out = out if out is not None else sys.stdout  # looked up per call: callers may redirect sys.stdout
     if not videos:
         raise ValueError("no videos given")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"--stride: expected a positive number of frames, got {stride!r}")
     for video in videos:
-        if not is_url(os.fspath(video)) and not Path(video).is_file():
+        if is_url(os.fspath(video)):
+            continue
+        if Path(video).is_dir():
+            raise IsADirectoryError(f"{os.fspath(video)}: a directory, not a video file")
+        if not Path(video).is_file():
             raise FileNotFoundError(f"{os.fspath(video)}: no such video file")
     count = 0
     with Runtime.open(engine_dir, threads=threads, shared_thread_pool=shared_thread_pool) as runtime:
@@ -73,14 +80,12 @@ def infer(
         def line(cells: Sequence[str]) -> str:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() + "\n"
 
-        if not as_json:
-            out.write(line(COLUMNS))
         for video in videos:
             for result in runtime.stream(video, stride=stride):
                 count += 1
                 if as_json:
                     out.write(json.dumps(result.to_dict()) + "\n")
                 else:
-                    out.write(line(_row(result)))
+                    out.write((line(COLUMNS) if count == 1 else "") + line(_row(result)))
                 out.flush()
     return count

@@ -379,11 +379,24 @@ def test_bad_arguments_fail_before_timing(engines: Path, data: Path, tmp_path: P
         run_bench(engines, **SHORT, percentiles="90,150", out=StringIO())
     with pytest.raises(FileNotFoundError, match="--data"):
         run_bench(engines, **SHORT, data=tmp_path / "nothing", out=StringIO())
+    # Bad data is found before minutes of timing: the workload is read and decoded first.
     bad = tmp_path / "bad.csv"
     first = next(csv.DictReader((data / "val.csv").open()))
-    bad.write_text(f"path,label\n{data / first['path']},not_a_class\n")
-    with pytest.raises(ValueError, match="label 'not_a_class' is not one of the engine's classes"):
-        run_bench(engines, **SHORT, ceiling=False, data=bad, out=StringIO())
+    no_list = tmp_path / "no_list"
+    no_list.mkdir()
+    not_a_video = tmp_path / "not_a_video.mp4"
+    not_a_video.write_bytes(b"not a video")
+    for rows, error, message in (
+        (None, FileNotFoundError, "val.csv: no such file"),
+        (f"{data / first['path']},not_a_class", ValueError, "label 'not_a_class' is not one of the engine's classes"),
+        (f"{not_a_video},{first['label']}", ValueError, "not_a_video.mp4"),
+    ):
+        if rows is not None:
+            bad.write_text(f"path,label\n{rows}\n")
+        out = StringIO()
+        with pytest.raises(error, match=message):
+            run_bench(engines, **SHORT, ceiling=False, data=no_list if rows is None else bad, out=out)
+        assert "Performance summary" not in out.getvalue()
 
 
 def test_replay_serves_a_recorded_bucket_mix(engines: Path, data: Path, tmp_path: Path) -> None:

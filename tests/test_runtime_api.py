@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from test_runtime_models import BUCKETS, FRAMES, GATE_GFLOPS, LABELS, SIZE, build_engine_dir, reference
 
+from vared2.cli import cli
 from vared2.engines.manifest import MANIFEST_NAME, ChecksumError
 from vared2.runtime import BackendError, BackendVersionError, Result, Runtime
 from vared2.runtime.backends import OrtEngine, VersionMismatchWarning
@@ -106,6 +108,7 @@ def test_max_gflops_takes_the_best_bucket_within_the_budget(runtime: Runtime, en
     batch = clips(16, seed=2)
     full = runtime.classify(batch)
     capped = runtime.classify(batch, max_gflops=GATE_GFLOPS + 2.0)  # buckets 1 and 2 fit, 0 does not
+    assert runtime.classify(batch[:2], max_gflops=np.float32(GATE_GFLOPS + 2.0)) == capped[:2]  # NumPy numbers too
     sess = ort.InferenceSession(str(engine_dir / "gate.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(["bucket_logits"], {"clip": batch})[0]
     assert isinstance(full, list) and isinstance(capped, list)
@@ -227,6 +230,19 @@ def test_a_wrong_file_fails_at_open_naming_the_interface(tmp_path: Path) -> None
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BackendError, match=r"gate\.onnx.*bucket_0\.onnx: a gate engine has input 'clip'|gate engine"):
         Runtime.open(directory)
+    # The command line reports it as bad input: one line naming the file, exit code 2, no traceback.
+    result = CliRunner().invoke(cli, ["bench", str(directory), "--duration", "0.1", "--no-ceiling"])
+    assert result.exit_code == 2, result.output
+    assert "vared2: error:" in result.output and "gate engine" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_thread_count_is_named(engine_dir: Path) -> None:
+    with pytest.raises(TypeError, match="threads must be an integer or None, got '2'"):
+        Runtime.open(engine_dir, threads="2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="threads must be a positive integer or None, got 0"):
+        Runtime.open(engine_dir, threads=0)
+    Runtime.open(engine_dir, threads=np.int64(1)).close()  # NumPy integers are integers
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")

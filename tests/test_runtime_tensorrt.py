@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from test_runtime_models import BUCKETS, FRAMES, SIZE, fill_engine_dir, reference
 
+from vared2.cli import cli
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, sha256_file, write_engine_dir
 from vared2.runtime import BackendError, BackendVersionError, DeviceMismatchError, Runtime
 from vared2.runtime.backends import check_backend_version
@@ -57,6 +59,9 @@ def test_tensorrt_engines_without_tensorrt_are_a_clear_error(tmp_path: Path) -> 
     write_engine_dir(tmp_path / "e", fill)
     with pytest.raises(BackendError, match="TensorRT engines, which need the tensorrt and pycuda packages"):
         Runtime.open(tmp_path / "e")
+    result = CliRunner().invoke(cli, ["infer", str(tmp_path / "e"), str(tmp_path / "e" / "gate.plan")])
+    assert result.exit_code == 2, result.output
+    assert "vared2: error:" in result.output and "tensorrt and pycuda" in result.output
     with pytest.raises(TypeError, match="ONNX Runtime options"):
         Runtime.open(tmp_path / "e", threads=2)
     with pytest.raises(TypeError, match="ONNX Runtime options"):

@@ -197,3 +197,13 @@ def test_infer_checks_every_video_before_printing(runtime: Runtime, video: Path,
     with pytest.raises(VideoOpenError):
         infer(runtime.directory, [bad], stride=8, as_json=True, out=out)
     assert out.getvalue() == ""
+    # The table's header waits for the first window; bad arguments and directories fail before the engines load.
+    not_a_video = tmp_path / "not_a_video.mp4"
+    not_a_video.write_bytes(b"not a video")
+    with pytest.raises(VideoOpenError, match=r"not_a_video\.mp4"):
+        infer(runtime.directory, [not_a_video], stride=8, as_json=False, out=out)
+    with pytest.raises(IsADirectoryError, match="a directory, not a video file"):
+        infer(runtime.directory, [tmp_path], stride=8, as_json=False, out=out)
+    with pytest.raises(ValueError, match="--stride: expected a positive number of frames, got 0"):
+        infer(tmp_path / "no_engines", [video], stride=0, as_json=False, out=out)
+    assert out.getvalue() == ""
