@@ -99,7 +99,7 @@ def build_engines(
     ``use_plugins``. ``max_batch`` is recorded for both (TensorRT's profile maximum). ``force`` rebuilds even
     when the directory is up to date.
 
-    ``out_dir`` is replaced as a whole, so it must not exist, be empty, or be a previous engine directory (it has
+    ``out_dir`` is replaced as a whole, so it must be absent, empty, or a previous engine directory (it has
     ``manifest.json``); anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``)
     ``onnx_dir`` itself, a directory inside or containing it, and the current directory or an ancestor of it.
     """
@@ -110,6 +110,13 @@ def build_engines(
         raise ValueError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+    if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
+    if backend == "onnxruntime":  # said, not silently ignored: the user expected them to do something
+        given = [name for name, on in (("opt_batch", opt_batch != 1), ("timing_cache", timing_cache is not None)) if on]
+        given += [] if use_plugins else ["use_plugins=False (--no-plugins)"]
+        if given:
+            raise ValueError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
     read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
     check_output_dir(
         out_dir, marker=MANIFEST_NAME, kind="an engine directory", source=onnx_dir, source_kind="ONNX directory"

@@ -250,6 +250,12 @@ def test_bad_inputs_give_clear_errors(toy_onnx: Path, tmp_path: Path) -> None:
         build_engines(toy_onnx, tmp_path / "out", optimization="max", progress=False)
     with pytest.raises(ValueError, match="fp16"):
         build_engines(toy_onnx, tmp_path / "out", fp16=True, progress=False)
+    with pytest.raises(ValueError, match=r"opt_batch, timing_cache: TensorRT options"):
+        build_engines(toy_onnx, tmp_path / "out", opt_batch=2, timing_cache=tmp_path / "t.cache", progress=False)
+    with pytest.raises(ValueError, match=r"use_plugins=False \(--no-plugins\): TensorRT options"):
+        build_engines(toy_onnx, tmp_path / "out", use_plugins=False, progress=False)
+    with pytest.raises(ValueError, match=r"opt_batch: expected an integer from 1 to max_batch \(8\), got 0"):
+        build_engines(toy_onnx, tmp_path / "out", backend="tensorrt", opt_batch=0, progress=False)
     whole = (toy_onnx / "bucket_1.onnx").read_bytes()
     (toy_onnx / "bucket_1.onnx").write_bytes(whole[: len(whole) // 2])  # a truncated copy
     with pytest.raises(ValueError, match=r"bucket_1\.onnx: not a readable ONNX model"):
