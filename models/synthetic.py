@@ -269,6 +269,8 @@ def write_dataset(
     codec = codec or default_codec()
     labels = [clip_label(seed, i) for i in range(clips)]
     val = split_ids(labels, seed, val_fraction)
+    if val_fraction > 0 and not val:  # evaluate and bench read val.csv: an empty one fails there, far from the cause
+        raise ValueError(f"--clips {clips} at --val-fraction {val_fraction} leaves no validation clips; ask for more")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -170,6 +170,8 @@ def test_existing_output_is_kept_unless_overwritten(tmp_path: Path) -> None:
     synthetic.write_dataset(out, clips=3, seed=1, frames=4, size=32, progress=False)
     with pytest.raises(FileExistsError, match="synth"):
         synthetic.write_dataset(out, clips=3, frames=4, size=32, progress=False)
+    with pytest.raises(ValueError, match=r"--clips 1 at --val-fraction 0\.2 leaves no validation clips"):
+        synthetic.write_dataset(tmp_path / "one", clips=1, frames=4, size=32, progress=False)
     synthetic.write_dataset(out, clips=4, seed=2, frames=4, size=32, progress=False, overwrite=True)
     assert json.loads((out / "dataset.json").read_text())["clips"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
