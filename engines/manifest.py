@@ -586,10 +586,11 @@ def write_engine_dir(
     current directory or an ancestor of it, and (given ``source``, the ONNX directory) the source, a directory
     inside it or one containing it are refused before ``fill`` runs (``check_output_dir``).
     """
-    check_output_dir(
+    # A symlinked ENGINE_DIR (``current -> engines-v2``) keeps its link: the directory it points to is rebuilt,
+    # as ``vared2 export`` does for its output.
+    final_dir = check_output_dir(
         final_dir, marker=MANIFEST_NAME, kind="an engine directory", source=source, source_kind="ONNX directory"
     )
-    final_dir = Path(final_dir)
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.building-", dir=parent))

@@ -276,6 +276,15 @@ def test_atomic_writer_replaces_an_existing_directory(engine_dir: Path) -> None:
     assert _siblings(engine_dir) == ["engine"]
 
 
+def test_atomic_writer_rebuilds_the_directory_a_symlink_points_to(engine_dir: Path) -> None:
+    link = engine_dir.parent / "current"
+    link.symlink_to(engine_dir)
+    manifest = write_engine_dir(link, lambda d: _fill(d, buckets=2, weights=False))
+    assert link.is_symlink() and link.resolve() == engine_dir  # the link is kept, its target rebuilt
+    assert Manifest.load(engine_dir) == manifest and manifest.num_buckets == 2
+    assert sorted(p.name for p in engine_dir.parent.iterdir()) == ["current", "engine"]  # no leftovers
+
+
 def test_atomic_writer_replaces_only_an_empty_directory_or_a_previous_build(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
