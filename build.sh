@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # vared2's one entry point on a fresh machine.
-#   ./build.sh            the main job on the embedded default (ONNX Runtime, CPU)
-#   ./build.sh test       lint, type-check and the whole test suite (what CI runs)
-#   ./build.sh gpu-check  the GPU acceptance: TensorRT engines vs ONNX Runtime, then the benchmark
-# It creates its own virtual environment in .venv and installs everything it needs there.
+#   ./build.sh [OPTIONS]  the main job on the embedded default (ONNX Runtime, CPU): export, parity, engines, bench
+#       --checkpoint DIR  the checkpoint to deploy (default: demo/checkpoint)
+#       --backend onnxruntime|tensorrt   --fp16 (TensorRT)   --max-batch N (default 8)
+#       --out DIR         ONNX in DIR/onnx/NAME, engines in DIR/engines/NAME (default: artifacts)
+#       --name NAME       the deployment's folder name (default: the checkpoint's)   --skip-bench
+#   ./build.sh test [PYTEST ARGS]   lint, type-check and the whole test suite (what CI runs)
+#   ./build.sh gpu-check [--fp16]   the GPU acceptance: TensorRT engines vs ONNX Runtime, then the benchmark
+# It creates its own virtual environment in .venv (or $VARED2_VENV, with $PYTHON) and installs everything there.
+# Relative paths in the options are taken from the directory you run it in.
 set -euo pipefail
-cd "$(dirname "$0")"
-ROOT=$PWD
+ROOT=$(cd "$(dirname "$0")" && pwd)
 VENV=${VARED2_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 
@@ -20,14 +24,18 @@ ensure_venv() {
     fi
     # Reinstall only when the project's declared dependencies changed.
     local stamp="$VENV/.vared2-installed" want
-    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         say "installing vared2 and its dependencies (torch 2.14.1, torchvision 0.29.1, onnxruntime, …)"
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
         echo "$want" > "$stamp"
     fi
-    # TensorRT's published API description, for the test that checks every TensorRT name the code uses.
+}
+
+ensure_test_tools() {
+    # TensorRT's published API description, for the test that checks every TensorRT name the code uses (only
+    # the tests need it, and the bindings have no wheel for every platform, e.g. Jetson's aarch64).
     # --no-deps and a folder of their own: the stubs' dependencies are TensorRT itself, and a stub-only
     # `tensorrt` package in site-packages would make `import tensorrt` look like a real installation.
     if [ ! -f "$VENV/tensorrt-api/tensorrt/__init__.pyi" ]; then
@@ -40,12 +48,13 @@ ensure_venv() {
 typecheck_tree() {
     local tree="$VENV/typecheck/vared2"
     rm -rf "$VENV/typecheck" && mkdir -p "$tree"
-    for f in vared2/*.py vared2/py.typed; do ln -s "$ROOT/$f" "$tree/$(basename "$f")"; done
+    for f in "$ROOT"/vared2/*.py "$ROOT"/vared2/py.typed; do ln -s "$f" "$tree/$(basename "$f")"; done
     for stage in models plugins export engines runtime bench; do ln -s "$ROOT/$stage" "$tree/$stage"; done
     echo "$VENV/typecheck"
 }
 
 run_tests() {
+    cd "$ROOT"  # ruff, mypy and pytest read the project's configuration and tests from the repository
     say "ruff"
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
@@ -63,8 +72,13 @@ main_job() {
 
 cmd=${1:-}
 case "$cmd" in
-    test) shift; ensure_venv; run_tests "$@" ;;
-    gpu-check) shift; ensure_venv; "$VENV/bin/python" -m vared2.gpu_check "$@" ;;
-    -h|--help|help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' ;;
+    test) shift; ensure_venv; ensure_test_tools; run_tests "$@" ;;
+    gpu-check)
+        shift
+        # Said before minutes of installing: vared2.gpu_check repeats this and also checks TensorRT.
+        command -v nvidia-smi >/dev/null ||
+            die "gpu-check: cannot run: no NVIDIA GPU on this machine (nvidia-smi not found). Nothing was checked."
+        ensure_venv; "$VENV/bin/python" -m vared2.gpu_check "$@" ;;
+    -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) ensure_venv; main_job "$@" ;;
 esac

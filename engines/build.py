@@ -77,6 +77,34 @@ def up_to_date(out_dir: Path, key: str) -> bool:
     return manifest.build_options.get("build_key") == key
 
 
+def check_build_options(
+    backend: str,
+    *,
+    fp16: bool = False,
+    max_batch: int = 8,
+    opt_batch: int = 1,
+    timing_cache: Path | str | None = None,
+    use_plugins: bool = True,
+) -> None:
+    """Refuse options ``build_engines`` cannot honour, and a backend this machine lacks, before any work: the
+    main job calls it before it exports and checks parity, which take minutes on a full-size model."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and fp16:
+        raise ValueError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+    if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
+    if backend == "onnxruntime":  # said, not silently ignored: the user expected them to do something
+        given = [name for name, on in (("opt_batch", opt_batch != 1), ("timing_cache", timing_cache is not None)) if on]
+        given += [] if use_plugins else ["use_plugins=False (--no-plugins)"]
+        if given:
+            raise ValueError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
+    else:
+        _backend_version(backend)  # TensorRTUnavailableError, saying what to install, when TensorRT is missing
+
+
 def build_engines(
     onnx_dir: Path | str,
     out_dir: Path | str,
@@ -104,19 +132,14 @@ def build_engines(
     ``onnx_dir`` itself, a directory inside or containing it, and the current directory or an ancestor of it.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "onnxruntime" and fp16:
-        raise ValueError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
-    if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
-    if backend == "onnxruntime":  # said, not silently ignored: the user expected them to do something
-        given = [name for name, on in (("opt_batch", opt_batch != 1), ("timing_cache", timing_cache is not None)) if on]
-        given += [] if use_plugins else ["use_plugins=False (--no-plugins)"]
-        if given:
-            raise ValueError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
+    check_build_options(
+        backend,
+        fp16=fp16,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        timing_cache=timing_cache,
+        use_plugins=use_plugins,
+    )
     read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
     check_output_dir(
         out_dir, marker=MANIFEST_NAME, kind="an engine directory", source=onnx_dir, source_kind="ONNX directory"

@@ -72,3 +72,21 @@ def test_infer_command_on_the_demo_engines(deployed: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert lines and all({"label", "score", "bucket", "gflops"} <= set(line) for line in lines)
+
+
+def test_the_main_job_refuses_bad_options_before_it_exports(tmp_path: Path) -> None:
+    """Export and parity take minutes at full size: options the build would refuse are refused first."""
+    import importlib.util
+
+    cases = [
+        (["--fp16"], "fp16: the ONNX Runtime engines are fp32"),
+        (["--max-batch", "0"], "max_batch: expected a positive integer"),
+        (["--name", "../elsewhere"], "expected a plain folder name"),
+    ]
+    if importlib.util.find_spec("tensorrt") is None:
+        cases.append((["--backend", "tensorrt"], "needs NVIDIA TensorRT's Python package"))
+    for args, message in cases:
+        result = CliRunner().invoke(pipeline_main, ["--out", str(tmp_path / "out"), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "==> export" not in result.output, (args, result.output)
+    assert list(tmp_path.iterdir()) == []

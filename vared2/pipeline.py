@@ -59,7 +59,7 @@ def write_sample_video(path: Path, frames: int, size: int, clips: int = 6, seed:
     type=click.Path(file_okay=False, path_type=Path),
     default=ROOT / "artifacts",
     show_default=True,
-    help="Where the ONNX files, engines and benchmark go.",
+    help="Where the ONNX files (OUT/onnx/NAME), the engines (OUT/engines/NAME) and a sample video go.",
 )
 @click.option("--name", default=None, help="Name of the deployment (default: the checkpoint folder's name).")
 @click.option("--skip-bench", is_flag=True, help="Stop after building and verifying the engines.")
@@ -67,10 +67,14 @@ def main(
     checkpoint: Path, backend: str, fp16: bool, max_batch: int, out: Path, name: str | None, skip_bench: bool
 ) -> None:
     """Deploy CHECKPOINT: export, verify parity, build one engine per bucket, benchmark."""
-    from vared2.engines.build import build_engines
+    from vared2.engines.build import build_engines, check_build_options
     from vared2.export.onnx_export import export_checkpoint
 
+    # Everything the build will refuse is refused now, before export and parity run (minutes at full size).
+    run_stage(lambda: check_build_options(backend, fp16=fp16, max_batch=max_batch))
     name = name or ("demo" if checkpoint.resolve() == DEMO_CHECKPOINT else checkpoint.resolve().name)
+    if Path(name).name != name or name in {"", ".", ".."}:
+        raise click.BadParameter(f"{name!r}: expected a plain folder name (no '/', not . or ..)", param_hint="--name")
     onnx_dir, engine_dir = out / "onnx" / name, out / "engines" / name
 
     start = step(f"export {checkpoint} → {onnx_dir}")
@@ -99,13 +103,15 @@ def main(
         config, _ = read_config(checkpoint)
         write_sample_video(sample, config.frames, config.size)
     click.secho("\nvared2 is deployed.", bold=True)
-    click.echo(f"  checkpoint   {checkpoint}")
+    click.echo(f"  checkpoint   {checkpoint.resolve()}")
     click.echo(f"  ONNX         {exported.directory}")
-    click.echo(f"  engines      {engine_dir}   ({backend})")
+    click.echo(f"  engines      {engine_dir.resolve()}   ({backend})")
+    bin_dir = Path(sys.executable).parent  # the environment build.sh made (VARED2_VENV or .venv)
+    engines = engine_dir.resolve()
     click.echo("\nNext:")
-    click.echo(f"  .venv/bin/vared2 infer {engine_dir} {sample}")
-    click.echo(f"  .venv/bin/vared2 bench {engine_dir}")
-    click.echo(f"  python -c 'from vared2.runtime import Runtime; rt = Runtime.open(\"{engine_dir}\")'")
+    click.echo(f"  {bin_dir / 'vared2'} infer {engines} {sample.resolve()}")
+    click.echo(f"  {bin_dir / 'vared2'} bench {engines}")
+    click.echo(f"  {bin_dir / 'python'} -c 'from vared2.runtime import Runtime; rt = Runtime.open(\"{engines}\")'")
 
 
 if __name__ == "__main__":
