@@ -14,7 +14,9 @@ ROOT=$(cd "$(dirname "$0")" && pwd)
 VENV=${VARED2_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say() {  # bold only on a terminal: CI logs and redirected output get plain text
+    if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
+}
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
 
 ensure_venv() {
