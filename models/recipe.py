@@ -117,6 +117,8 @@ def run_training(
     if not resume:
         hint = "pass --resume to continue the run saved there, --overwrite to replace it, or another --out"
         refuse_to_replace(out, overwrite=overwrite, hint=hint)
+    elif not (Path(out) / f"{TRAIN_STATE}.json").is_file():  # said now, not after the data is decoded
+        raise FileNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
     if backbone not in BUILDERS:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)

@@ -217,6 +217,8 @@ def test_train_refuses_a_non_empty_out_unless_resume_or_overwrite(tmp_path: Path
         run_training(data, out, TrainConfig(epochs=1, static=True, warmup_epochs=0), width=0.125, frames=FRAMES)
     result = runner.invoke(cli, [*args, "--resume", "--overwrite"])
     assert result.exit_code == 2 and "pass only one" in result.output, result.output
+    result = runner.invoke(cli, [*args, "--resume"])  # a finished model but no training state: nothing to continue
+    assert result.exit_code == 2 and "holds no training run to continue" in result.output, result.output
 
     result = runner.invoke(cli, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
