@@ -296,7 +296,8 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
     text = out.getvalue()
     assert text.count("=== Performance summary ===") == 1 + 3  # the gate and three buckets
     assert len(re.findall(r"^Throughput: [0-9.e+-]+ qps$", text, re.M)) == 4
-    assert len(re.findall(r"^Latency: min = .* ms, percentile\(50%\) = .* ms, percentile\(99%\) = .* ms$", text, re.M))
+    latency = r"^Latency: min = .* ms, percentile\(50%\) = .* ms, percentile\(99%\) = .* ms$"
+    assert len(re.findall(latency, text, re.M)) == 4
     assert "Efficiency" in text and "dynamic workload" in text
 
     saved = json.loads((tmp_path / "bench.json").read_text())
@@ -480,11 +481,40 @@ def test_stem_only_graph_computes_the_gates_features_and_nothing_else(engines: P
         stem_only_model(gate, tmp_path / "gate.onnx")
 
 
-def test_profile_totals_kernel_time_per_op_type(engines: Path) -> None:
+def test_profile_totals_kernel_time_per_op_type(engines: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from vared2.engines.manifest import Manifest
+    from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
+
     profile = profile_bucket(engines, 2, runs=2, threads=1)
-    assert profile.runs == 2 and profile.total_ms > 0
-    assert any("Conv" in op for op in profile.per_op_ms)
-    assert "kernels total" in profile.table()
+    assert (profile.bucket, profile.runs) == (2, 2)
+    # One kernel per node of the graph ONNX Runtime runs: the bucket optimised as the engines are, saved and counted.
+    manifest = Manifest.load(engines)
+    config = {**DEFAULT_SESSION_CONFIG, **manifest.build_options.get("ort_session_config", {})}
+    options = session_options(manifest.build_options.get("optimization", "all"), 1, config)
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(engines / manifest.bucket(2).file), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
+    kernels: dict[str, int] = {}
+    for node in optimized.graph.node:
+        kernels[node.op_type] = kernels.get(node.op_type, 0) + 1
+    assert profile.nodes == kernels and set(profile.per_op_ms) == set(kernels) and "Conv" in kernels
+    # Mean milliseconds per run: every op took some time, and at one thread the kernels run one after another
+    # inside the run, so together they cannot take longer than the run's own wall time.
+    assert all(ms > 0 for ms in profile.per_op_ms.values())
+    assert profile.total_ms == pytest.approx(sum(profile.per_op_ms.values()))
+    assert 0 < profile.total_ms <= profile.run_ms
+    saved = profile.to_dict()
+    assert saved == {"bucket": 2, "runs": 2, "per_op_ms": profile.per_op_ms, "nodes": kernels,
+                     "kernel_total_ms": profile.total_ms, "run_ms": profile.run_ms}  # fmt: skip
+    # The table prints the same figures: one row per op type (slowest first), the kernels' total and the run.
+    *rows, total, wall = [line.rsplit(maxsplit=3) for line in profile.table().splitlines()[1:]]
+    assert [(op, int(n), float(ms)) for op, n, ms, _ in rows] == [
+        (op, saved["nodes"][op], round(ms, 2)) for op, ms in sorted(saved["per_op_ms"].items(), key=lambda kv: -kv[1])
+    ]
+    assert total == ["kernels total", str(sum(kernels.values())), f"{saved['kernel_total_ms']:.2f}", "100.0%"]
+    assert wall[-2:] == ["(wall)", f"{saved['run_ms']:.2f}"]
 
 
 @pytest.mark.gpu
@@ -515,15 +545,51 @@ def test_a_drifting_machine_flags_the_dynamic_ratio() -> None:
     assert drifting.to_dict(["full"], [50.0])["drifted"] is True
 
 
+# `vared2 bench ...` in a fresh process, recording every ONNX Runtime session it creates (file, and whether it
+# has its own threads) and this process's shared pool size; the real sessions run unchanged.
+OBSERVED_BENCH = """
+import json, sys
+from pathlib import Path
+import onnxruntime as ort
+from vared2.cli import main
+from vared2.runtime import thread_pool
+
+sessions = []
+
+class Observed(ort.InferenceSession):
+    def __init__(self, path_or_bytes, sess_options=None, *args, **kwargs):
+        super().__init__(path_or_bytes, sess_options, *args, **kwargs)
+        name = Path(path_or_bytes).name if isinstance(path_or_bytes, str) else "<bytes>"
+        sessions.append([name, self.get_session_options().use_per_session_threads])
+
+ort.InferenceSession = Observed
+sys.argv = ["vared2", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"sessions": sessions, "pool_threads": thread_pool._threads}))
+sys.exit(code)
+"""
+
+
 def test_bench_on_a_shared_thread_pool_says_so_everywhere(engines: Path, tmp_path: Path) -> None:
     """`--shared-thread-pool` (in its own process: the pool belongs to the process) times every engine and the
-    ceilings on it, and the header, the JSON settings and the latency table record it."""
+    ceilings on it — every session the bench opens runs on the process's pool of 2 threads, none on its own —
+    and the header, the JSON settings and the latency table record it."""
     out = tmp_path / "bench.json"
     table = tmp_path / "latency.json"
-    args = [sys.executable, "-m", "vared2", "bench", str(engines), "--warmup", "10", "--iterations", "3"]
+    args = [sys.executable, "-c", OBSERVED_BENCH, "bench", str(engines), "--warmup", "10", "--iterations", "3"]
     args += ["--duration", "0.05", "--threads", "2", "--shared-thread-pool", "--json", str(out)]
     run = subprocess.run([*args, "--latency-table", str(table)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "threads 2, one shared thread pool" in run.stdout and "Conv-only graph medians" in run.stdout
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found["pool_threads"] == 2
+    # the gate and the three buckets (Runtime.open), the three conv-only graphs, the gate and its stem alone
+    files = ["gate.onnx", "bucket_0.onnx", "bucket_1.onnx", "bucket_2.onnx", "conv_only_0.onnx", "conv_only_1.onnx"]
+    files += ["conv_only_2.onnx", "gate.onnx", "stem_only.onnx"]
+    assert sorted(name for name, _ in found["sessions"]) == sorted(files)
+    assert [name for name, per_session in found["sessions"] if per_session] == []
     assert json.loads(out.read_text())["settings"]["shared_thread_pool"] is True
     assert json.loads(table.read_text())["shared_thread_pool"] is True

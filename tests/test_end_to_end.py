@@ -63,7 +63,7 @@ def test_stream_equals_pytorch_eager_on_the_same_frames(deployed: Path, tmp_path
     for r, expected in zip(results, probabilities, strict=True):
         np.testing.assert_allclose(r.probabilities, expected, atol=1e-4, rtol=0)
         assert r.label == config.labels[int(expected.argmax())]
-    assert len({r.bucket for r in results}) >= 1
+    assert {r.bucket for r in results} == {0, 1}  # the gate picks [1, 1, 1, 1, 1, 0, 0] here: both buckets run
 
 
 def test_infer_command_on_the_demo_engines(deployed: Path) -> None:

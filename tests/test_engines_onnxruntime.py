@@ -223,7 +223,11 @@ def test_parity_failure_fails_the_build_and_keeps_the_old_directory(
         return stats
 
     monkeypatch.setattr(ort_engine, "pack_weights", corrupting_pack)
-    with pytest.raises(ort_engine.ParityError, match=r"gate\.onnx|bucket_"):
+    # bucket_1's weight is a byte prefix of the full bucket's (one stored copy), so the full bucket — checked
+    # before bucket 1 — is the first engine that no longer matches its source.
+    source = re.escape(str(toy_onnx / "bucket_0.onnx"))
+    message = rf"^bucket_0\.onnx: output 'logits' differs from {source} by [0-9.e+-]+ \(max abs\), tolerance 0\.0001$"
+    with pytest.raises(ort_engine.ParityError, match=message):
         build_engines(toy_onnx, out, optimization="basic", progress=False)
     assert (out / "weights.bin").read_bytes() == before  # the previous good build is untouched
     assert sorted(p.name for p in out.parent.iterdir()) == ["toy"]

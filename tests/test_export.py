@@ -19,6 +19,7 @@ from vared2.cli import cli
 from vared2.export.onnx_export import EXPORT_JSON, export_checkpoint, export_model
 from vared2.export.verify import verify_model
 from vared2.models import BucketBatchNorm3d, VaRed2VideoResNet, mc3_18, r2plus1d_18, r3d_18, save
+from vared2.models.checkpoint import sha256_of
 
 # Standard operators the bucket graphs may use: all of them are in onnx-tensorrt's supported-operator list.
 TENSORRT_PARSER_OPS = {
@@ -168,8 +169,12 @@ def test_missing_tensor_fails_before_writing(tmp_path: Path) -> None:
     missing = next(name for name in tensors if name.endswith("weight"))
     del tensors[missing]
     save_file(tensors, str(ckpt / "model.safetensors"))
+    # Record the new file's sha256 (as a careless tool might), so the sha check passes and the tensor check is hit.
+    document = json.loads((ckpt / "model.json").read_text())
+    document["weights"]["sha256"] = sha256_of(ckpt / "model.safetensors")
+    (ckpt / "model.json").write_text(json.dumps(document))
     out = tmp_path / "onnx"
-    with pytest.raises(ValueError, match=r"model\.safetensors"):
+    with pytest.raises(ValueError, match=rf"model\.safetensors: .*missing \[{re.escape(missing)}\], unexpected \[\]"):
         export_checkpoint(ckpt, out)
     assert not out.exists() and list(tmp_path.iterdir()) == [ckpt]
 

@@ -36,15 +36,25 @@ def stage_of(module: str) -> str | None:
     return parts[1]
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Absolute names of everything ``path`` imports; relative imports are resolved against the file's package
+    (``root/<stage>/x.py`` and ``root/<stage>/__init__.py`` are in package ``vared2.<stage>``)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = ["vared2", *path.parent.relative_to(root).parts]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                if node.level > len(package):
+                    raise ValueError(f"{path}: relative import beyond the top-level package (level {node.level})")
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join([*anchor, node.module] if node.module else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
 
 

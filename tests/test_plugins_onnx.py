@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
+from test_models_dynamic_conv import loop_channel, loop_temporal
 from torch import nn
 
 from vared2.plugins import DOMAIN, onnx_functions, reference, torch_ops
@@ -164,17 +165,20 @@ def test_torchscript_export_path_end_to_end() -> None:
 
 
 def test_custom_ops_match_reference_and_shapes() -> None:
+    """The torch ops forward to ``plugins.reference``, so their values are checked against the loop formulas of
+    DESIGN.md §2 (tests/test_models_dynamic_conv.py), written independently of both."""
     x, a, b = torch.randn(2, 4, 3, 5, 5), torch.randn(2, 4), torch.randn(2, 4)
-    torch.testing.assert_close(
-        torch.ops.vared2.temporal_reconstruct(x, a, b, 2), reference.temporal_reconstruct(x, a, b, 2)
-    )
-    w, bias = torch.randn(3, 1, 1, 3, 3), torch.randn(3)
-    torch.testing.assert_close(
-        torch.ops.vared2.channel_reconstruct(x, w, bias, 7), reference.channel_reconstruct(x, w, bias, 7)
-    )
+    got = torch.ops.vared2.temporal_reconstruct(x, a, b, 2)
+    assert got.shape == (2, 4, 6, 5, 5)
+    torch.testing.assert_close(got.double(), loop_temporal(x, a, b, 2), rtol=1e-5, atol=1e-5)
+    # 7 generated channels from 4 computed ones: the sources wrap around (g mod C_c).
+    w, bias = torch.randn(7, 1, 1, 3, 3), torch.randn(7)
+    got = torch.ops.vared2.channel_reconstruct(x, w, bias, 11)
+    assert got.shape == (2, 11, 3, 5, 5)
+    torch.testing.assert_close(got.double(), loop_channel(x, w, bias, 11), rtol=1e-5, atol=1e-5)
     with torch.device("meta"):
         assert torch.ops.vared2.temporal_reconstruct(x.to("meta"), a, b, 2).shape == (2, 4, 6, 5, 5)
-        assert torch.ops.vared2.channel_reconstruct(x.to("meta"), w, bias, 7).shape == (2, 7, 3, 5, 5)
+        assert torch.ops.vared2.channel_reconstruct(x.to("meta"), w, bias, 11).shape == (2, 11, 3, 5, 5)
 
 
 def test_custom_ops_are_differentiable_like_the_reference() -> None:
