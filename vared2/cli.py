@@ -7,6 +7,7 @@ a device that has the runtime extra only.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,24 @@ def run_stage(action: Callable[[], T]) -> T:
         sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _RecordingGroup(click.Group):
+    """Keeps the arguments it was given, so a checkpoint records the command that made it whether ``vared2`` ran
+    from a shell or ``cli.main(args)`` ran in-process (``sys.argv`` is the host program's then)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGS_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
+
+ARGS_KEY = "vared2.args"
+
+
+def invoked_command() -> str:
+    """The command line of this invocation, quoted as a shell would need it."""
+    return shlex.join(["vared2", *click.get_current_context().meta.get(ARGS_KEY, sys.argv[1:])])
+
+
+@click.group(cls=_RecordingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vared2")
 def cli() -> None:
     """Deploy VA-RED2 input-adaptive video models: one engine per policy bucket, a gate that picks one."""
@@ -235,7 +253,7 @@ def train(
             precision=precision,
             distill_weight=distill_weight,
         )
-        command = " ".join(["vared2", *sys.argv[1:]])
+        command = invoked_command()
         history = run_training(
             data,
             out,
@@ -289,7 +307,7 @@ def fit_gate_command(
     from vared2.models.recipe import run_gate_fit
 
     def go() -> None:
-        command = " ".join(["vared2", *sys.argv[1:]])
+        command = invoked_command()
         result = run_gate_fit(
             checkpoint,
             data,
