@@ -102,6 +102,8 @@ def run_bench(
         raise FileNotFoundError(f"{data}: no such data directory or CSV file (--data)")
     if replay is not None and data is not None:
         raise ValueError("--replay and --data are two ways to choose the dynamic workload; give one")
+    if replay is not None and clips is not None:  # it used to be ignored while the JSON recorded it
+        raise ValueError("--clips takes the first N videos of --data; a --replay serves its whole recorded mix")
     if replay is not None and not Path(replay).is_file():
         raise FileNotFoundError(f"{replay}: no such bench JSON file (--replay)")
     if plot is not None and importlib.util.find_spec("matplotlib") is None:

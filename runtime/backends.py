@@ -186,6 +186,10 @@ class OrtEngine:
             shared_pool_threads(threads)
             options.use_per_session_threads = False
             options.intra_op_num_threads = options.inter_op_num_threads = 0  # else ORT warns they are ignored
+        else:
+            from .thread_pool import check_per_session_pools
+
+            check_per_session_pools()
         if shared_initializers:
             for name, value in shared_initializers.items():
                 options.add_initializer(name, value)

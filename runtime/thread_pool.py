@@ -41,3 +41,14 @@ def shared_pool_threads(threads: int | None) -> int:
                 f"cannot be resized to {threads}; use threads={_threads}, a separate process, or per-session pools"
             )
         return _threads
+
+
+def check_per_session_pools() -> None:
+    """Once this process runs the shared pool, ONNX Runtime refuses sessions with pools of their own (it fails deep
+    in session creation); say so, and what to do, before trying."""
+    if _threads is not None:
+        raise ValueError(
+            f"this process already runs the shared ONNX Runtime thread pool ({_threads} thread(s), opened by a runtime "
+            "with shared_thread_pool=True), and ONNX Runtime then refuses sessions with their own threads: open this "
+            "one with shared_thread_pool=True too, or in a separate process"
+        )

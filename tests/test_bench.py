@@ -435,6 +435,8 @@ def test_replay_rejects_files_without_a_usable_mix(engines: Path, data: Path, tm
         assert "Performance summary" not in out.getvalue()  # rejected before any timing
     with pytest.raises(ValueError, match="--replay and --data"):
         run_bench(engines, **SHORT, ceiling=False, replay=bad, data=data, out=StringIO())
+    with pytest.raises(ValueError, match="--clips takes the first N videos of --data; a --replay serves"):
+        run_bench(engines, **SHORT, ceiling=False, replay=bad, clips=5, out=StringIO())
     with pytest.raises(FileNotFoundError, match="--replay"):
         run_bench(engines, **SHORT, ceiling=False, replay=tmp_path / "none.json", out=StringIO())
 

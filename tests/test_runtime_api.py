@@ -317,7 +317,8 @@ from vared2.runtime import Runtime
 
 directory, clip_file = sys.argv[1], sys.argv[2]
 batch = np.load(clip_file)
-per_session = Runtime.open(directory, threads=1).classify(batch)
+per_session_rt = Runtime.open(directory, threads=1)
+per_session = per_session_rt.classify(batch)
 shared = Runtime.open(directory, threads=2, shared_thread_pool=True)
 options = shared.backend.gate.session.get_session_options()
 again = Runtime.open(directory, shared_thread_pool=True)  # threads=None: the pool as it is
@@ -326,6 +327,12 @@ try:
     resize = None
 except ValueError as error:
     resize = str(error)
+try:
+    Runtime.open(directory, threads=1)  # a pool of its own, now that the process runs the shared one
+    per_session_after = None
+except ValueError as error:
+    per_session_after = str(error)
+per_session_before = [r.bucket for r in per_session_rt.classify(batch)]  # opened before the pool: still works
 results = shared.classify(batch)
 print(json.dumps({
     "per_session_threads": options.use_per_session_threads,
@@ -333,6 +340,8 @@ print(json.dumps({
     "max_diff": max(float(np.abs(a.probabilities - b.probabilities).max()) for a, b in zip(results, per_session)),
     "again": [r.bucket for r in again.classify(batch)] == [r.bucket for r in results],
     "resize": resize,
+    "per_session_after": per_session_after,
+    "per_session_before": per_session_before == [r.bucket for r in results],
 }))
 """
 
@@ -352,3 +361,5 @@ def test_a_shared_thread_pool_gives_the_same_results_and_keeps_its_size(engine_d
     assert found["per_session_threads"] is False and found["same_buckets"] and found["again"]
     assert found["max_diff"] < 1e-5
     assert "has 2 thread(s) and cannot be resized to 1" in found["resize"]
+    assert "already runs the shared ONNX Runtime thread pool (2 thread(s)" in found["per_session_after"]
+    assert found["per_session_before"]
