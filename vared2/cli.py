@@ -88,7 +88,10 @@ POOL_HELP = "ONNX Runtime: one process-wide thread pool for all engines (faster 
 LATENCY_HELP = "Price buckets by this device's measured latency (`vared2 bench --latency-table`), not GFLOPs."
 out_dir = click.Path(file_okay=False, path_type=Path)
 BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
-DATA_HELP = "A synthetic benchmark directory (train.csv/val.csv), a CSV list, or a root/<class>/<video> folder."
+DATA_HELP = (
+    "A synthetic benchmark directory (train.csv/val.csv), a folder with train/ and val/ subfolders of "
+    "<class>/<video> (Kinetics/UCF101 layout), or one CSV list (then used for both training and validation)."
+)
 TARGET_RATIO = click.FloatRange(min=0.0, max=1.0, min_open=True)  # (0, 1]: TrainConfig.validate, check_target_ratio
 
 
