@@ -378,7 +378,9 @@ def train(
         save_training_state(out_dir, optimizer, epoch, history, config)
         tqdm.write(
             f"epoch {epoch}/{config.epochs}: loss {stats.loss:.3f}  train acc {stats.train_accuracy:.3f}  "
-            f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full  tau {tau:.2f}  buckets {histogram}",
+            f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full"
+            + ("" if config.static else f"  tau {tau:.2f}")  # the gate's temperature; a static run has no gate
+            + f"  buckets {histogram}",
             file=sys.stderr,
         )
         if on_epoch:
