@@ -214,6 +214,10 @@ def run_dynamic(
     return DynamicResult(str(data), len(clips), dynamic, full, full_gflops)
 
 
+#: The most clips a replay serves (a recording of 10**12 would build a list of that length).
+MAX_REPLAY_CLIPS = 1_000_000
+
+
 def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
     """The bucket mix of the dynamic workload in a ``vared2 bench --json`` file, as this engine's bucket ids
     (matched by policy, so the recording may come from a smaller model with the same bucket table)."""
@@ -221,7 +225,9 @@ def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
     try:
         recorded = json.loads(path.read_text())
         counts = recorded["dynamic"]["dynamic"]["bucket_counts"]
-    except (OSError, json.JSONDecodeError) as error:
+        if not isinstance(counts, dict):
+            raise TypeError
+    except (OSError, ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path}: not a readable vared2 bench JSON file ({error})") from None
     except (KeyError, TypeError):
         raise ValueError(
@@ -236,8 +242,10 @@ def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
             f"{path}: recorded buckets {missing} are not buckets of this engine (its policies: "
             f"{', '.join(policy_string(b.policy) for b in buckets)})"
         )
-    if not all(isinstance(n, int) and n >= 0 for n in counts.values()) or sum(counts.values()) == 0:
-        raise ValueError(f"{path}: bucket_counts must be non-negative integers with a positive total, got {counts}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values()):
+        raise ValueError(f"{path}: bucket_counts must be non-negative integers, got {counts}")
+    if not 0 < sum(counts.values()) <= MAX_REPLAY_CLIPS:  # a replay serves every recorded choice, one by one
+        raise ValueError(f"{path}: bucket_counts must total 1..{MAX_REPLAY_CLIPS} clips, got {sum(counts.values())}")
     return [by_policy[key] for key, n in counts.items() for _ in range(n)]
 
 

@@ -90,6 +90,8 @@ def _int(value: Any, name: str, minimum: int | None = None) -> int:
 
 
 def _float(value: Any, name: str, positive: bool = False) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1023:  # float() would overflow
+        raise ManifestError(f"{name}: expected a finite number, got an integer of {len(str(abs(value)))} digits")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ManifestError(f"{name}: expected a finite number, got {value!r}")
     if positive and value <= 0:
@@ -501,8 +503,8 @@ class Manifest:
             raise FileNotFoundError(f"{path}: no manifest (is {directory} an engine directory built by vared2?)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ManifestError(f"{path}: not valid JSON ({error})") from error
+        except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
+            raise ManifestError(f"{path}: not valid JSON ({error or type(error).__name__})") from error
         try:
             manifest = cls.from_dict(data)
         except ManifestError as error:
@@ -627,9 +629,9 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
     try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
+        raise ValueError(f"{path}: not valid JSON ({error or type(error).__name__})") from error
     if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"{path}: format must be {EXPORT_FORMAT!r}, got {spec.get('format') if isinstance(spec, dict) else spec!r}"
@@ -637,10 +639,16 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
     for key in ("model", "gate", "buckets"):
         if key not in spec:
             raise ValueError(f"{path}: missing field {key!r}")
-    if not spec["buckets"]:
-        raise ValueError(f"{path}: buckets: expected at least one bucket")
-    files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
+    if not isinstance(spec["buckets"], list) or not spec["buckets"]:
+        raise ValueError(f"{path}: buckets: expected a list of at least one bucket, got {spec['buckets']!r:.80}")
+    entries = {"gate": spec["gate"], **{f"buckets[{i}]": b for i, b in enumerate(spec["buckets"])}}
+    for field_name, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
+            raise ValueError(f"{path}: {field_name}.file: expected a file name, in an object, got {entry!r:.80}")
+    files = [entry["file"] for entry in entries.values()]
     for file in files:
+        if len(file.encode("utf-8", "replace")) > 255 or "\0" in file:
+            raise ValueError(f"{path}: file {file!r:.80}: not a usable file name")
         if Path(file).name != file:
             raise ValueError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
         if not (Path(onnx_dir) / file).is_file():

@@ -26,6 +26,10 @@ class BucketError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+#: The largest pt or pc (beyond any real network's frames or channels; 2**pt and 2**pc are computed from them).
+MAX_REDUCTION = 16
+
+
 @dataclass(frozen=True)
 class Bucket:
     """One ``(pt, pc)`` per residual stage, written ``t1c1/t1c1/t0c1/t0c0``."""
@@ -37,9 +41,12 @@ class Bucket:
             raise ValueError(f"a bucket needs one (pt, pc) per stage ({NUM_STAGES}), got {self.policies!r}")
         for policy in self.policies:
             ok = isinstance(policy, tuple) and len(policy) == 2
-            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in policy)
-            if not ok:
-                raise ValueError(f"a policy is a pair of non-negative ints (pt, pc), got {policy!r}")
+            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_REDUCTION for v in policy)
+            if not ok:  # the bound: 2**pt and 2**pc size tensors; a typo must not allocate for minutes
+                raise ValueError(
+                    f"a policy is a pair of ints (pt, pc) in 0..{MAX_REDUCTION} (at most a {2**MAX_REDUCTION}× "
+                    f"reduction), got {policy!r}"
+                )
 
     @property
     def name(self) -> str:

@@ -78,8 +78,8 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint config")
     try:
-        document = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f'{path}: not a vared2 checkpoint (expected "format": "{FORMAT}")')

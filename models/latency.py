@@ -29,7 +29,7 @@ def read_latency_table(path: Path | str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"latency table {path}: no such file (write one with `vared2 bench --latency-table`)"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
         raise ValueError(f"latency table {path}: not readable as JSON ({err})") from None
     if not isinstance(table, dict) or table.get("format") != LATENCY_TABLE_FORMAT:
         raise ValueError(f"latency table {path}: field 'format' must be {LATENCY_TABLE_FORMAT!r}")

@@ -420,13 +420,19 @@ def test_replay_serves_a_recorded_bucket_mix(engines: Path, data: Path, tmp_path
     assert "replayed workload: 5 clips" in out.getvalue() and "n/a" in out.getvalue()
 
 
+FULL_POLICY = "t0c0/t0c0/t0c0"  # the tiny test engines have three stages
+
+
 def test_replay_rejects_files_without_a_usable_mix(engines: Path, data: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     for content, message in (
         ("{not json", "not a readable vared2 bench JSON"),
         (json.dumps({"dynamic": None}), "no dynamic workload recorded"),
         (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {"t9c9": 1}}}}), r"recorded buckets \['t9c9'\]"),
-        (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {}}}}), "positive total"),
+        (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {}}}}), r"total 1\.\.1000000 clips, got 0"),
+        (json.dumps({"dynamic": {"dynamic": {"bucket_counts": {FULL_POLICY: 10**12}}}}), r"got 1000000000000$"),
+        (json.dumps({"dynamic": {"dynamic": {"bucket_counts": [1]}}}), "no dynamic workload recorded"),
+        ("[" * 100_000 + "]" * 100_000, "not a readable vared2 bench JSON"),
     ):
         bad.write_text(content)
         out = StringIO()

@@ -232,7 +232,13 @@ def test_verify_names_a_broken_export_and_marks_the_failing_row(tmp_path: Path) 
     runner = CliRunner()
     assert runner.invoke(cli, ["export", str(ckpt), "--out", str(tmp_path / "onnx")]).exit_code == 0
     broken = tmp_path / "broken"
-    for content, message in (("{}", "format must be 'vared2-onnx'"), ('{"format": "vared2-onnx",', "not valid JSON")):
+    for content, message in (
+        ("{}", "format must be 'vared2-onnx'"),
+        ('{"format": "vared2-onnx",', "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ('{"format": "vared2-onnx", "model": {}, "gate": {}, "buckets": [{}]}', "gate.file: expected a file name"),
+        ('{"format": "vared2-onnx", "model": {}, "gate": {"file": "g"}, "buckets": 5}', "buckets: expected a list"),
+    ):
         shutil.copytree(tmp_path / "onnx", broken, dirs_exist_ok=True)
         (broken / EXPORT_JSON).write_text(content)
         result = runner.invoke(cli, ["verify", str(broken), "--checkpoint", str(ckpt)])

@@ -221,9 +221,11 @@ def test_field_errors_name_the_field(engine_dir: Path, change: Any, message: str
 
 
 def test_malformed_json(engine_dir: Path) -> None:
-    (engine_dir / MANIFEST_NAME).write_text('{"schema_version": 1,')
-    with pytest.raises(ManifestError, match="not valid JSON"):
-        Manifest.load(engine_dir)
+    for text in ('{"schema_version": 1,', "[" * 100_000 + "]" * 100_000, "1" * 5000, b"\xff\xfe{}"):
+        path = engine_dir / MANIFEST_NAME
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+        with pytest.raises(ManifestError, match="not valid JSON"):  # bad JSON, deep nesting, 5000 digits, not UTF-8
+            Manifest.load(engine_dir)
     (engine_dir / MANIFEST_NAME).write_text("[1, 2]")
     with pytest.raises(ManifestError, match="expected a JSON object, got list"):
         Manifest.load(engine_dir)

@@ -26,8 +26,10 @@ def test_bad_bucket_names(name: str) -> None:
 
 
 def test_bad_policies() -> None:
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match=r"pair of ints \(pt, pc\) in 0\.\.16"):
         Bucket(((0, 0), (0, 0), (0, 0), (-1, 0)))
+    with pytest.raises(ValueError, match=r"in 0\.\.16 .*got \(9999999999, 0\)"):  # was minutes of 2**pt
+        Bucket.parse("t9999999999c0/t0c0/t0c0/t0c0")
     with pytest.raises(ValueError, match="one \\(pt, pc\\) per stage"):
         Bucket(((0, 0),))
 

@@ -120,9 +120,10 @@ def test_bad_config_fields(checkpoint: tuple[VaRed2VideoResNet, Path]) -> None:
         path.write_text(json.dumps(good | change))
         with pytest.raises(ValueError, match=message):
             load(directory)
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match=r"model\.json: not valid JSON"):
-        load(directory)
+    for text in ("{not json", "[" * 100_000 + "]" * 100_000):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"model\.json: not valid JSON"):
+            load(directory)
     path.unlink()
     with pytest.raises(FileNotFoundError, match=r"model\.json"):
         load(directory)

@@ -35,6 +35,7 @@ def test_latency_costs_are_fractions_of_the_full_bucket_in_the_models_order(tmp_
     [
         (None, r"t\.json: no such file"),
         ("{not json", r"t\.json: not readable as JSON"),
+        ("[" * 100_000 + "]" * 100_000, r"t\.json: not readable as JSON"),  # nesting beyond the parser's recursion
         ({"format": "something else", "version": 1, "buckets": {}}, r"t\.json: field 'format' must be"),
         ({"format": LATENCY_TABLE_FORMAT, "version": 7, "buckets": {}}, r"t\.json: version 7, this vared2 reads 1"),
         ({"format": LATENCY_TABLE_FORMAT, "version": 1, "buckets": [1, 2]}, r"t\.json: field 'buckets' must map"),
