@@ -523,7 +523,11 @@ def resolve_inside(root: Path, rel: str, name: str) -> Path:
     """``root/rel`` as an existing regular file whose real path is inside ``root`` (no symlink escapes)."""
     _relpath(rel, name)
     path = root / rel
-    real = path.resolve()
+    try:
+        real = path.resolve()
+        real.exists()
+    except (OSError, ValueError) as error:  # a name too long for the file system, a NUL byte, a lone surrogate
+        raise EngineFileError(path, f"{name}: not a usable file name ({error})") from None
     if not real.is_relative_to(root):
         raise EngineFileError(path, f"{name} resolves to {real}, outside the engine directory {root}")
     if not real.exists():

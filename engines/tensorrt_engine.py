@@ -51,7 +51,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     """``"10.13.0.35"`` → ``(10, 13, 0, 35)`` (non-numeric tails dropped)."""
     out = []
     for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
+        digits = "".join(ch for ch in part if ch in "0123456789")  # ASCII: str.isdigit() accepts "²"
         if not digits:
             break
         out.append(int(digits))

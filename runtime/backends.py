@@ -82,7 +82,7 @@ class Backend(Protocol):
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = "".join(ch for ch in piece if ch in "0123456789")  # ASCII: str.isdigit() accepts "²"
         if not digits:
             break
         parts.append(int(digits))

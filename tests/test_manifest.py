@@ -345,3 +345,17 @@ def test_output_directory_check_resolves_symlinks(tmp_path: Path) -> None:
             source_kind="ONNX directory",
         )
     assert check_output_dir(tmp_path / "new", marker=MANIFEST_NAME, kind="x", source=source) == tmp_path / "new"
+
+
+@pytest.mark.parametrize("bad", ["x" * 300 + ".plan", "a\x00b.plan"])
+def test_an_unusable_file_name_is_named(engine_dir: Path, bad: str) -> None:
+    """Too long for the file system, or with a NUL byte: an EngineFileError naming the field, not an OSError."""
+    _edit(engine_dir, lambda data: data["buckets"][0].__setitem__("file", bad))
+    with pytest.raises(EngineFileError, match=r"buckets\[0\]\.file: not a usable file name"):
+        Manifest.load(engine_dir)
+
+
+def test_backend_versions_read_ascii_digits_only() -> None:
+    from vared2.runtime.backends import _version_tuple
+
+    assert _version_tuple("1.32.0²") == (1, 32, 0) and _version_tuple("10.13.0.35+cu12") == (10, 13, 0, 35)
