@@ -649,6 +649,7 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
     for field_name, entry in entries.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
             raise ValueError(f"{path}: {field_name}.file: expected a file name, in an object, got {entry!r:.80}")
+    _check_export_fields(spec, path)
     files = [entry["file"] for entry in entries.values()]
     for file in files:
         if len(file.encode("utf-8", "replace")) > 255 or "\0" in file:
@@ -658,3 +659,48 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
         if not (Path(onnx_dir) / file).is_file():
             raise FileNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
     return spec
+
+
+def _check_export_fields(spec: dict[str, Any], path: Path) -> None:
+    """The fields the builders turn into a manifest, checked before the parity build so a bad one is named then
+    (and a ``num_classes`` of 10**9 without labels does not build a billion placeholder names)."""
+
+    def bad(field_name: str, expected: str, value: Any) -> None:
+        raise ValueError(f"{path}: {field_name}: expected {expected}, got {value!r:.80}")
+
+    def integer(value: Any, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    def number(value: Any) -> bool:  # the size check first: math.isfinite(10**400) overflows
+        return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e300
+
+    model = spec["model"]
+    if not isinstance(model, dict):
+        bad("model", "an object", model)
+    for key in ("frames", "size"):
+        if not integer(model.get(key), 1, 100_000):
+            bad(f"model.{key}", "an integer from 1 to 100000", model.get(key))
+    for key in ("mean", "std"):
+        value = model.get(key)
+        if not isinstance(value, list) or len(value) != 3 or not all(number(v) for v in value):
+            bad(f"model.{key}", "three numbers (R, G, B)", value)
+    labels = model.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+        bad("model.labels", "a list of class names", labels)
+    if not labels and not integer(model.get("num_classes"), 1, 1_000_000):
+        bad("model.num_classes", "an integer from 1 to 1000000 (there are no labels)", model.get("num_classes"))
+    if not number(spec["gate"].get("gflops")):
+        bad("gate.gflops", "a number", spec["gate"].get("gflops"))
+    for i, entry in enumerate(spec["buckets"]):
+        policy = entry.get("policy")
+        pairs = isinstance(policy, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(integer(v, 0, 16) for v in p) for p in policy
+        )
+        for key, ok, expected in (
+            ("id", integer(entry.get("id"), 0, 1_000_000), "a bucket id"),
+            ("name", isinstance(entry.get("name"), str), "a bucket name"),
+            ("policy", pairs, "a list of [pt, pc] pairs of small integers"),
+            ("gflops", number(entry.get("gflops")), "a number"),
+        ):
+            if not ok:
+                bad(f"buckets[{i}].{key}", expected, entry.get(key))

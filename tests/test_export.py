@@ -238,8 +238,13 @@ def test_verify_names_a_broken_export_and_marks_the_failing_row(tmp_path: Path) 
         ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
         ('{"format": "vared2-onnx", "model": {}, "gate": {}, "buckets": [{}]}', "gate.file: expected a file name"),
         ('{"format": "vared2-onnx", "model": {}, "gate": {"file": "g"}, "buckets": 5}', "buckets: expected a list"),
+        (None, "model.num_classes: expected an integer from 1 to 1000000"),  # no labels, 10**9 classes
     ):
         shutil.copytree(tmp_path / "onnx", broken, dirs_exist_ok=True)
+        if content is None:
+            spec = json.loads((tmp_path / "onnx" / EXPORT_JSON).read_text())
+            spec["model"] |= {"labels": [], "num_classes": 10**9}
+            content = json.dumps(spec)
         (broken / EXPORT_JSON).write_text(content)
         result = runner.invoke(cli, ["verify", str(broken), "--checkpoint", str(ckpt)])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
