@@ -89,6 +89,15 @@ def _int(value: Any, name: str, minimum: int | None = None) -> int:
     return value
 
 
+def _read_json(path: Path, error: type[ValueError]) -> Any:
+    """``path`` parsed, or ``error`` naming it: bad JSON or UTF-8, a 5000-digit number, nesting deeper than the
+    parser's recursion."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as reason:
+        raise error(f"{path}: not valid JSON ({reason or type(reason).__name__})") from reason
+
+
 def _float(value: Any, name: str, positive: bool = False) -> float:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1023:  # float() would overflow
         raise ManifestError(f"{name}: expected a finite number, got an integer of {len(str(abs(value)))} digits")
@@ -501,10 +510,7 @@ class Manifest:
         path = directory / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no manifest (is {directory} an engine directory built by vared2?)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
-            raise ManifestError(f"{path}: not valid JSON ({error or type(error).__name__})") from error
+        data = _read_json(path, ManifestError)
         try:
             manifest = cls.from_dict(data)
         except ManifestError as error:
@@ -632,10 +638,7 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
     path = Path(onnx_dir) / EXPORT_JSON
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
-        raise ValueError(f"{path}: not valid JSON ({error or type(error).__name__})") from error
+    spec = _read_json(path, ValueError)
     if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"{path}: format must be {EXPORT_FORMAT!r}, got {spec.get('format') if isinstance(spec, dict) else spec!r}"
