@@ -92,14 +92,19 @@ def to_onnx(
     return model
 
 
-def export_model(model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: str = "") -> ExportedModel:
+def export_model(
+    model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: str = "", checkpoint_dir: Path | None = None
+) -> ExportedModel:
     """Write the gate and every bucket of ``model`` to ``out_dir`` (replacing it atomically).
 
-    ``out_dir`` is replaced as a whole, so it must not exist, be empty, or be a previous export (it has
-    ``export.json``); anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``)
-    the current directory or an ancestor of it (``vared2.engines.manifest.check_output_dir``).
+    ``out_dir`` is replaced as a whole, so it must be absent, empty, or a previous export (it has ``export.json``);
+    anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``) the current directory
+    or an ancestor of it, and ``checkpoint_dir`` (the model's source, when it has one), a directory inside it or one
+    containing it (``vared2.engines.manifest.check_output_dir``).
     """
-    check_output_dir(out_dir, marker=EXPORT_JSON, kind="an ONNX export")
+    check_output_dir(
+        out_dir, marker=EXPORT_JSON, kind="an ONNX export", source=checkpoint_dir, source_kind="checkpoint directory"
+    )
     model = model.eval()
     config = model.config
     # Build every graph first: a bucket the model cannot run fails here, before anything is written.
@@ -153,11 +158,9 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> ExportedModel:
     """``vared2 export``: load a checkpoint directory (never unpickling) and export it.
 
     ``out_dir`` follows ``export_model``'s rule, and must also not be ``checkpoint_dir``, lie inside it or contain
-    it (``ValueError``; checked once the checkpoint has loaded, so a bad checkpoint is reported first).
+    it (``ValueError``; ``export_model`` checks once the checkpoint has loaded, so a bad checkpoint is reported first).
     """
     checkpoint_dir = Path(checkpoint_dir)
     model = load(checkpoint_dir)
-    check_output_dir(
-        out_dir, marker=EXPORT_JSON, kind="an ONNX export", source=checkpoint_dir, source_kind="checkpoint directory"
-    )
-    return export_model(model, out_dir, checkpoint_sha256=sha256_of(checkpoint_dir / "model.safetensors"))
+    checkpoint_sha256 = sha256_of(checkpoint_dir / "model.safetensors")
+    return export_model(model, out_dir, checkpoint_sha256=checkpoint_sha256, checkpoint_dir=checkpoint_dir)
