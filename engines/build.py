@@ -44,6 +44,51 @@ def source_digest(onnx_dir: Path) -> dict[str, str]:
     return {name: sha256_file(onnx_dir / name) for name in [*files, *extra]}
 
 
+def _graph_io(path: Path) -> dict[str, list[int | str]]:
+    """Every input and output of an exported graph → its shape (a name for a dynamic axis); weights not read."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
+        raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
+    return {
+        value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in [*graph.input, *graph.output]
+    }
+
+
+def check_export_graphs(onnx_dir: Path, spec: dict[str, Any]) -> None:
+    """The graphs agree with what ``export.json`` says of them: the gate reads ``[N, frames, size, size, 3]``
+    clips and writes one logit per bucket and ``features_shape`` features, which every bucket reads, and every
+    bucket writes one logit per class. The manifest copies ``export.json``, and the runtime decodes and feeds
+    clips by it, so a disagreement would otherwise surface only as a wrong-shape error at the first call."""
+    model, gate = spec["model"], spec["gate"]
+    classes = len(model["labels"]) or model["num_classes"]
+    features = ["N", *gate["features_shape"]] if "features_shape" in gate else None
+    expected = {
+        gate["file"]: {
+            "clip": ["N", model["frames"], model["size"], model["size"], 3],
+            "features": features,
+            "bucket_logits": ["N", len(spec["buckets"])],
+        },
+        **{b["file"]: {"features": features, "logits": ["N", classes]} for b in spec["buckets"]},
+    }
+    for file, tensors in expected.items():
+        io = _graph_io(onnx_dir / file)
+        for name, shape in tensors.items():
+            if name not in io:
+                raise ValueError(f"{onnx_dir / file}: no tensor {name!r} (it has {', '.join(io)}); export it again")
+            if shape is None:
+                continue
+            got = [d if isinstance(d, int) else "N" for d in io[name]]
+            if got != shape:
+                raise ValueError(
+                    f"{onnx_dir / file}: tensor {name!r} is {got}, but {onnx_dir / EXPORT_JSON} describes {shape} "
+                    "(frames, size, buckets, classes or features_shape); export the model again"
+                )
+
+
 def _backend_version(backend: str) -> str:
     if backend == "onnxruntime":
         import onnxruntime
@@ -159,6 +204,7 @@ def build_engines(
         return out_dir
 
     spec = read_export_spec(onnx_dir)
+    check_export_graphs(onnx_dir, spec)  # after the up-to-date check: a clean rebuild reads no graph
     bar = tqdm(total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress)
 
     started: list[str] = []

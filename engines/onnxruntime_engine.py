@@ -100,10 +100,16 @@ def encode_header(index: dict[str, Any], alignment: int) -> bytes:
 def read_header(path: Path) -> dict[str, Any]:
     """The JSON index at the start of a weights file written by ``pack_weights``."""
     with path.open("rb") as f:
-        magic, length = HEADER.unpack(f.read(HEADER.size))
+        raw = f.read(HEADER.size)
+        if len(raw) != HEADER.size:
+            raise ValueError(f"{path}: too short for a vared2 weights file ({len(raw)} bytes)")
+        magic, length = HEADER.unpack(raw)
         if magic != MAGIC:
             raise ValueError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
-        index: dict[str, Any] = json.loads(f.read(length))
+        try:
+            index: dict[str, Any] = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: the index is not valid JSON ({error})") from error
     return index
 
 

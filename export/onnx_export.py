@@ -92,6 +92,21 @@ def to_onnx(
     return model
 
 
+def model_description(model: VaRed2VideoResNet) -> dict[str, Any]:
+    """``export.json``'s ``model`` fields (the checkpoint's sha256 aside): what the builders copy into the
+    manifest and the runtime decodes and labels clips by; ``vared2 verify`` compares them with the checkpoint."""
+    config = model.config
+    return {
+        "backbone": config.backbone,
+        "frames": config.frames,
+        "size": config.size,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "labels": list(config.labels),
+        "num_classes": config.num_classes,
+    }
+
+
 def export_model(
     model: VaRed2VideoResNet, out_dir: Path, *, checkpoint_sha256: str = "", checkpoint_dir: Path | None = None
 ) -> ExportedModel:
@@ -135,16 +150,7 @@ def export_model(
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
             "opset": OPSET,
-            "model": {
-                "backbone": config.backbone,
-                "frames": config.frames,
-                "size": config.size,
-                "mean": list(config.mean),
-                "std": list(config.std),
-                "labels": list(config.labels),
-                "num_classes": config.num_classes,
-                "checkpoint_sha256": checkpoint_sha256,
-            },
+            "model": {**model_description(model), "checkpoint_sha256": checkpoint_sha256},
             "gate": {"file": "gate.onnx", "gflops": model.gate_gflops(), "features_shape": list(features.shape[1:])},
             "buckets": entries,
             "exporter": {"torch": torch.__version__, "onnx": onnx.__version__},

@@ -18,6 +18,7 @@ from polygraphy.logger import G_LOGGER
 
 from vared2.engines.manifest import EXPORT_JSON, read_export_spec
 from vared2.export.graphs import normalize_clip
+from vared2.export.onnx_export import model_description
 from vared2.models import VaRed2VideoResNet, load
 
 ATOL = 1e-4
@@ -92,6 +93,14 @@ def verify_model(onnx_dir: Path, model: VaRed2VideoResNet, *, batch: int = 2, se
         raise ValueError(
             f"{spec_path}: {len(spec['buckets'])} buckets exported, the checkpoint has {len(model.buckets)}"
         )
+    described = model_description(model)
+    differs = [
+        f"{key} {spec['model'].get(key)!r:.60} (the checkpoint: {value!r:.60})"
+        for key, value in described.items()
+        if spec["model"].get(key) != value
+    ]
+    if differs:  # the graphs may match, but the engines would decode and label clips by export.json's fields
+        raise ValueError(f"{spec_path}: the model is described differently from the checkpoint: {'; '.join(differs)}")
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, config.frames, config.size, config.size, 3)

@@ -64,4 +64,11 @@ def bucket_costs(table: dict[str, Any], bucket_names: Sequence[str], path: Path 
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"latency table {path}: bucket {name}: expected a positive number of ms, got {value!r}")
     full = float(measured[bucket_names[0]])
-    return [float(measured[name]) / full for name in bucket_names]
+    costs = [float(measured[name]) / full for name in bucket_names]
+    for name, cost in zip(bucket_names, costs, strict=True):
+        if not math.isfinite(cost):  # a subnormal full latency: every ratio overflows
+            raise ValueError(
+                f"latency table {path}: bucket {name}: {measured[name]!r} ms against {bucket_names[0]}'s "
+                f"{measured[bucket_names[0]]!r} ms is not a usable ratio"
+            )
+    return costs

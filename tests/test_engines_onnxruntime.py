@@ -273,6 +273,35 @@ def test_bad_inputs_give_clear_errors(toy_onnx: Path, tmp_path: Path) -> None:
         read_index(tmp_path / "junk.bin")
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"frames": 5}, r"gate\.onnx: tensor 'clip' is \['N', 4, .*describes \['N', 5, "),
+        ({"size": 64}, r"gate\.onnx: tensor 'clip' is .* describes \['N', 4, 64, 64, 3\]"),
+        ({"labels": ["a", "b"]}, r"bucket_0\.onnx: tensor 'logits' is \['N', 5\], but .* describes \['N', 2\]"),
+    ],
+)
+def test_an_export_json_that_disagrees_with_its_graphs_is_named(
+    toy_onnx: Path, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    """The manifest copies export.json, and the runtime decodes clips by it: a disagreement is a build error, not a
+    wrong-shape error at the first call (or a 'video too short' for frames the graph never reads)."""
+    spec = json.loads((toy_onnx / "export.json").read_text())
+    spec["model"] |= change
+    (toy_onnx / "export.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=message):
+        build_engines(toy_onnx, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_short_weights_file_is_named_by_the_builders_reader(tmp_path: Path) -> None:
+    from vared2.engines.onnxruntime_engine import read_header
+
+    (tmp_path / "weights.bin").write_bytes(b"VRD2")
+    with pytest.raises(ValueError, match=r"weights\.bin: too short for a vared2 weights file \(4 bytes\)"):
+        read_header(tmp_path / "weights.bin")
+
+
 def test_weights_format_constants_agree() -> None:
     # The builder and the runtime cannot import each other (DESIGN.md §1): the format is written twice.
     assert ort_engine.MAGIC == shared_weights.MAGIC

@@ -238,12 +238,14 @@ def test_verify_names_a_broken_export_and_marks_the_failing_row(tmp_path: Path) 
         ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
         ('{"format": "vared2-onnx", "model": {}, "gate": {}, "buckets": [{}]}', "gate.file: expected a file name"),
         ('{"format": "vared2-onnx", "model": {}, "gate": {"file": "g"}, "buckets": 5}', "buckets: expected a list"),
-        (None, "model.num_classes: expected an integer from 1 to 1000000"),  # no labels, 10**9 classes
+        ({"labels": [], "num_classes": 10**9}, "model.num_classes: expected an integer from 1 to 1000000"),
+        ({"frames": 16}, "the model is described differently from the checkpoint: frames 16 (the checkpoint: 4)"),
+        ({"std": [1.0, 1.0, 1.0]}, "the model is described differently from the checkpoint: std [1.0, 1.0, 1.0]"),
     ):
         shutil.copytree(tmp_path / "onnx", broken, dirs_exist_ok=True)
-        if content is None:
+        if isinstance(content, dict):  # a field of a good export changed
             spec = json.loads((tmp_path / "onnx" / EXPORT_JSON).read_text())
-            spec["model"] |= {"labels": [], "num_classes": 10**9}
+            spec["model"] |= content
             content = json.dumps(spec)
         (broken / EXPORT_JSON).write_text(content)
         result = runner.invoke(cli, ["verify", str(broken), "--checkpoint", str(ckpt)])

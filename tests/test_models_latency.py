@@ -42,6 +42,7 @@ def test_latency_costs_are_fractions_of_the_full_bucket_in_the_models_order(tmp_
         ({"format": LATENCY_TABLE_FORMAT, "version": 1, "buckets": {"full": 1.0}}, r"no latency for bucket\(s\) a"),
         ({"format": LATENCY_TABLE_FORMAT, "version": 1, "buckets": {"full": 1.0, "a": -2}}, r"bucket a: expected a"),
         ({"format": LATENCY_TABLE_FORMAT, "version": 1, "buckets": {"full": 1.0, "a": "3"}}, r"bucket a: expected a"),
+        ({"format": LATENCY_TABLE_FORMAT, "version": 1, "buckets": {"full": 5e-324, "a": 2}}, r"a: 2 ms .* not a"),
     ],
 )
 def test_a_bad_latency_table_is_a_clear_error(tmp_path: Path, content: object, message: str) -> None:
