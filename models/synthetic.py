@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from vared2.models.video_io import StrPath, default_codec, write_video
+from vared2.models.video_io import MAX_FRAMES, MAX_SIZE, StrPath, default_codec, write_video
 
 #: Shape and motion pattern of each class. Names sort in label order, so a ``<class>/`` folder tree of the
 #: videos gives the same labels as the CSV files.
@@ -69,10 +69,12 @@ class SyntheticSpec:
     radius: tuple[float, float] = (0.14, 0.20)  # object size (equal-area disc radius), fraction of the frame
 
     def __post_init__(self) -> None:
-        if self.frames < 2:
-            raise ValueError(f"SyntheticSpec.frames must be at least 2 (motion needs time), got {self.frames}")
-        if self.size < 16 or self.size % 2:
-            raise ValueError(f"SyntheticSpec.size must be even and at least 16 (yuv420p video), got {self.size}")
+        if not 2 <= self.frames <= MAX_FRAMES:
+            raise ValueError(
+                f"SyntheticSpec.frames must be from 2 (motion needs time) to {MAX_FRAMES}, got {self.frames}"
+            )
+        if not 16 <= self.size <= MAX_SIZE or self.size % 2:
+            raise ValueError(f"SyntheticSpec.size must be even, from 16 (yuv420p video) to {MAX_SIZE}, got {self.size}")
         if self.fps < 1:
             raise ValueError(f"SyntheticSpec.fps must be positive, got {self.fps}")
         if not 0 <= self.noise[0] <= self.noise[1]:

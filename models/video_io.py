@@ -19,6 +19,12 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
+#: The largest clip a model, a dataset or the synthetic generator accepts: generous for video models (they take
+#: 8–64 frames of 112–320 pixels), and a typo such as ``--size 100000`` is named instead of failing inside numpy
+#: or FFmpeg.
+MAX_FRAMES = 1024
+MAX_SIZE = 2048
+
 #: swscale flags of every resize: bilinear, and bit-exact across CPUs (x86 training host, ARM edge device).
 INTERPOLATION: int = int(Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT)
 

@@ -22,6 +22,7 @@ from .batchnorm import BucketBatchNorm3d
 from .buckets import BACKBONES, Bucket, BucketTable, conv_frames, default_buckets
 from .dynamic_conv import DynamicConv3d
 from .gate import SoftModulationGate
+from .video_io import MAX_FRAMES, MAX_SIZE
 
 __all__ = [
     "BasicBlock",
@@ -41,6 +42,7 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 STAGE_PLANES = (64, 128, 256, 512)
 GATE_HIDDEN = 64
+MAX_CLASSES = 1_000_000  # as export.json's check: a label per class must fit in a manifest
 
 
 def _is_int(value: object) -> bool:
@@ -89,6 +91,9 @@ class ModelConfig:
                 fail(name, f"must be an int, got {type(value).__name__}", TypeError)
             if value < 1:
                 fail(name, f"must be >= 1, got {value}")
+            limit = {"frames": MAX_FRAMES, "size": MAX_SIZE, "num_classes": MAX_CLASSES}.get(name)
+            if limit is not None and value > limit:
+                fail(name, f"must be <= {limit}, got {value}")
         for name in ("mean", "std"):
             value = tuple(getattr(self, name))
             if len(value) != 3 or not all(_is_number(v) and math.isfinite(v) for v in value):

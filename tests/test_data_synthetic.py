@@ -107,6 +107,10 @@ def test_spec_validation_names_the_field() -> None:
         SyntheticSpec(size=63)
     with pytest.raises(ValueError, match="frames"):
         SyntheticSpec(frames=1)
+    with pytest.raises(ValueError, match=r"size must be even, from 16 \(yuv420p video\) to 2048, got 100000"):
+        SyntheticSpec(size=100_000)  # a typo is named, not an out-of-memory traceback from numpy
+    with pytest.raises(ValueError, match=r"frames must be from 2 .* to 1024, got 5000"):
+        SyntheticSpec(frames=5000)
     with pytest.raises(ValueError, match="label"):
         generate_clip(np.random.default_rng(0), label=len(CLASSES))
 

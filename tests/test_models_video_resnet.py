@@ -178,6 +178,9 @@ def test_config_json_round_trip_and_validation() -> None:
         data = config.to_json() | {field: value}
         with pytest.raises(ValueError, match=message):
             ModelConfig.from_json(data)
+    for field, value in (("frames", 1025), ("size", 20_000), ("num_classes", 10**9)):  # typos, named up front
+        with pytest.raises(ValueError, match=rf"ModelConfig\.{field}: must be <= \d+, got {value}"):
+            ModelConfig.from_json(config.to_json() | {field: value, "labels": []})
     with pytest.raises(ValueError, match="unknown model config field"):
         ModelConfig.from_json(config.to_json() | {"depth": 50})
     with pytest.raises(ValueError, match=r"missing model config field.*frames"):
