@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
-def source_digest(onnx_dir: Path) -> dict[str, str]:
-    """sha256 of ``export.json`` and of every ONNX file it lists (and their external data, if any)."""
-    spec = read_export_spec(onnx_dir)
+def source_digest(onnx_dir: Path, spec: dict[str, Any]) -> dict[str, str]:
+    """sha256 of ``export.json`` and of every ONNX file its ``spec`` lists (and their external data, if any)."""
     files = [EXPORT_JSON, spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
     extra = sorted(p.name for p in onnx_dir.iterdir() if p.is_file() and p.suffix in (".data", ".bin"))
     return {name: sha256_file(onnx_dir / name) for name in [*files, *extra]}
@@ -99,10 +98,11 @@ def _backend_version(backend: str) -> str:
     return str(import_tensorrt().__version__)
 
 
-def build_key(onnx_dir: Path, backend: str, options: dict[str, Any]) -> str:
-    """One digest of everything a build depends on: sources, options, backend version."""
+def build_key(sources: dict[str, str], backend: str, options: dict[str, Any]) -> str:
+    """One digest of everything a build depends on: the sources' digests (``source_digest``), options, backend
+    version."""
     payload = {
-        "sources": source_digest(onnx_dir),
+        "sources": sources,
         "backend": backend,
         "backend_version": _backend_version(backend),
         "options": options,
@@ -185,7 +185,7 @@ def build_engines(
         timing_cache=timing_cache,
         use_plugins=use_plugins,
     )
-    read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
+    spec = read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
     check_output_dir(
         out_dir, marker=MANIFEST_NAME, kind="an engine directory", source=onnx_dir, source_kind="ONNX directory"
     )
@@ -195,7 +195,8 @@ def build_engines(
         options = {"max_batch": max_batch, "threads": threads, "optimization": optimization, "rewrite": GRAPH_REWRITE}
     else:
         options = {"max_batch": max_batch, "fp16": fp16, "opt_batch": opt_batch, "use_plugins": use_plugins}
-    key = build_key(onnx_dir, backend, options)
+    sources = source_digest(onnx_dir, spec)  # hashed once: the reference model's ONNX files are 440 MB
+    key = build_key(sources, backend, options)
     if not force and up_to_date(out_dir, key):
         message = f"{out_dir}: engines are up to date (same sources, options and {backend} version); nothing to build"
         log.info(message)
@@ -203,7 +204,6 @@ def build_engines(
             print(message, file=sys.stderr)
         return out_dir
 
-    spec = read_export_spec(onnx_dir)
     check_export_graphs(onnx_dir, spec)  # after the up-to-date check: a clean rebuild reads no graph
     bar = tqdm(total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress)
 
@@ -245,7 +245,7 @@ def build_engines(
                 progress=step,
             )
         bar.update(1)
-        extra = {"build_key": key, "build_options": options, "sources": source_digest(onnx_dir)}
+        extra = {"build_key": key, "build_options": options, "sources": sources}
         return Manifest.from_dict(
             {**manifest.to_dict(), "build_options": {**manifest.build_options, **extra}, "created_by": created_by()}
         )
