@@ -63,7 +63,7 @@ def check_export_graphs(onnx_dir: Path, spec: dict[str, Any]) -> None:
     bucket writes one logit per class. The manifest copies ``export.json``, and the runtime decodes and feeds
     clips by it, so a disagreement would otherwise surface only as a wrong-shape error at the first call."""
     model, gate = spec["model"], spec["gate"]
-    classes = len(model["labels"]) or model["num_classes"]
+    classes = len(model.get("labels", [])) or model["num_classes"]
     features = ["N", *gate["features_shape"]] if "features_shape" in gate else None
     expected = {
         gate["file"]: {

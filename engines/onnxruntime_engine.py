@@ -301,7 +301,7 @@ def model_spec(spec: dict[str, Any]) -> ModelSpec:
         mean=tuple(float(v) for v in m["mean"]),  # type: ignore[arg-type]
         std=tuple(float(v) for v in m["std"]),  # type: ignore[arg-type]
         # A model trained without label names still needs one per class in the manifest.
-        labels=tuple(str(v) for v in m["labels"]) or tuple(f"class{i}" for i in range(int(m["num_classes"]))),
+        labels=tuple(str(v) for v in m.get("labels", [])) or tuple(f"class{i}" for i in range(int(m["num_classes"]))),
         checkpoint_sha256=checkpoint,
     )
 
