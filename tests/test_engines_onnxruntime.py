@@ -294,6 +294,14 @@ def test_an_export_json_that_disagrees_with_its_graphs_is_named(
     assert not (tmp_path / "out").exists()
 
 
+def test_an_export_json_without_labels_builds_with_placeholder_names(toy_onnx: Path, tmp_path: Path) -> None:
+    spec = json.loads((toy_onnx / "export.json").read_text())
+    del spec["model"]["labels"]  # the export check allows it (num_classes is then required)
+    (toy_onnx / "export.json").write_text(json.dumps(spec))
+    manifest = Manifest.load(build_engines(toy_onnx, tmp_path / "out", progress=False))
+    assert manifest.model.labels == tuple(f"class{i}" for i in range(spec["model"]["num_classes"]))
+
+
 def test_a_short_weights_file_is_named_by_the_builders_reader(tmp_path: Path) -> None:
     from vared2.engines.onnxruntime_engine import read_header
 
