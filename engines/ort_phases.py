@@ -13,9 +13,11 @@ stream ``E = ReLU(P)`` at ``S·k/2`` and the odd stream ``O = ReLU(a·P + b)`` a
     E = ReLU(P),  O = ReLU(a·P + b)       two depthwise 1×1 convolutions with fused ReLU over one reorder of P
     Z = Conv(E, W[:, :, 1]) + Conv(O, W[:, :, (0, 2)])   kernels 1 and 2 (padding 1 before), stride S/2
 
-on the 2-D view ``[N, C, T, H·W]`` (ONNX Runtime's blocked kernels; the sum and a following ``ReLU`` fuse into
-the second convolution). Same products, summed in another order; the weights are ``Slice``s of the shared
-initializer (folded at load, so the engines still share one ``weights.bin``). The depthwise pair sits in a
+on the 2-D view ``[N, C, T, H·W]`` (ONNX Runtime's blocked kernels; the sum and a following ``ReLU`` stay in the
+blocked layout — ONNX Runtime would fuse them into the second convolution if it could prove the two shapes equal,
+which the views' ``-1`` batch hides from it, but a ``0`` there, which lets it, measured no faster). Same
+products, summed in another order; the weights are ``Slice``s of the shared initializer (folded at load, so the
+engines still share one ``weights.bin``). The depthwise pair sits in a
 ``vared2.ort`` function, so tools that read an engine's top-level ``Conv`` nodes (the bench's convolution-only
 ceiling) see only the two halves of the partial convolution.
 """
