@@ -121,6 +121,34 @@ def test_weights_file_holds_each_distinct_tensor_once(real_onnx: Path, real_engi
         assert index.tensors[sliced[name]].offset == index.tensors[full[name]].offset
 
 
+def test_per_bucket_batchnorm_statistics_keep_partial_weights_apart(tmp_path: Path) -> None:
+    """The departure docs/design.md records ("BatchNorm statistics per bucket"): a trained model's buckets fold
+    their own statistics into their weights, so a partial convolution's weight is *not* the full bucket's prefix
+    and is stored on its own — while tensors that are equal byte for byte are still stored once. When the planned
+    fix (one folded weight, a per-bucket channel ratio) lands, this test must change with the docs."""
+    torch = pytest.importorskip("torch")
+    from test_export import perturb
+
+    from vared2.export.onnx_export import export_model
+    from vared2.models import r2plus1d_18
+
+    torch.manual_seed(0)
+    model = perturb(r2plus1d_18(width=0.125, frames=4, size=32, num_classes=5))
+    with torch.no_grad():
+        export_model(model, tmp_path / "onnx")
+    engine = build_engines(tmp_path / "onnx", tmp_path / "engines", progress=False)
+    index = read_index(engine / "weights.bin")
+    data = (engine / "weights.bin").read_bytes()
+    full, sliced = index.models["bucket_0.onnx"], index.models[f"bucket_{len(index.models) - 2}.onnx"]
+    partial = [n for n in sliced if n in full and index.tensors[sliced[n]].length < index.tensors[full[n]].length]
+    assert partial, "expected partial-convolution weights of the same names as the full bucket's"
+    for name in partial:
+        mine, whole = index.tensors[sliced[name]], index.tensors[full[name]]
+        assert mine.offset != whole.offset
+        assert data[mine.offset : mine.offset + mine.length] != data[whole.offset : whole.offset + mine.length]
+    assert index.models["bucket_0.onnx"]["fc.weight"] == sliced["fc.weight"]  # equal bytes: stored once
+
+
 def test_shared_weights_are_zero_copy_views_of_one_mapping(real_engine: Path) -> None:
     weights = SharedWeights.open(real_engine)
     assert SharedWeights.open(real_engine) is weights
