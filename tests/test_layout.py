@@ -101,3 +101,16 @@ def test_runtime_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"vared2.runtime pulled in: {out.stdout.strip()}"
+
+
+def test_nothing_imports_the_cli() -> None:
+    """DESIGN.md §1: the root package's other modules (the main job, the GPU tier) share what they need with the
+    command line through ``vared2.stages``, not by importing it."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in [*(ROOT / "vared2").glob("*.py"), *(p for stage in STAGES for p in package_files(stage))]
+        if path.name not in {"cli.py", "__main__.py"}
+        for module in imported_modules(path)
+        if module == "vared2.cli" or module.startswith("vared2.cli.")
+    ]
+    assert not offenders, offenders

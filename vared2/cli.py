@@ -9,55 +9,12 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import click
 
 from vared2 import __version__
-
-T = TypeVar("T")
-
-
-class CheckFailed(Exception):
-    """A verification ran and its result is negative (exit code 1)."""
-
-    failed_check = True
-
-
-#: What users cause: bad values, types, files and directories, a missing optional package.
-USER_ERRORS = (
-    ValueError,
-    TypeError,
-    ImportError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-)
-
-
-def run_stage(action: Callable[[], T]) -> T:
-    """Run one stage, turning the errors users cause into a one-line reason and exit code 2, and failed
-    checks into exit code 1. Stages mark "a check ran and failed" errors (an engine's parity, say) with a
-    class attribute ``failed_check = True``, and other errors the user has to fix (engines this host cannot
-    serve, say) with ``bad_input = True``, so the CLI need not import them."""
-    try:
-        return action()
-    except USER_ERRORS as err:
-        # KeyError's str() adds quotes; a bucket-name error is both a KeyError and a ValueError.
-        reason = err.args[0] if isinstance(err, KeyError) and err.args else err
-        click.echo(f"vared2: error: {reason}", err=True)
-        sys.exit(2)
-    except Exception as err:
-        if getattr(err, "bad_input", False):
-            click.echo(f"vared2: error: {err}", err=True)
-            sys.exit(2)
-        if not getattr(err, "failed_check", False):
-            raise
-        click.echo(f"vared2: check failed: {err}", err=True)
-        sys.exit(1)
+from vared2.stages import check_parity, run_stage
 
 
 class _RecordingGroup(click.Group):
@@ -389,16 +346,6 @@ def export(checkpoint: Path, out: Path) -> None:
 def verify(onnx_dir: Path, checkpoint: Path) -> None:
     """Check every exported graph against PyTorch eager through ONNX Runtime (max abs <= 1e-4)."""
     run_stage(lambda: check_parity(onnx_dir, checkpoint))
-
-
-def check_parity(onnx_dir: Path, checkpoint: Path) -> None:
-    """Print the parity report of ``onnx_dir`` against ``checkpoint``; a mismatch raises ``CheckFailed``."""
-    from vared2.export.verify import verify_checkpoint
-
-    report = verify_checkpoint(onnx_dir, checkpoint)
-    click.echo(report.table())
-    if not report.passed:
-        raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from vared2.cli import check_parity, run_stage
+from vared2.stages import check_parity, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"

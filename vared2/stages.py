@@ -1,0 +1,67 @@
+"""How a command runs a pipeline stage: the errors users cause become a one-line reason and exit code 2, failed
+checks exit code 1 (DESIGN.md §9); and the parity check that ``vared2 verify`` and the main job share.
+
+A module of its own so that the main job (``vared2.pipeline``) can use them without importing the command line
+(DESIGN.md §1: nothing imports the CLI).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+class CheckFailed(Exception):
+    """A verification ran and its result is negative (exit code 1)."""
+
+    failed_check = True
+
+
+#: What users cause: bad values, types, files and directories, a missing optional package.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    ImportError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+)
+
+
+def run_stage(action: Callable[[], T]) -> T:
+    """Run one stage, turning the errors users cause into a one-line reason and exit code 2, and failed
+    checks into exit code 1. Stages mark "a check ran and failed" errors (an engine's parity, say) with a
+    class attribute ``failed_check = True``, and other errors the user has to fix (engines this host cannot
+    serve, say) with ``bad_input = True``, so the CLI need not import them."""
+    try:
+        return action()
+    except USER_ERRORS as err:
+        # KeyError's str() adds quotes; a bucket-name error is both a KeyError and a ValueError.
+        reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+        click.echo(f"vared2: error: {reason}", err=True)
+        sys.exit(2)
+    except Exception as err:
+        if getattr(err, "bad_input", False):
+            click.echo(f"vared2: error: {err}", err=True)
+            sys.exit(2)
+        if not getattr(err, "failed_check", False):
+            raise
+        click.echo(f"vared2: check failed: {err}", err=True)
+        sys.exit(1)
+
+
+def check_parity(onnx_dir: Path, checkpoint: Path) -> None:
+    """Print the parity report of ``onnx_dir`` against ``checkpoint``; a mismatch raises ``CheckFailed``."""
+    from vared2.export.verify import verify_checkpoint
+
+    report = verify_checkpoint(onnx_dir, checkpoint)
+    click.echo(report.table())
+    if not report.passed:
+        raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
