@@ -223,6 +223,20 @@ def test_cli_export_and_verify_exit_codes(tmp_path: Path) -> None:
     assert "model.json" in result.output
 
 
+def test_an_unexpected_error_exits_3_not_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit code 1 means "a check ran and failed"; a bug must not look like one to a script."""
+    from vared2.stages import INTERNAL_ERROR, run_stage
+
+    def broken() -> None:
+        raise RuntimeError("TensorRT failed to build an engine")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(broken)
+    assert exit_info.value.code == INTERNAL_ERROR == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "vared2: internal error: RuntimeError: TensorRT failed to build an engine" in err
+
+
 def test_verify_names_a_broken_export_and_marks_the_failing_row(tmp_path: Path) -> None:
     import shutil
 

@@ -8,6 +8,7 @@ A module of its own so that the main job (``vared2.pipeline``) can use them with
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +16,9 @@ from typing import TypeVar
 import click
 
 T = TypeVar("T")
+
+#: Exit code of an unexpected error (DESIGN.md §9 has 0, 1 and 2; docs/design.md says why 3 was added).
+INTERNAL_ERROR = 3
 
 
 class CheckFailed(Exception):
@@ -36,10 +40,10 @@ USER_ERRORS = (
 
 
 def run_stage(action: Callable[[], T]) -> T:
-    """Run one stage, turning the errors users cause into a one-line reason and exit code 2, and failed
-    checks into exit code 1. Stages mark "a check ran and failed" errors (an engine's parity, say) with a
-    class attribute ``failed_check = True``, and other errors the user has to fix (engines this host cannot
-    serve, say) with ``bad_input = True``, so the CLI need not import them."""
+    """Run one stage, turning the errors users cause into a one-line reason and exit code 2, failed checks into
+    exit code 1, and anything else into its traceback and exit code 3. Stages mark "a check ran and failed"
+    errors (an engine's parity, say) with a class attribute ``failed_check = True``, and other errors the user
+    has to fix (engines this host cannot serve, say) with ``bad_input = True``, so the CLI need not import them."""
     try:
         return action()
     except USER_ERRORS as err:
@@ -52,7 +56,11 @@ def run_stage(action: Callable[[], T]) -> T:
             click.echo(f"vared2: error: {err}", err=True)
             sys.exit(2)
         if not getattr(err, "failed_check", False):
-            raise
+            # A bug or an environment failure, neither a failed check nor bad input: keep the traceback for the
+            # report, but exit with a code of its own so scripts that read 1 as "parity failed" are not misled.
+            traceback.print_exc()
+            click.echo(f"vared2: internal error: {type(err).__name__}: {err}", err=True)
+            sys.exit(INTERNAL_ERROR)
         click.echo(f"vared2: check failed: {err}", err=True)
         sys.exit(1)
 
