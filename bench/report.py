@@ -182,6 +182,8 @@ class BenchReport:
                 f"FLOPs fraction {d.flops_fraction:.3f}, latency fraction {d.latency_fraction:.3f}; "
                 f"mean latency ÷ (FLOPs fraction × full) = {d.target_ratio:.3f}",
             ]
+        else:  # said, so a missing dynamic row is not read as "the gate was measured on videos"
+            lines += ["", "dynamic workload: not run (give --data DATA_DIR for videos, or --replay BENCH_JSON)"]
         return "\n".join(lines)
 
     def to_dict(self, samples: bool = True) -> dict[str, Any]:

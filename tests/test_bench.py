@@ -365,6 +365,7 @@ def test_run_bench_prints_summaries_and_writes_every_file(engines: Path, data: P
 def test_batch_scales_the_throughput_and_the_inputs(engines: Path) -> None:
     report = run_bench(engines, **SHORT, batch=2, ceiling=False, out=StringIO())
     assert report.gate_split is None  # timed with the ceilings
+    assert "dynamic workload: not run (give --data DATA_DIR" in report.table()  # said, not silently missing
     assert report.gate.batch == 2 and all(b.trace.batch == 2 for b in report.buckets)
     trace = report.buckets[1].trace
     assert trace.throughput_qps == pytest.approx(2 * trace.count / trace.walltime_ms * 1e3)
