@@ -72,6 +72,9 @@ class GateFit:
     oracle_ratio: float
     gate_ratio: float
     gate_agreement: float
+    #: Share of the clips the fitted gate sends to the full bucket. DESIGN.md §2: the full bucket must stay
+    #: reachable; at 0 only forcing it (``bucket="full"``) runs it, and the command line says so.
+    full_share: float = 0.0
 
 
 @torch.no_grad()
@@ -149,4 +152,5 @@ def fit_gate(
         oracle_ratio=float(cost[choices].mean()),
         gate_ratio=float(cost[picked].mean()),
         gate_agreement=float((picked == choices).float().mean()),
+        full_share=float((picked == 0).float().mean()),
     )

@@ -87,6 +87,14 @@ def test_fit_gate_from_the_command_line_records_the_latency_it_priced(tmp_path: 
     assert fit["cost"] == "latency" and fit["latency_table"] == str(table) and fit["engine"] == "toy"
     assert fit["costs"] == {name: 1.0 if i == 0 else 1.25 for i, name in enumerate(names)}
     assert fit["oracle_ratio"] == 1.0 and fit["target_ratio"] == 0.6
+    assert fit["full_share"] == 1.0 and "the full bucket gets 100.0%" in result.output
+    assert "warning" not in result.output
+    # priced by GFLOPs at a target only the cheapest bucket meets, the full bucket gets no clip: said
+    cheap = ["fit-gate", str(ckpt), "--data", str(data), "--target-ratio", "0.01", "--out", str(tmp_path / "cheap")]
+    result = runner.invoke(cli, cheap)
+    assert result.exit_code == 0, result.output
+    assert load(tmp_path / "cheap").config.provenance["gate_fit"]["full_share"] == 0.0
+    assert "warning: the fitted gate sends no training clip to the full bucket" in result.output
     # evaluate prices the choices it made by the same table: the histogram times each bucket's cost
     report = tmp_path / "eval.json"
     args_eval = ["evaluate", str(ckpt), "--data", str(data), "--latency-table", str(table), "--json", str(report)]

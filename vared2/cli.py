@@ -282,8 +282,14 @@ def fit_gate_command(
         click.echo(
             f"gate fitted at {target_ratio:.3f} of the full bucket's {cost}: the training clips' best buckets cost "
             f"{result.oracle_ratio:.3f}, the gate's picks {result.gate_ratio:.3f} "
-            f"(it agrees with {result.gate_agreement:.1%} of them)"
+            f"(it agrees with {result.gate_agreement:.1%} of them; the full bucket gets {result.full_share:.1%})"
         )
+        if result.full_share == 0:
+            click.echo(
+                "warning: the fitted gate sends no training clip to the full bucket, so only forcing it "
+                "(bucket='full') runs it; a higher --target-ratio gives it the clips that need it",
+                err=True,
+            )
         click.echo(f"checkpoint: {out}")
 
     run_stage(go)
