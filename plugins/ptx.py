@@ -6,8 +6,9 @@ machine; results are cached in memory and by Triton on disk.
 
 Two adjustments make the PTX fit TensorRT's AOT plugins (``plugins/tensorrt_plugin.py``):
 
-- The PTX ISA version is lowered to the oldest that supports the target (7.8, or 8.0 for Hopper) instead of
-  the newest the bundled ``ptxas`` knows: the driver that JIT-compiles the PTX must understand its version.
+- The PTX ISA version is lowered to the oldest that supports the target (``MIN_PTX``: 7.8 up to Ada, 8.0 for
+  ``sm_90a``, 8.6 / 8.8 for ``sm_100a`` / ``sm_103a``, 8.7 / 8.8 for ``sm_120a`` / ``sm_121a``) instead of the
+  newest the bundled ``ptxas`` knows: the driver that JIT-compiles the PTX must understand its version.
 - Triton appends two hidden pointer parameters (global and profile scratch) to every kernel. TensorRT passes
   exactly the plugin's inputs, its int32 extra arguments and its outputs, so the hidden parameters are removed
   from the entry point after checking the kernel does not use them (zero scratch sizes, no reference).
@@ -28,7 +29,14 @@ from triton.compiler import ASTSource
 
 from . import triton_kernels
 
-SUPPORTED_ARCHS = (75, 80, 86, 87, 89, 90)
+#: PTX ISA (Triton's ``ptx_version`` option: 78 = 7.8) to emit per compute capability (86 = sm_86): the oldest
+#: ISA that has the target, but not below 7.8 (CUDA 11.8, the oldest CUDA TensorRT 10 runs on). Triton compiles
+#: for the arch-specific ``sm_XXa`` from Hopper on, so those rows are the ``a`` targets' minimums (PTX ISA release
+#: notes: 8.0 added sm_90a, 8.6 sm_100a, 8.7 sm_120a, 8.8 sm_103a and sm_121a).
+MIN_PTX = {75: 78, 80: 78, 86: 78, 87: 78, 89: 78, 90: 80, 100: 86, 103: 88, 120: 87, 121: 88}
+#: The compute capabilities the kernels are compiled (and, in the tests, assembled with ``ptxas``) for. Others
+#: (e.g. Jetson Thor's sm_110, which the bundled ``ptxas`` cannot assemble) take the ONNX local functions.
+SUPPORTED_ARCHS = tuple(MIN_PTX)
 DTYPES = ("fp32", "fp16")
 
 
@@ -74,8 +82,14 @@ class CompiledKernel:
 
 
 def min_ptx_version(arch: int) -> int:
-    """The oldest PTX ISA (as Triton's ``ptx_version`` option, e.g. 78 = 7.8) supporting ``sm_<arch>``."""
-    return 80 if arch >= 90 else 78
+    """The PTX ISA (as Triton's ``ptx_version`` option, e.g. 78 = 7.8) to emit for ``sm_<arch>``: ``MIN_PTX``.
+
+    An arch the table lacks is refused: a guess would be either too old for ``ptxas`` or too new for the driver.
+    """
+    if arch not in MIN_PTX:
+        known = ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS)
+        raise ValueError(f"sm_{arch} is not a target the vared2 kernels are compiled for (supported: {known})")
+    return MIN_PTX[arch]
 
 
 def _strip_hidden_params(ptx: str, entry: str, keep: int) -> str:

@@ -7,9 +7,11 @@ returns it with its launch geometry. TensorRT embeds that PTX in the plan, so an
 in any TensorRT runtime (C++, ``trtexec``, Python) without this module, Triton or Python plugin code.
 
 The ONNX nodes carry ``plugin_namespace="vared2"`` and ``plugin_version="1"``, so once the plugins are
-registered TensorRT's ONNX parser builds them instead of inlining the local functions. AOT plugins need
-TensorRT >= 10.9; with older TensorRT (JetPack 6 ships 10.3) ``register_plugins`` raises
-``PluginUnavailable`` and the engine builder parses the ONNX local functions into ordinary layers instead.
+registered TensorRT's ONNX parser builds them instead of inlining the local functions. ``register_plugins``
+raises ``PluginUnavailable`` (TensorRT older than 10.9, e.g. JetPack 6's 10.3; Triton or PyTorch missing; a GPU
+the kernels are not compiled for; Triton unable to compile them); the engine builder then parses the ONNX local
+functions into ordinary layers instead, after removing those two attributes, because a registration cannot be
+undone and would otherwise still be picked (``vared2.engines.tensorrt_engine``).
 
 Importing this module does not import TensorRT. This file deliberately has no ``from __future__ import
 annotations``: ``tensorrt.plugin`` reads the real annotation objects of the functions it is given.
@@ -24,8 +26,10 @@ from . import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 MIN_TENSORRT = (10, 9)
 PLUGIN_IDS = (f"{DOMAIN}::{TEMPORAL_RECONSTRUCT}", f"{DOMAIN}::{CHANNEL_RECONSTRUCT}")
 
+_FALLBACK = "the ONNX local functions will be parsed instead"
 _lock = threading.Lock()
 _registered_version: str | None = None
+_target_arch: int | None = None  # the sm_<arch> aot_impl compiles for: the last successful register_plugins
 
 
 class PluginUnavailable(RuntimeError):
@@ -88,45 +92,97 @@ def plugin_support() -> str | None:
     return None
 
 
-def register_plugins() -> str:
-    """Register both plugins with ``tensorrt.plugin`` (once per process) and return TensorRT's version.
+def arch_from_capability(capability: str) -> int:
+    """``"8.6"`` -> 86, ``"12.0"`` -> 120: the ``sm_<arch>`` number of a compute capability (as ``gpu_info``
+    reports it)."""
+    try:
+        major, minor = (int(part) for part in capability.split("."))
+    except ValueError:
+        raise ValueError(f"cannot read a compute capability from {capability!r} (expected e.g. '8.6')") from None
+    return major * 10 + minor
 
-    Raises ``PluginUnavailable`` when TensorRT is missing or older than 10.9.
+
+def arch_problem(arch: int) -> str | None:
+    """Why the kernels cannot be compiled for ``sm_<arch>`` here (Triton or PyTorch missing, or an arch outside
+    ``ptx.SUPPORTED_ARCHS``), or None when they can."""
+    try:
+        from .ptx import SUPPORTED_ARCHS
+    except (ImportError, OSError) as error:  # triton, torch, or a shared library they load
+        return f"the plugin kernels need Triton and PyTorch, which are not importable ({error}); {_FALLBACK}"
+    if arch not in SUPPORTED_ARCHS:
+        known = ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS)
+        return (
+            f"this GPU is sm_{arch}, which the vared2 plugin kernels are not compiled for (only {known}); {_FALLBACK}"
+        )
+    return None
+
+
+def _compile_problem(arch: int) -> str | None:
+    """Compile both kernels once now (Triton caches them), so a toolchain failure surfaces here, where the
+    builder can fall back, rather than inside TensorRT's engine build."""
+    from .ptx import KERNELS, compile_kernel
+
+    for kernel in KERNELS:
+        try:
+            compile_kernel(kernel, arch, "fp32")
+        except Exception as error:  # Triton's compile errors have no common base class
+            return f"Triton could not compile {kernel} for sm_{arch} ({type(error).__name__}: {error}); {_FALLBACK}"
+    return None
+
+
+def register_plugins(arch: int) -> str:
+    """Register both plugins with ``tensorrt.plugin`` (once per process), compiling for ``sm_<arch>`` (the build
+    GPU, e.g. 86), and return TensorRT's version.
+
+    Raises ``PluginUnavailable`` saying why when TensorRT is missing or older than 10.9, Triton or PyTorch is
+    missing, or the kernels cannot be compiled for this arch. A failed call leaves no arch to compile for, so a
+    plugin registered earlier in the process refuses to build rather than emit PTX for another GPU.
     """
-    global _registered_version
+    global _registered_version, _target_arch
     with _lock:
-        if _registered_version is not None:
-            return _registered_version
-        reason = plugin_support()
+        _target_arch = None
+        reason = plugin_support() or arch_problem(arch) or _compile_problem(arch)
         if reason is not None:
             raise PluginUnavailable(reason)
-        import tensorrt as trt
-        import tensorrt.plugin as trtp
+        if _registered_version is None:
+            import tensorrt as trt
+            import tensorrt.plugin as trtp
 
-        _define_plugins(trt, trtp)
-        _registered_version = str(trt.__version__)
+            _define_plugins(trt, trtp)
+            _registered_version = str(trt.__version__)
+        _target_arch = arch
         return _registered_version
 
 
-def _current_arch() -> int:
-    """Compute capability of the build GPU, as Triton's active driver reports it (e.g. 86)."""
-    import triton
-
-    target = triton.runtime.driver.active.get_current_target()
-    return int(target.arch)
-
-
 def _static(expr: Any, what: str) -> int:
-    """A shape expression TensorRT knows at build time (every axis but the batch)."""
+    """A dimension TensorRT knows at build time (every axis but the batch). In ``tensorrt.plugin``,
+    ``ShapeExpr.is_constant`` is a property and ``constant_value()`` a method; plain ints pass through."""
+    if isinstance(expr, int):
+        return expr
     if not expr.is_constant:
         raise ValueError(f"{what} must be static for the vared2 plugins (only the batch axis is dynamic)")
-    return int(expr.constant_value)
+    return int(expr.constant_value())
+
+
+def aot_launch(kernel: str, dims: Sequence[Any], attribute: int) -> tuple[int, list[Any], Any, Any]:
+    """Block, int32 extra arguments and grid (x, y) of ``kernel`` for input dims ``[N, C, T, H, W]``, as
+    ``aot_impl`` returns them; ``attribute`` is ``factor`` or ``out_channels``. In a build the dims are
+    TensorRT's shape expressions: C, T, H, W are read as build-time constants, N stays symbolic."""
+    from .triton_kernels import block_for
+
+    n, *rest = dims
+    c, t, h, w = (_static(d, axis) for d, axis in zip(rest, "CTHW", strict=True))
+    block = block_for(h * w)
+    if kernel == "temporal_reconstruct":
+        return block, *temporal_launch([n, c, t, h, w], attribute, block)
+    if kernel == "channel_reconstruct":
+        return block, *channel_launch([n, c, t, h, w], attribute, block)
+    raise ValueError(f"unknown kernel {kernel!r}")
 
 
 def _define_plugins(trt: Any, trtp: Any) -> None:
     """The ``tensorrt.plugin`` definitions; annotations must be the real classes of ``trtp``."""
     from .ptx import compile_kernel
-    from .triton_kernels import block_for
 
     def storage(desc: Any) -> str:
         if desc.dtype == trt.float32:
@@ -135,10 +191,11 @@ def _define_plugins(trt: Any, trtp: Any) -> None:
             return "fp16"
         raise TypeError(f"vared2 plugins take float32 or float16 tensors, got {desc.dtype}")
 
-    def aot_result(
-        kernel: str, dtype: str, block: int, extra: list[Any], grid_x: Any, grid_y: Any
-    ) -> tuple[str, str, Any, Any]:
-        compiled = compile_kernel(kernel, _current_arch(), dtype, block)
+    def aot_result(kernel: str, x: Any, attribute: int) -> tuple[str, str, Any, Any]:
+        if _target_arch is None:
+            raise RuntimeError("the vared2 plugins have no GPU to compile for: register_plugins(arch) failed")
+        block, extra, grid_x, grid_y = aot_launch(kernel, list(x.shape_expr), attribute)
+        compiled = compile_kernel(kernel, _target_arch, storage(x), block)
         launch = trtp.KernelLaunchParams()
         launch.grid_x = grid_x
         launch.grid_y = grid_y
@@ -172,10 +229,7 @@ def _define_plugins(trt: Any, trtp: Any) -> None:
         outputs: tuple[trtp.TensorDesc],
         tactic: int,
     ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        dims = list(x.shape_expr)
-        block = block_for(_static(dims[3], "H") * _static(dims[4], "W"))
-        extra, grid_x, grid_y = temporal_launch(dims, factor, block)
-        return aot_result("temporal_reconstruct", storage(x), block, extra, grid_x, grid_y)
+        return aot_result("temporal_reconstruct", x, factor)
 
     @trtp.register(PLUGIN_IDS[1])
     def channel_desc(
@@ -200,7 +254,4 @@ def _define_plugins(trt: Any, trtp: Any) -> None:
         outputs: tuple[trtp.TensorDesc],
         tactic: int,
     ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        dims = list(x.shape_expr)
-        block = block_for(_static(dims[3], "H") * _static(dims[4], "W"))
-        extra, grid_x, grid_y = channel_launch(dims, out_channels, block)
-        return aot_result("channel_reconstruct", storage(x), block, extra, grid_x, grid_y)
+        return aot_result("channel_reconstruct", x, out_channels)
