@@ -100,13 +100,18 @@ def _backend_version(backend: str) -> str:
 
 def build_key(sources: dict[str, str], backend: str, options: dict[str, Any]) -> str:
     """One digest of everything a build depends on: the sources' digests (``source_digest``), options, backend
-    version."""
+    version and, for TensorRT, the GPU's compute capability (plans and the plugins' PTX are tied to it, so a
+    rebuild on another GPU is not "up to date")."""
     payload = {
         "sources": sources,
         "backend": backend,
         "backend_version": _backend_version(backend),
         "options": options,
     }
+    if backend == "tensorrt":
+        from vared2.engines.tensorrt_engine import gpu_info
+
+        payload["compute_capability"] = gpu_info()["compute_capability"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -3,10 +3,13 @@
 One ``.plan`` per bucket and one for the gate; one optimisation profile over the batch axis
 (``1..max_batch``, ``opt_batch`` the typical batch); one timing cache file shared by every build, so
 tactics timed for one bucket are reused by the next. The vared2 plugins are registered before parsing
-(TensorRT ≥ 10.9: ahead-of-time ``tensorrt.plugin`` kernels, and the ONNX parser prefers a registered
-plugin over the model-local function); older TensorRT (JetPack 6 ships 10.3) skips registration and
-the parser turns the local functions into ordinary layers. The network of each engine is inspected for
-plugin layers, and the manifest records which path each engine took.
+(TensorRT ≥ 10.9: ahead-of-time ``tensorrt.plugin`` kernels compiled for the build GPU; the ONNX parser
+prefers a registered plugin over the model-local function when the node names it with ``plugin_namespace``).
+Without them — ``use_plugins=False``, TensorRT older than 10.9 (JetPack 6 ships 10.3), or a registration that
+failed (logged as a warning with its cause) — each model is parsed from a copy whose vared2 nodes lack
+``plugin_namespace``/``plugin_version``, so the parser turns the local functions into ordinary layers even
+when an earlier build in this process registered the plugins (a registration cannot be undone). The network
+of each engine is inspected for plugin layers, and the manifest records which path each engine took.
 
 TensorRT and Polygraphy's TensorRT modules are imported only inside the functions here. This path has
 not run on the machine it was written on (no GPU): ``tests/test_engines_tensorrt.py`` covers it on a
@@ -16,6 +19,7 @@ GPU host (``./build.sh gpu-check``).
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,10 +29,14 @@ import onnx
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
 from vared2.engines.onnxruntime_engine import model_spec
 
+log = logging.getLogger(__name__)
+
 #: The first TensorRT whose ``tensorrt.plugin`` has ahead-of-time (``aot_impl``) plugins.
 AOT_PLUGIN_VERSION = (10, 9)
 TIMING_CACHE = "timing.cache"
 CUSTOM_OPS = ("TemporalReconstruct", "ChannelReconstruct")
+#: The node attributes that make TensorRT's ONNX parser look for a registered plugin before the local function.
+PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 
 
 class TensorRTUnavailableError(ImportError):
@@ -87,15 +95,45 @@ def gpu_info(device: int = 0) -> dict[str, Any]:
     }
 
 
-def register_vared2_plugins(trt_version: str) -> bool:
-    """Register the vared2 AOT plugins when this TensorRT supports them; False means the parser will use the
-    ONNX local functions."""
+def register_vared2_plugins(trt_version: str, compute_capability: str) -> str | None:
+    """Register the vared2 AOT plugins, compiling for the GPU of ``compute_capability`` (``"8.6"``); returns
+    None when they are registered, else why not (logged as a warning), and the builder then parses the ONNX
+    local functions."""
     if version_tuple(trt_version)[:2] < AOT_PLUGIN_VERSION:
-        return False
-    from vared2.plugins.tensorrt_plugin import register_plugins
+        wanted = ".".join(map(str, AOT_PLUGIN_VERSION))
+        return f"TensorRT {trt_version} is older than {wanted}, which ahead-of-time Python plugins need"
+    from vared2.plugins.tensorrt_plugin import PluginUnavailable, arch_from_capability, register_plugins
 
-    register_plugins()
-    return True
+    try:
+        register_plugins(arch_from_capability(compute_capability))
+    except (PluginUnavailable, ImportError) as error:
+        log.warning("vared2 TensorRT plugins not registered: %s", error)  # the reason says what happens instead
+        return str(error)
+    return None
+
+
+def strip_plugin_attributes(model: onnx.ModelProto) -> int:
+    """Remove ``plugin_namespace``/``plugin_version`` from ``model``'s vared2 nodes, in place; returns how many
+    nodes changed. The functions declare both attributes with defaults, so the model stays valid, and TensorRT's
+    parser then imports the local function even if a vared2 plugin is registered in this process."""
+    changed = 0
+    for node in model.graph.node:
+        if node.domain != "vared2" or node.op_type not in CUSTOM_OPS:
+            continue
+        kept = [a for a in node.attribute if a.name not in PLUGIN_ATTRIBUTES]
+        if len(kept) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            changed += 1
+    return changed
+
+
+def local_function_bytes(onnx_path: Path) -> bytes:
+    """``onnx_path`` serialized without the plugin attributes (``strip_plugin_attributes``), external data
+    (if any) inlined, for ``NetworkFromOnnxBytes``."""
+    model = onnx.load(str(onnx_path))  # loads external data from beside the file
+    strip_plugin_attributes(model)
+    return bytes(model.SerializeToString())
 
 
 def has_custom_ops(onnx_path: Path) -> bool:
@@ -136,20 +174,34 @@ def build_plan(
     max_batch: int,
     opt_batch: int,
     timing_cache: Path,
+    use_plugins: bool = True,
 ) -> str | None:
     """Build one ``.plan``; returns how the custom ops were realised (``"plugin"``, ``"local-functions"``,
-    or None when the graph has none)."""
+    or None when the graph has none). ``use_plugins=False`` parses a copy without the plugin attributes, so
+    the local functions are used whatever is registered."""
     trt = import_tensorrt()
     try:
-        from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+        from polygraphy.backend.trt import (
+            CreateConfig,
+            EngineBytesFromNetwork,
+            NetworkFromOnnxBytes,
+            NetworkFromOnnxPath,
+            Profile,
+        )
     except ImportError as error:
         raise TensorRTUnavailableError(f"Polygraphy's TensorRT backend is unavailable ({error})") from error
 
     profile = Profile()
     for name, (lo, opt, hi) in batch_profile_shapes(onnx_path, max_batch, opt_batch).items():
         profile.add(name, min=lo, opt=opt, max=hi)
-    builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
+    custom = has_custom_ops(onnx_path)
+    if custom and not use_plugins:
+        builder, network, parser = NetworkFromOnnxBytes(local_function_bytes(onnx_path))()
+    else:
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
     plugins = plugin_layers(network, trt)
+    if plugins and not use_plugins:
+        raise RuntimeError(f"{onnx_path}: plugin layers {plugins} remain after removing the plugin attributes")
     config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=str(timing_cache))
     serialized = EngineBytesFromNetwork(
         (builder, network, parser), config=config, save_timing_cache=str(timing_cache)
@@ -157,7 +209,7 @@ def build_plan(
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
     plan_path.write_bytes(bytes(memoryview(serialized)))
-    if not has_custom_ops(onnx_path):
+    if not custom:
         return None
     return "plugin" if plugins else "local-functions"
 
@@ -179,7 +231,8 @@ def build_tensorrt(
 
     ``timing_cache`` (default: ``timing.cache`` beside the engine directory) is loaded before and saved
     after every build, so each bucket — and a later rebuild on the same GPU — starts from the tactics
-    already timed.
+    already timed. ``use_plugins=False``, or plugins that cannot be registered here (the manifest's
+    ``build_options.plugins_unavailable`` says why), builds the custom ops from the ONNX local functions.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -190,7 +243,10 @@ def build_tensorrt(
     trt = import_tensorrt()
     device = gpu_info()
     cache = Path(timing_cache) if timing_cache is not None else out_dir.parent / TIMING_CACHE
-    registered = register_vared2_plugins(trt.__version__) if use_plugins else False
+    unavailable = (
+        register_vared2_plugins(trt.__version__, device["compute_capability"]) if use_plugins else "use_plugins=False"
+    )
+    registered = unavailable is None
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def plan(source: str) -> tuple[str, str | None]:
@@ -198,7 +254,13 @@ def build_tensorrt(
             progress(source)
         target = Path(source).with_suffix(".plan").name
         path = build_plan(
-            onnx_dir / source, out_dir / target, fp16=fp16, max_batch=max_batch, opt_batch=opt_batch, timing_cache=cache
+            onnx_dir / source,
+            out_dir / target,
+            fp16=fp16,
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            timing_cache=cache,
+            use_plugins=registered,
         )
         return target, path
 
@@ -221,6 +283,7 @@ def build_tensorrt(
             "opt_batch": opt_batch,
             "use_plugins": use_plugins,
             "plugins_registered": registered,
+            "plugins_unavailable": unavailable,
             "timing_cache": str(cache),
         },
     )

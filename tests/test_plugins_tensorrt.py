@@ -6,11 +6,15 @@ The GPU tests are marked ``gpu`` and skip with the reason elsewhere; nothing her
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+import warnings
+from typing import Any
 
 import numpy as np
 import pytest
+from test_tensorrt_names import api_dir, install_hint
 
 from vared2.plugins import tensorrt_plugin
 
@@ -54,7 +58,100 @@ def test_register_plugins_explains_when_unavailable() -> None:
     if reason is None:
         pytest.skip("TensorRT >= 10.9 is installed here; the GPU tests cover registration")
     with pytest.raises(tensorrt_plugin.PluginUnavailable, match="ONNX local functions"):
-        tensorrt_plugin.register_plugins()
+        tensorrt_plugin.register_plugins(86)
+
+
+def _shape_expr_member_kinds() -> dict[str, str]:
+    """``"property"`` or ``"method"`` for ``is_constant`` and ``constant_value`` of ``tensorrt.plugin.ShapeExpr``
+    (what ``x.shape_expr[i]`` is in ``aot_impl``), read from the installed plugin module's sources: the first
+    definition along the class's bases wins, as in Python's attribute lookup."""
+    directory = api_dir()
+    if directory is None:
+        pytest.fail(f"the TensorRT API stubs are not installed; install them with:\n  {install_hint()}")
+    with warnings.catch_warnings():  # its docstrings have invalid escapes
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tree = ast.parse((directory / "tensorrt_bindings" / "plugin" / "_tensor.py").read_text())
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+    def kind(cls: str, member: str) -> str | None:
+        node = classes.get(cls)
+        if node is None:
+            return None
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name == member:
+                names = {d.id for d in item.decorator_list if isinstance(d, ast.Name)}
+                return "property" if "property" in names else "method"
+        for base in node.bases:
+            found = kind(base.id, member) if isinstance(base, ast.Name) else None
+            if found is not None:
+                return found
+        return None
+
+    kinds = {member: kind("ShapeExpr", member) for member in ("is_constant", "constant_value")}
+    assert all(kinds.values()), f"ShapeExpr lacks a member _static uses: {kinds}"
+    return {member: str(found) for member, found in kinds.items()}
+
+
+def _shape_expr_like(value: int, constant: bool, kinds: dict[str, str]) -> Any:
+    """An object with ``ShapeExpr``'s constant-access members, each a property or a method exactly as the
+    installed ``tensorrt.plugin`` defines it (a ``ShapeExpr`` with a value needs TensorRT's expression builder,
+    which exists only inside an engine build)."""
+    results = {"is_constant": constant, "constant_value": value}
+    members = {}
+    for member, how in kinds.items():
+        getter = (lambda result: lambda self: result)(results[member])
+        members[member] = property(getter) if how == "property" else getter
+    return type("ShapeExprLike", (), members)()
+
+
+def test_static_reads_shape_expressions_the_way_tensorrt_plugin_defines_them() -> None:
+    kinds = _shape_expr_member_kinds()
+    assert kinds == {"is_constant": "property", "constant_value": "method"}  # tensorrt.plugin 10.13
+    assert tensorrt_plugin._static(_shape_expr_like(7, True, kinds), "H") == 7
+    assert tensorrt_plugin._static(5, "W") == 5
+    with pytest.raises(ValueError, match="W must be static"):
+        tensorrt_plugin._static(_shape_expr_like(7, False, kinds), "W")
+
+
+def test_aot_launch_geometry_from_shape_expressions() -> None:
+    """What ``aot_impl`` computes besides the PTX: C, T, H, W read through ``_static``; N (dynamic) as given."""
+    kinds = _shape_expr_member_kinds()
+
+    def dims(n: int, *static: int) -> list[Any]:
+        return [n, *(_shape_expr_like(d, True, kinds) for d in static)]
+
+    # 5x7 plane: block 64 (next power of two), one block per row; grid x = N*C*Tc rows.
+    assert tensorrt_plugin.aot_launch("temporal_reconstruct", dims(2, 6, 3, 5, 7), 2) == (64, [6, 3, 35, 2], 36, 1)
+    # 56x56 plane: block capped at 1024, four blocks per row; grid x = N*C_out*T rows.
+    got = tensorrt_plugin.aot_launch("channel_reconstruct", dims(2, 6, 3, 56, 56), 24)
+    assert got == (1024, [6, 24, 3, 56, 56], 2 * 24 * 3, 4)
+    with pytest.raises(ValueError, match="T must be static"):
+        tensorrt_plugin.aot_launch("temporal_reconstruct", [2, 6, _shape_expr_like(3, False, kinds), 5, 7], 2)
+
+
+def test_min_ptx_per_arch() -> None:
+    """PTX ISA minimums from the PTX ISA release notes (Triton targets sm_XXa from Hopper on), floored at 7.8."""
+    from vared2.plugins import ptx
+
+    want = {75: 78, 80: 78, 86: 78, 87: 78, 89: 78, 90: 80, 100: 86, 103: 88, 120: 87, 121: 88}
+    assert {arch: ptx.min_ptx_version(arch) for arch in ptx.SUPPORTED_ARCHS} == want
+    for arch in (70, 101, 110):  # Volta; Jetson Thor (sm_101, renamed sm_110): not compiled for
+        with pytest.raises(ValueError, match=rf"sm_{arch} is not a target"):
+            ptx.min_ptx_version(arch)
+
+
+@pytest.mark.parametrize(("capability", "arch"), [("7.5", 75), ("8.6", 86), ("10.0", 100), ("12.1", 121)])
+def test_arch_from_capability(capability: str, arch: int) -> None:
+    assert tensorrt_plugin.arch_from_capability(capability) == arch
+
+
+def test_unsupported_arch_falls_back_to_local_functions() -> None:
+    with pytest.raises(ValueError, match="compute capability"):
+        tensorrt_plugin.arch_from_capability("sm_86")
+    assert tensorrt_plugin.arch_problem(86) is None
+    problem = tensorrt_plugin.arch_problem(110)
+    assert problem is not None and "sm_110" in problem and "ONNX local functions" in problem
 
 
 # ---- GPU tier (./build.sh gpu-check): build engines with the AOT plugins and compare with the reference ----
@@ -79,9 +176,10 @@ def _build_and_run(model_bytes: bytes, feeds: dict[str, np.ndarray], fp16: bool)
 def test_aot_plugins_match_reference_on_gpu(fp16: bool) -> None:
     import torch
 
+    from vared2.engines.tensorrt_engine import gpu_info
     from vared2.plugins import onnx_functions, reference
 
-    tensorrt_plugin.register_plugins()
+    tensorrt_plugin.register_plugins(tensorrt_plugin.arch_from_capability(gpu_info()["compute_capability"]))
     rng = np.random.default_rng(0)
     tolerance = 2e-2 if fp16 else 1e-4
     x = rng.standard_normal((2, 6, 3, 5, 7)).astype(np.float32)
