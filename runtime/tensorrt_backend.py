@@ -10,8 +10,13 @@ a bucket engine reads them in place (all rows) or from a device-side gather (a s
 a *worker* (execution contexts, a stream and buffers of their own) from a pool; ``contexts`` sets its size.
 
 ``tensorrt`` and ``pycuda`` are imported here only, when a TensorRT engine directory is opened. CUDA graphs
-(``cuda_graphs=True``) additionally need ``cuda-python`` (pycuda has no graph API); each worker captures one graph
-per engine, batch size and input address on its second use and replays it afterwards.
+(``cuda_graphs=True``) additionally need ``cuda-python`` (pycuda has no graph API), imported when the directory is
+opened; each worker captures one graph per engine, batch size and input address on its second use and replays it
+afterwards.
+
+Every engine must have exactly the gate's or a bucket's I/O tensors (``execute_async_v3`` needs an address for each
+one), and every ``set_input_shape`` / ``set_tensor_address`` is checked, naming the engine file and tensor. After
+``close()`` a call raises ``BackendError`` instead of waiting for a worker.
 
 ``_Worker.time_gate`` / ``time_bucket`` run the same engines timed with CUDA events (trtexec's H2D, GPU compute,
 D2H and enqueue times) for ``vared2 bench``.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +38,9 @@ from vared2.engines.manifest import Manifest
 
 from .backends import GateOutput, check_backend_version
 from .errors import BackendError, DeviceMismatchError
+
+GATE_INPUTS, GATE_OUTPUTS = {"clip"}, {"features", "bucket_logits"}
+BUCKET_INPUTS, BUCKET_OUTPUTS = {"features"}, {"logits"}
 
 
 def _import_tensorrt() -> tuple[Any, Any]:
@@ -48,6 +57,20 @@ def _import_tensorrt() -> tuple[Any, Any]:
 
 def _volume(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
+
+
+def _set_shape(context: Any, name: str, shape: tuple[int, ...], engine: Path) -> None:
+    """``set_input_shape``, whose False (a shape outside the profile) would otherwise surface only as a failed
+    ``execute_async_v3``."""
+    if not context.set_input_shape(name, shape):
+        raise BackendError(f"{engine}: TensorRT refused shape {shape} for input {name!r} (outside its profile?)")
+
+
+def _set_address(context: Any, name: str, address: int, engine: Path) -> None:
+    """``set_tensor_address``, checked: TensorRT returns False for a name it does not know or a misaligned
+    address."""
+    if not context.set_tensor_address(name, address):
+        raise BackendError(f"{engine}: TensorRT refused the device address of tensor {name!r}")
 
 
 class _EngineInfo:
@@ -81,9 +104,15 @@ class _EngineInfo:
 class _Worker:
     """Execution contexts, one stream and device/pinned buffers sized for ``max_batch``: one call at a time."""
 
-    def __init__(self, cuda: Any, gate: _EngineInfo, buckets: list[_EngineInfo], max_batch: int, graphs: bool):
+    def __init__(
+        self, cuda: Any, gate: _EngineInfo, buckets: list[_EngineInfo], max_batch: int, cudart: Any | None
+    ) -> None:
+        """``cudart``: cuda-python's runtime module to capture CUDA graphs with, or None for plain launches."""
         self.cuda = cuda
+        self.cudart = cudart
         self.max_batch = max_batch
+        self.gate_path = gate.path
+        self.bucket_paths = [b.path for b in buckets]
         self.stream = cuda.Stream()
         self.gate_context = gate.engine.create_execution_context()
         self.bucket_contexts = [b.engine.create_execution_context() for b in buckets]
@@ -100,7 +129,7 @@ class _Worker:
         out_dtype, out_shape = buckets[0].outputs["logits"]
         self.logits_host = cuda.pagelocked_empty((max_batch, *out_shape), out_dtype)
         self.logits_device = cuda.mem_alloc(self.logits_host.nbytes)
-        self.graphs: dict[tuple[int, int, int], Any] | None = {} if graphs else None
+        self.graphs: dict[tuple[int, int, int], Any] | None = {} if cudart is not None else None
         self.seen: set[tuple[int, int, int]] = set()
         self._events: list[Any] | None = None
 
@@ -117,7 +146,7 @@ class _Worker:
         if not context.execute_async_v3(self.stream.handle):
             raise BackendError("TensorRT execute_async_v3 failed; the TensorRT log above says why")
         if key in self.seen:  # shapes and addresses are settled after one plain run: capture for the next call
-            self.graphs[key] = _CudaGraph.capture(context, self.stream.handle)
+            self.graphs[key] = _CudaGraph.capture(self.cudart, context, self.stream.handle)
         self.seen.add(key)
 
     def run_gate(self, clip: np.ndarray) -> GateOutput:
@@ -125,16 +154,32 @@ class _Worker:
         host = self.clip_host[:n]
         np.copyto(host, clip)
         self.cuda.memcpy_htod_async(self.clip_device, host, self.stream)
-        context = self.gate_context
-        context.set_input_shape("clip", tuple(clip.shape))
-        context.set_tensor_address("clip", int(self.clip_device))
-        context.set_tensor_address("features", int(self.features))
-        context.set_tensor_address("bucket_logits", int(self.bucket_logits_device))
+        context = self._bind_gate(n)
         self._execute((-1, n, int(self.clip_device)), context)
         logits = self.bucket_logits_host[:n]
         self.cuda.memcpy_dtoh_async(logits, self.bucket_logits_device, self.stream)
         self.stream.synchronize()
         return GateOutput(batch=n, bucket_logits=logits.copy(), features=self.features)
+
+    def _bind_gate(self, n: int) -> Any:
+        """The gate's context with its input shape and every I/O address set for a batch of ``n``."""
+        context = self.gate_context
+        clip_shape = (n, *self.clip_host.shape[1:])
+        _set_shape(context, "clip", clip_shape, self.gate_path)
+        _set_address(context, "clip", int(self.clip_device), self.gate_path)
+        _set_address(context, "features", int(self.features), self.gate_path)
+        _set_address(context, "bucket_logits", int(self.bucket_logits_device), self.gate_path)
+        return context
+
+    def _bind_bucket(self, bucket: int, n: int, source: int) -> Any:
+        """Bucket ``bucket``'s context reading ``n`` feature rows at device address ``source``."""
+        context = self.bucket_contexts[bucket]
+        path = self.bucket_paths[bucket]
+        feat_shape = tuple(context.engine.get_tensor_shape("features"))[1:]
+        _set_shape(context, "features", (n, *feat_shape), path)
+        _set_address(context, "features", source, path)
+        _set_address(context, "logits", int(self.logits_device), path)
+        return context
 
     def run_bucket(self, bucket: int, gate: GateOutput, rows: np.ndarray) -> np.ndarray:
         n = len(rows)
@@ -145,11 +190,7 @@ class _Worker:
             for i, row in enumerate(rows):
                 self.cuda.memcpy_dtod_async(int(self.gathered) + i * size, source + int(row) * size, size, self.stream)
             source = int(self.gathered)
-        context = self.bucket_contexts[bucket]
-        feat_shape = tuple(context.engine.get_tensor_shape("features"))[1:]
-        context.set_input_shape("features", (n, *feat_shape))
-        context.set_tensor_address("features", source)
-        context.set_tensor_address("logits", int(self.logits_device))
+        context = self._bind_bucket(bucket, n, source)
         self._execute((bucket, n, source), context)
         out = self.logits_host[:n]
         self.cuda.memcpy_dtoh_async(out, self.logits_device, self.stream)
@@ -169,11 +210,7 @@ class _Worker:
         n = clip.shape[0]
         host = self.clip_host[:n]
         np.copyto(host, clip)
-        context = self.gate_context
-        context.set_input_shape("clip", tuple(clip.shape))
-        context.set_tensor_address("clip", int(self.clip_device))
-        context.set_tensor_address("features", int(self.features))
-        context.set_tensor_address("bucket_logits", int(self.bucket_logits_device))
+        context = self._bind_gate(n)
         start, copied, computed, done = self._timing_events()
         start.record(self.stream)
         self.cuda.memcpy_htod_async(self.clip_device, host, self.stream)
@@ -198,11 +235,7 @@ class _Worker:
         """One run of bucket ``bucket`` on all rows of ``gate``'s device features, timed like ``time_gate``.
         The features stay on the device (the serving path), so ``h2d`` is 0; ``d2h`` is the logits."""
         n = gate.batch
-        context = self.bucket_contexts[bucket]
-        feat_shape = tuple(context.engine.get_tensor_shape("features"))[1:]
-        context.set_input_shape("features", (n, *feat_shape))
-        context.set_tensor_address("features", int(gate.features))
-        context.set_tensor_address("logits", int(self.logits_device))
+        context = self._bind_bucket(bucket, n, int(gate.features))
         start, _, computed, done = self._timing_events()
         start.record(self.stream)
         t0 = time.perf_counter()
@@ -235,11 +268,7 @@ class _CudaGraph:
         self.cudart, self.graph, self.exec = cudart, graph, exec_
 
     @classmethod
-    def capture(cls, context: Any, stream: int) -> _CudaGraph:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError as error:
-            raise BackendError(f"cuda_graphs=True needs the cuda-python package ({error})") from error
+    def capture(cls, cudart: Any, context: Any, stream: int) -> _CudaGraph:
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _check(cudart.cudaStreamBeginCapture(stream, mode))
         try:
@@ -248,6 +277,16 @@ class _CudaGraph:
         finally:
             graph = _check(cudart.cudaStreamEndCapture(stream))
         return cls(cudart, graph, _check(cudart.cudaGraphInstantiate(graph, 0)))
+
+
+def _import_cudart() -> Any:
+    """cuda-python's runtime API, imported when the backend opens, so a missing package is an error there and
+    not at the second call (when the first graph is captured)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as error:
+        raise BackendError(f"cuda_graphs=True needs the cuda-python package ({error})") from error
+    return cudart
 
 
 def check_device(manifest: Manifest, name: str, capability: tuple[int, int]) -> None:
@@ -280,6 +319,7 @@ class TrtBackend:
         if contexts < 1:
             raise ValueError(f"contexts must be at least 1, got {contexts}")
         trt, cuda = _import_tensorrt()
+        cudart = _import_cudart() if cuda_graphs else None
         check_backend_version(manifest, trt.__version__, exact=3)
         cuda.init()
         gpu = cuda.Device(device)
@@ -298,25 +338,34 @@ class TrtBackend:
             ]
             self._check_interface(gate, buckets)
             self._engines = [gate, *buckets]
-            self._pool: queue.Queue[_Worker] = queue.Queue()
+            self._closed = False
+            self._lock = threading.Lock()
+            self._pool: queue.Queue[_Worker | None] = queue.Queue()  # None: closed
             for _ in range(contexts):
-                self._pool.put(_Worker(cuda, gate, buckets, manifest.max_batch, cuda_graphs))
+                self._pool.put(_Worker(cuda, gate, buckets, manifest.max_batch, cudart))
         finally:
             self._context.pop()
 
     @staticmethod
     def _check_interface(gate: _EngineInfo, buckets: list[_EngineInfo]) -> None:
-        if set(gate.inputs) != {"clip"} or not {"features", "bucket_logits"} <= set(gate.outputs):
+        """Exactly these I/O tensors: ``execute_async_v3`` needs an address for every one, and a worker binds
+        only these."""
+        if set(gate.inputs) != GATE_INPUTS or set(gate.outputs) != GATE_OUTPUTS:
             raise BackendError(
-                f"{gate.path}: a gate engine has input 'clip' and outputs 'features', 'bucket_logits'; "
+                f"{gate.path}: a gate engine has exactly input 'clip' and outputs 'features', 'bucket_logits'; "
                 f"this one has inputs {list(gate.inputs)}, outputs {list(gate.outputs)}"
             )
         features = gate.outputs["features"]
         for b in buckets:
-            if b.inputs.get("features") != features or "logits" not in b.outputs:
+            if set(b.inputs) != BUCKET_INPUTS or set(b.outputs) != BUCKET_OUTPUTS:
                 raise BackendError(
-                    f"{b.path}: a bucket engine reads the gate's features {features} and writes 'logits'; "
-                    f"this one has inputs {b.inputs}, outputs {list(b.outputs)}"
+                    f"{b.path}: a bucket engine has exactly input 'features' and output 'logits'; "
+                    f"this one has inputs {list(b.inputs)}, outputs {list(b.outputs)}"
+                )
+            if b.inputs["features"] != features:
+                raise BackendError(
+                    f"{b.path}: input 'features' is {b.inputs['features']}, the gate writes {features} "
+                    "(dtype, shape without the batch axis)"
                 )
             if b.outputs["logits"] != buckets[0].outputs["logits"]:
                 raise BackendError(f"{b.path}: logits {b.outputs['logits']} differ from bucket 0's")
@@ -325,18 +374,33 @@ class TrtBackend:
     def session(self) -> Iterator[_Worker]:
         """A worker for one call, with the CUDA context current on this thread."""
         worker = self._pool.get()
+        if worker is None:  # closed: pass the marker on, so every waiting call wakes up and fails too
+            self._pool.put(None)
+            raise BackendError("this TensorRT runtime is closed")
         self._context.push()
         try:
             yield worker
         finally:
             self._cuda.Context.pop()
-            self._pool.put(worker)
+            with self._lock:
+                if not self._closed:
+                    self._pool.put(worker)
 
     def close(self) -> None:
-        self._context.push()
-        try:
-            while not self._pool.empty():
-                self._pool.get_nowait()
-            self._engines = []
-        finally:
-            self._cuda.Context.pop()
+        """Release the engines and workers; calls waiting for a worker, and later calls, raise ``BackendError``
+        instead of blocking."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._context.push()
+            try:
+                while True:
+                    try:
+                        self._pool.get_nowait()
+                    except queue.Empty:
+                        break
+                self._engines = []
+            finally:
+                self._cuda.Context.pop()
+            self._pool.put(None)

@@ -14,7 +14,7 @@ from vared2.cli import cli
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, sha256_file, write_engine_dir
 from vared2.runtime import BackendError, BackendVersionError, DeviceMismatchError, Runtime
 from vared2.runtime.backends import check_backend_version
-from vared2.runtime.tensorrt_backend import check_device
+from vared2.runtime.tensorrt_backend import TrtBackend, _EngineInfo, check_device
 
 
 def trt_manifest(directory: Path, onnx_manifest: Manifest, version: str, capability: str) -> Manifest:
@@ -85,6 +85,36 @@ def test_tensorrt_plans_need_the_exact_version_and_gpu(tmp_path: Path) -> None:
         check_device(manifest, "L4", (8, 9))
 
 
+def _engine_io(path: str, inputs: dict[str, tuple[int, ...]], outputs: dict[str, tuple[int, ...]]) -> _EngineInfo:
+    """The I/O record ``_EngineInfo`` reads from a deserialised plan (float32 tensors), for the interface check."""
+    info = object.__new__(_EngineInfo)
+    info.path = Path(path)
+    info.inputs = {name: (np.dtype(np.float32), shape) for name, shape in inputs.items()}
+    info.outputs = {name: (np.dtype(np.float32), shape) for name, shape in outputs.items()}
+    return info
+
+
+def test_engines_must_have_exactly_the_expected_tensors() -> None:
+    """A worker binds exactly these tensors, and ``execute_async_v3`` fails on any tensor without an address."""
+    features = (4, FRAMES, SIZE, SIZE)
+    gate = _engine_io("e/gate.plan", {"clip": (FRAMES, SIZE, SIZE, 3)}, {"features": features, "bucket_logits": (3,)})
+    bucket = _engine_io("e/bucket_0.plan", {"features": features}, {"logits": (5,)})
+    TrtBackend._check_interface(gate, [bucket, bucket])
+
+    extra = _engine_io("e/gate.plan", {"clip": (FRAMES, SIZE, SIZE, 3)}, {**gate.outputs, "debug": (1,)})
+    with pytest.raises(BackendError, match=r"e/gate\.plan: a gate engine has exactly input 'clip'.*'debug'"):
+        TrtBackend._check_interface(extra, [bucket])
+    missing = _engine_io("e/gate.plan", {"clip": (FRAMES, SIZE, SIZE, 3)}, {"features": features})
+    with pytest.raises(BackendError, match=r"e/gate\.plan: .*outputs \['features'\]"):
+        TrtBackend._check_interface(missing, [bucket])
+    two_outputs = _engine_io("e/bucket_1.plan", {"features": features}, {"logits": (5,), "probs": (5,)})
+    with pytest.raises(BackendError, match=r"e/bucket_1\.plan: a bucket engine has exactly input 'features'"):
+        TrtBackend._check_interface(gate, [bucket, two_outputs])
+    other_features = _engine_io("e/bucket_1.plan", {"features": (8, FRAMES, SIZE, SIZE)}, {"logits": (5,)})
+    with pytest.raises(BackendError, match=r"e/bucket_1\.plan: input 'features' is .*the gate writes"):
+        TrtBackend._check_interface(gate, [bucket, other_features])
+
+
 @pytest.mark.gpu
 def test_tensorrt_engines_match_onnxruntime(tmp_path: Path) -> None:
     """Build fp32 plans of the toy engines with Polygraphy and compare the runtime's results with ORT's."""
@@ -120,4 +150,9 @@ def test_tensorrt_engines_match_onnxruntime(tmp_path: Path) -> None:
             choice, probs = reference(onnx_dir, clips)
             assert [r.bucket for r in results] == list(choice)
             np.testing.assert_allclose(np.stack([r.probabilities for r in results]), probs, atol=1e-4)
+        refused = r"gate\.plan: TensorRT refused shape .* for input 'clip'"
+        with runtime.backend.session() as worker, pytest.raises(BackendError, match=refused):
+            worker._bind_gate(5)  # a batch beyond the profile: set_input_shape returns False
         runtime.close()
+        with pytest.raises(BackendError, match="closed"):  # not a wait for a worker that will never return
+            runtime.classify(clips)
