@@ -5,7 +5,8 @@
 are rebuilt. A convolution with a temporal kernel of 1, no temporal padding and temporal stride ``s`` reads only
 frames ``0, s, 2s, …`` of its input; r(2+1)d's spatial halves in a temporally reduced stage have ``s = R``, and so
 do the shortcut projections of a stage that halves time. Whatever reaches such readers only through ops that treat
-every frame alike (``ReLU``, a per-channel ``Add``, the residual ``Add``, ϕs) is needed only at those frames.
+every frame alike (``ReLU``, a per-channel ``Add`` or ``Mul``, the residual ``Add``, ϕs) is needed only at those
+frames.
 
 ``skip_unread_frames`` works out, backwards from the outputs, the stride ``m`` at which each value is needed, and
 keeps only frames ``0, m, 2m, …`` of it:
@@ -77,7 +78,7 @@ def _frame_wise_inputs(node: NodeProto, graph: _Graph) -> list[str] | None:
     """The time-varying inputs of an op that treats every frame alike, else ``None``."""
     if (node.domain, node.op_type) in {("", "Relu"), (DOMAIN, CHANNEL_RECONSTRUCT)}:
         return [node.input[0]]
-    if node.domain == "" and node.op_type == "Add" and len(node.input) == 2:
+    if node.domain == "" and node.op_type in ("Add", "Mul") and len(node.input) == 2:
         varying = []
         for name in node.input:
             value = graph.constants(name)

@@ -9,6 +9,12 @@ the two cheap ops need care:
   not (the border taps would see ``t`` instead of 0). So when ϕs is present only the scale is folded into
   the convolution; the generated channels take their own ``s`` and ``t`` in ϕs' weight and bias, and the
   computed channels' shift ``t`` is one ``Add`` after ϕs. Exact, with no extra pass when ϕs is absent.
+
+A reduced bucket's BatchNorm has its own statistics (``BucketBatchNorm3d``), so its scale ``s_b`` differs from the
+full bucket's ``s_full``. Folding ``s_b`` would make every bucket's weight a different tensor; the engines share
+one copy (DESIGN.md §5) only if the partial weight is a prefix of the full bucket's. So the full bucket's scale is
+folded everywhere and the bucket's own restored by a per-channel ``Mul`` with ``s_b / s_full`` after the
+convolution (docs/design.md, "BatchNorm statistics per bucket").
 """
 
 from __future__ import annotations
@@ -18,9 +24,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vared2.models import DynamicConv3d
-from vared2.models.batchnorm import batchnorm_statistics
+from vared2.models.batchnorm import BucketBatchNorm3d, batchnorm_statistics
 from vared2.models.dynamic_conv import Policy
 from vared2.plugins import torch_ops as _torch_ops  # noqa: F401  (registers torch.ops.vared2.*)
+
+
+def full_bucket_scale(bn: nn.BatchNorm3d) -> Tensor | None:
+    """The BatchNorm scale ``γ/√(var+ε)`` with the *full* bucket's variance, when ``bn`` is set to another
+    bucket's statistics (else None): the scale the full bucket's folded weight carries, which a reduced bucket
+    shares (``FoldedGatedConv``)."""
+    if not isinstance(bn, BucketBatchNorm3d) or bn.bucket == 0 or bn.running_var is None:
+        return None
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    return scale * bn.weight.double() if bn.weight is not None else scale
 
 
 def batchnorm_affine(bn: nn.BatchNorm3d) -> tuple[Tensor, Tensor]:
@@ -68,6 +84,7 @@ class FoldedGatedConv(nn.Module):
     c_weight: Tensor
     c_bias: Tensor
     post_shift: Tensor
+    out_scale: Tensor | None
 
     def __init__(self, layer: DynamicConv3d, bn: nn.BatchNorm3d, policy: Policy, name: str) -> None:
         super().__init__()
@@ -84,8 +101,23 @@ class FoldedGatedConv(nn.Module):
         weight = layer.weight[: self.computed].double()
         bias = layer.bias[: self.computed].double() if layer.bias is not None else torch.zeros_like(s)
         conv_shift = torch.zeros_like(t) if has_channel_op else t
-        self.register_buffer("weight", (weight * s.view(-1, 1, 1, 1, 1)).float())
-        self.register_buffer("bias", (bias * s + conv_shift).float())
+        # Share the full bucket's folded weight (DESIGN.md §5: a prefix of it) and restore this bucket's own
+        # scale with a per-channel ratio after the convolution: conv(x, W·s_full) + b' times s/s_full is
+        # conv(x, W·s) + b'·s/s_full. Where the ratios are 1 (the full bucket, equal statistics) nothing is added.
+        reference = full_bucket_scale(bn)
+        ratio = None if reference is None else s / reference[: self.computed]
+        if ratio is not None and (
+            bool((ratio == 1).all()) or not bool(torch.isfinite(ratio).all() and (ratio != 0).all())
+        ):
+            ratio = None  # nothing to restore, or a zero scale that cannot be shared: fold this bucket's own
+        folded_scale = s if ratio is None else reference[: self.computed]  # type: ignore[index]
+        folded_bias = bias * s + conv_shift
+        self.register_buffer("weight", (weight * folded_scale.view(-1, 1, 1, 1, 1)).float())
+        self.register_buffer("bias", (folded_bias if ratio is None else folded_bias / ratio).float())
+        if ratio is None:
+            self.out_scale = None
+        else:
+            self.register_buffer("out_scale", ratio.view(1, -1, 1, 1, 1).float())
 
         if self.factor > 1:
             a, b = (p.double() for p in layer.temporal_params(policy))
@@ -111,6 +143,8 @@ class FoldedGatedConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.conv3d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        if self.out_scale is not None:
+            y = y * self.out_scale
         if self.factor > 1:
             y = torch.ops.vared2.temporal_reconstruct(y, self.t_scale, self.t_shift, self.factor)
         if self.computed < self.out_channels:
