@@ -19,7 +19,9 @@ which the views' ``-1`` batch hides from it, but a ``0`` there, which lets it, m
 products, summed in another order; the weights are ``Slice``s of the shared initializer (folded at load, so the
 engines still share one ``weights.bin``). The depthwise pair sits in a
 ``vared2.ort`` function, so tools that read an engine's top-level ``Conv`` nodes (the bench's convolution-only
-ceiling) see only the two halves of the partial convolution.
+ceiling) see only the two halves of the partial convolution. A per-channel ``Mul`` before ϕt (the exporter's
+restoring of a reduced bucket's BatchNorm scale, ``vared2.export.fold``) is absorbed into both depthwise
+weights.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .ort_specialize import (
     _attribute_int,
     _function,
     _Graph,
+    _input_scale,
     _int64,
     _replace_nodes,
     _sole_consumer,
@@ -106,10 +109,15 @@ def _split(
     assert weight is not None and scale is not None and shift is not None
     c_out = int(weight.shape[0])
     prefix = f"{conv.output[0]}{SPECIALIZED_SUFFIX}.phases"
+    source, ratio, restoring = reconstruct.input[0], np.ones(c), []
+    restored = _input_scale(graph, reconstruct.input[0])
+    if restored is not None:  # ϕt of r·P: both phases' depthwise weights times r (vared2.export.fold's ratio)
+        source, ratio, mul = restored
+        restoring = [mul]
     initializers = [
-        numpy_helper.from_array(np.ones((c, 1, 1, 1), np.float32), f"{prefix}.even_w"),
+        numpy_helper.from_array(ratio.reshape(c, 1, 1, 1).astype(np.float32), f"{prefix}.even_w"),
         numpy_helper.from_array(np.zeros(c, np.float32), f"{prefix}.even_b"),
-        numpy_helper.from_array(scale[1].reshape(c, 1, 1, 1).astype(np.float32), f"{prefix}.odd_w"),
+        numpy_helper.from_array((scale[1] * ratio).reshape(c, 1, 1, 1).astype(np.float32), f"{prefix}.odd_w"),
         numpy_helper.from_array(shift[1].astype(np.float32), f"{prefix}.odd_b"),
     ]
     body = [_int64("view4", [-1, c, tc, h * w]), helper.make_node("Reshape", ["x", "view4"], ["x4"])]
@@ -129,9 +137,7 @@ def _split(
         f"ϕt (R = 2) + ReLU as even/odd frames of x [N,{c},{tc},{h},{w}]",
     )
     even, odd = f"{prefix}.even", f"{prefix}.odd"
-    call = helper.make_node(
-        name, [reconstruct.input[0], *(t.name for t in initializers)], [even, odd], domain=SPECIALIZED_DOMAIN
-    )
+    call = helper.make_node(name, [source, *(t.name for t in initializers)], [even, odd], domain=SPECIALIZED_DOMAIN)
     call.name = reconstruct.name or name
 
     after = _sole_consumer(graph, conv.output[0], "Relu")
@@ -167,7 +173,7 @@ def _split(
         _int64(f"{prefix}.shape5", [-1, c_out, frames, h, w]),
         helper.make_node("Reshape", [z, f"{prefix}.shape5"], [output]),
     ]
-    absorbed = [reconstruct, relu, conv, *([after] if after is not None else [])]
+    absorbed = [*restoring, reconstruct, relu, conv, *([after] if after is not None else [])]
     return nodes, initializers, absorbed, function
 
 

@@ -19,6 +19,10 @@ custom node into a function of its own, in domain ``vared2.ort``, with every sha
   depthwise convolutions), so nothing runs over all ``C_out`` channels except the one ``Concat``.
 * ϕt (``TemporalReconstruct``): the same broadcast ``Mul`` + ``Add``, with its coefficients and output shape as
   constants.
+* A per-channel ``Mul`` right before ϕt or ϕs — the exporter restoring a reduced bucket's own BatchNorm scale on
+  the full bucket's shared weight (``vared2.export.fold``) — is absorbed: into ϕt's scale rows, or into ϕs's
+  filters (per source channel) with the computed channels' ratio, shift and ``ReLU`` run as one depthwise 1×1
+  convolution over the view the blocks already reorder.
 
 Every graph, the gate's and the full bucket's included:
 
@@ -63,6 +67,7 @@ class _Graph:
     constants: Callable[[str], np.ndarray | None]
     consumers: dict[str, list[NodeProto]]
     outputs: set[str]
+    producers: dict[str, NodeProto] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,7 +114,27 @@ def _analyse(model: ModelProto) -> _Graph:
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    return _Graph(shapes, constant, consumers, {o.name for o in model.graph.output})
+    producers = {name: node for node in model.graph.node for name in node.output}
+    return _Graph(shapes, constant, consumers, {o.name for o in model.graph.output}, producers)
+
+
+def _input_scale(graph: _Graph, name: str) -> tuple[str, np.ndarray, NodeProto] | None:
+    """``(x, r, mul)`` when ``name`` is ``Mul(x, r)`` by a per-channel constant ``[1, C, 1, 1, 1]`` read by one node
+    only: the exporter's restoring of a reduced bucket's own BatchNorm scale on the full bucket's shared weight
+    (``vared2.export.fold``), which a reconstruction that follows can absorb into its own coefficients."""
+    mul = graph.producers.get(name)
+    if mul is None or mul.op_type != "Mul" or mul.domain != "" or len(mul.input) != 2:
+        return None
+    if len(graph.consumers.get(name, [])) != 1 or name in graph.outputs:
+        return None
+    first, second = mul.input
+    for source, other in ((first, second), (second, first)):
+        value = graph.constants(other)
+        per_channel = value is not None and value.ndim == 5 and value.shape[0] == 1 and value.shape[2:] == (1, 1, 1)
+        if per_channel and graph.constants(source) is None:
+            assert value is not None
+            return source, value.reshape(-1).astype(np.float64), mul
+    return None
 
 
 def _sole_consumer(graph: _Graph, name: str, op_type: str) -> NodeProto | None:
@@ -151,6 +176,11 @@ def _temporal(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
     scale, shift = graph.constants(node.input[1]), graph.constants(node.input[2])
     if dims is None or scale is None or shift is None:
         return None
+    source, absorbed = node.input[0], []
+    restored = _input_scale(graph, node.input[0])
+    if restored is not None:  # ϕt of r·x is ϕt of x with every scale row times r
+        source, ratio, mul = restored
+        scale, absorbed = scale * ratio[None, :], [mul]
     c, tc, h, w = dims
     factor = scale.shape[0]
     prefix = f"{node.output[0]}{SPECIALIZED_SUFFIX}"
@@ -170,9 +200,9 @@ def _temporal(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
     function = _function(
         name, ["x", "a", "b"], ["y"], body, f"TemporalReconstruct factor {factor}, x [N,{c},{tc},{h},{w}]"
     )
-    call = helper.make_node(name, [node.input[0], a.name, b.name], [node.output[0]], domain=SPECIALIZED_DOMAIN)
+    call = helper.make_node(name, [source, a.name, b.name], [node.output[0]], domain=SPECIALIZED_DOMAIN)
     call.name = node.name or name
-    return _Rewrite(call, function, [a, b])
+    return _Rewrite(call, function, [a, b], absorbed)
 
 
 def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
@@ -208,8 +238,13 @@ def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
                 output = activation.output[0]
                 relu = True
 
+    restored = _input_scale(graph, node.input[0])
+    ratio = np.ones(cc)
+    if restored is not None:  # ϕs of r·x: each generated filter times its source's r; the computed channels below
+        source_name, ratio, mul = restored
+        absorbed.append(mul)
     inputs = ["x"]
-    args = [node.input[0]]
+    args = [node.input[0] if restored is None else source_name]
     initializers: list[TensorProto] = []
 
     def parameter(name: str, array: np.ndarray) -> str:
@@ -233,7 +268,8 @@ def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
                 helper.make_node("Slice", ["x4", f"start{block}", f"end{block}", f"axes{block}"], [f"src{block}"]),
             ]
             source = f"src{block}"
-        filters = np.repeat(weight[start : start + n].reshape(n, 1, 3, 3), t, axis=0)  # plane (c, t) → filter c
+        filters = weight[start : start + n].reshape(n, 1, 3, 3) * ratio[:n].reshape(n, 1, 1, 1)
+        filters = np.repeat(filters, t, axis=0)  # plane (c, t) → filter c
         f_name = parameter(f"w{block}", filters)
         b_name = parameter(f"b{block}", np.repeat(dw_bias[start : start + n], t))
         made = f"d{block}"
@@ -252,13 +288,26 @@ def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
         parts.append(f"g{block}")
 
     kept = "x"
-    if np.any(shift[:cc] != 0):
-        t_name = parameter("shift", shift[:cc].reshape(1, cc, 1, 1, 1))
-        body.append(helper.make_node("Add", ["x", t_name], ["xs"]))
-        kept = "xs"
-    if relu:
-        body.append(helper.make_node("Relu", [kept], ["xr"]))
-        kept = "xr"
+    if restored is not None:
+        # r·x + shift (and the ReLU) as one depthwise 1×1 convolution over the view the copies already reorder:
+        # as many passes as the Add and ReLU it replaces, and the Mul before ϕs is gone.
+        w_name = parameter("ratio", np.repeat(ratio, t).reshape(cc * t, 1, 1, 1))
+        s_name = parameter("shift", np.repeat(shift[:cc], t))
+        body.append(helper.make_node("Conv", ["x4", w_name, s_name], ["xs4"], group=cc * t, kernel_shape=[1, 1]))
+        made = "xs4"
+        if relu:
+            body.append(helper.make_node("Relu", [made], ["xr4"]))
+            made = "xr4"
+        body += [_int64("view5_kept", [-1, cc, t, h, w]), helper.make_node("Reshape", [made, "view5_kept"], ["xk"])]
+        kept = "xk"
+    else:
+        if np.any(shift[:cc] != 0):
+            t_name = parameter("shift", shift[:cc].reshape(1, cc, 1, 1, 1))
+            body.append(helper.make_node("Add", ["x", t_name], ["xs"]))
+            kept = "xs"
+        if relu:
+            body.append(helper.make_node("Relu", [kept], ["xr"]))
+            kept = "xr"
     body.append(helper.make_node("Concat", [kept, *parts], ["y"], axis=1))
 
     name = f"{CHANNEL_RECONSTRUCT}_{index}"

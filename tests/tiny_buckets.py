@@ -11,17 +11,22 @@ import torch
 
 from vared2.export.onnx_export import ExportedModel, export_model
 from vared2.models import VaRed2VideoResNet
+from vared2.models.batchnorm import BucketBatchNorm3d
 
 
 def randomise(model: torch.nn.Module, seed: int = 1) -> None:
-    """Random BatchNorm means and shifts, ϕs filters and ϕt coefficients (the stored ϕt rows are the rebuilt
-    frames'; the computed frame's fixed (1, 0) is not a parameter)."""
+    """Random BatchNorm means and shifts (and each reduced bucket's own statistics, so the exporter restores them
+    with its per-channel ``Mul``), ϕs filters and ϕt coefficients (the stored ϕt rows are the rebuilt frames'; the
+    computed frame's fixed (1, 0) is not a parameter)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm3d):
                 m.running_mean.normal_(0, 0.2, generator=g)
                 m.bias.normal_(0, 0.2, generator=g)
+            if isinstance(m, BucketBatchNorm3d):  # a reduced bucket's own statistics: the exporter's ratio Mul
+                m.bucket_running_mean.normal_(0, 0.2, generator=g)
+                m.bucket_running_var.uniform_(0.5, 1.5, generator=g)
         for name, param in model.named_parameters():
             if "channel_weight" in name or "temporal_shift" in name or "temporal_scale" in name:
                 param.normal_(0, 0.3, generator=g)
