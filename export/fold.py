@@ -102,15 +102,16 @@ class FoldedGatedConv(nn.Module):
         bias = layer.bias[: self.computed].double() if layer.bias is not None else torch.zeros_like(s)
         conv_shift = torch.zeros_like(t) if has_channel_op else t
         # Share the full bucket's folded weight (DESIGN.md §5: a prefix of it) and restore this bucket's own
-        # scale with a per-channel ratio after the convolution: conv(x, W·s_full) + b' times s/s_full is
-        # conv(x, W·s) + b'·s/s_full. Where the ratios are 1 (the full bucket, equal statistics) nothing is added.
+        # scale with a per-channel ratio r = s/s_full after the convolution: (conv(x, W·s_full) + b/r)·r is
+        # conv(x, W·s) + b. Where r is 1 (the full bucket, equal statistics) nothing is added.
         reference = full_bucket_scale(bn)
-        ratio = None if reference is None else s / reference[: self.computed]
-        if ratio is not None and (
-            bool((ratio == 1).all()) or not bool(torch.isfinite(ratio).all() and (ratio != 0).all())
-        ):
-            ratio = None  # nothing to restore, or a zero scale that cannot be shared: fold this bucket's own
-        folded_scale = s if ratio is None else reference[: self.computed]  # type: ignore[index]
+        ratio: Tensor | None = None
+        folded_scale = s
+        if reference is not None:
+            candidate = s / reference[: self.computed]
+            shareable = bool(torch.isfinite(candidate).all() and (candidate != 0).all())  # no zero scale either side
+            if shareable and not bool((candidate == 1).all()):
+                ratio, folded_scale = candidate, reference[: self.computed]
         folded_bias = bias * s + conv_shift
         self.register_buffer("weight", (weight * folded_scale.view(-1, 1, 1, 1, 1)).float())
         self.register_buffer("bias", (folded_bias if ratio is None else folded_bias / ratio).float())
