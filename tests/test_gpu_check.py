@@ -15,3 +15,30 @@ def test_gpu_check_refuses_clearly_without_a_gpu() -> None:
     assert run.returncode == 2
     assert "cannot run" in run.stderr and "Nothing was checked" in run.stderr
     assert "passed" not in run.stdout
+
+
+def test_each_missing_requirement_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks in order — GPU, TensorRT, pycuda — each with what to do; the machine is described to the check,
+    nothing of TensorRT is imported or imitated."""
+    import importlib.util
+    import shutil
+
+    from vared2 import gpu_check
+
+    present = {"nvidia-smi"}
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name in present else None)
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        if name in {"tensorrt", "pycuda"}:
+            return object() if name in present else None
+        return real_find_spec(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert "TensorRT's Python package is not installed" in str(gpu_check.missing_requirement())
+    present.add("tensorrt")
+    assert "pycuda" in str(gpu_check.missing_requirement()) and "[gpu]" in str(gpu_check.missing_requirement())
+    present.add("pycuda")
+    assert gpu_check.missing_requirement() is None
+    present.discard("nvidia-smi")
+    assert "no NVIDIA GPU" in str(gpu_check.missing_requirement())

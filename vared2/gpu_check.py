@@ -28,6 +28,8 @@ def missing_requirement() -> str | None:
             "TensorRT's Python package is not installed in this environment "
             "(pip install tensorrt into .venv, or use the system's TensorRT, e.g. JetPack's)"
         )
+    if importlib.util.find_spec("pycuda") is None:
+        return "pycuda, which the TensorRT runtime uses, is not installed (.venv/bin/pip install -e '.[gpu]')"
     return None
 
 
