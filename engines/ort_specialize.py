@@ -67,7 +67,7 @@ class _Graph:
     constants: Callable[[str], np.ndarray | None]
     consumers: dict[str, list[NodeProto]]
     outputs: set[str]
-    producers: dict[str, NodeProto] = field(default_factory=dict)
+    producers: dict[str, NodeProto]
 
 
 @dataclass
@@ -247,6 +247,15 @@ def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
     args = [node.input[0] if restored is None else source_name]
     initializers: list[TensorProto] = []
 
+    def depthwise_to_5d(made: str, n: int, output: str) -> str:
+        """A depthwise result over the ``[N, n·T, H, W]`` view, ReLU'd if the ReLU was absorbed, back to 5-D."""
+        if relu:
+            body.append(helper.make_node("Relu", [made], [f"{made}r"]))
+            made = f"{made}r"
+        shape = f"{output}.view5"
+        body.extend([_int64(shape, [-1, n, t, h, w]), helper.make_node("Reshape", [made, shape], [output])])
+        return output
+
     def parameter(name: str, array: np.ndarray) -> str:
         tensor = numpy_helper.from_array(np.ascontiguousarray(array.astype(np.float32)), f"{prefix}.{name}")
         initializers.append(tensor)
@@ -272,20 +281,12 @@ def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
         filters = np.repeat(filters, t, axis=0)  # plane (c, t) → filter c
         f_name = parameter(f"w{block}", filters)
         b_name = parameter(f"b{block}", np.repeat(dw_bias[start : start + n], t))
-        made = f"d{block}"
         body.append(
             helper.make_node(
-                "Conv", [source, f_name, b_name], [made], group=n * t, kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+                "Conv", [source, f_name, b_name], [f"d{block}"], group=n * t, kernel_shape=[3, 3], pads=[1, 1, 1, 1]
             )
         )
-        if relu:
-            body.append(helper.make_node("Relu", [made], [f"{made}r"]))
-            made = f"{made}r"
-        body += [
-            _int64(f"view5_{block}", [-1, n, t, h, w]),
-            helper.make_node("Reshape", [made, f"view5_{block}"], [f"g{block}"]),
-        ]
-        parts.append(f"g{block}")
+        parts.append(depthwise_to_5d(f"d{block}", n, f"g{block}"))
 
     kept = "x"
     if restored is not None:
@@ -293,13 +294,8 @@ def _channel(node: NodeProto, index: int, graph: _Graph) -> _Rewrite | None:
         # as many passes as the Add and ReLU it replaces, and the Mul before ϕs is gone.
         w_name = parameter("ratio", np.repeat(ratio, t).reshape(cc * t, 1, 1, 1))
         s_name = parameter("shift", np.repeat(shift[:cc], t))
-        body.append(helper.make_node("Conv", ["x4", w_name, s_name], ["xs4"], group=cc * t, kernel_shape=[1, 1]))
-        made = "xs4"
-        if relu:
-            body.append(helper.make_node("Relu", [made], ["xr4"]))
-            made = "xr4"
-        body += [_int64("view5_kept", [-1, cc, t, h, w]), helper.make_node("Reshape", [made, "view5_kept"], ["xk"])]
-        kept = "xk"
+        body.append(helper.make_node("Conv", ["x4", w_name, s_name], ["dk"], group=cc * t, kernel_shape=[1, 1]))
+        kept = depthwise_to_5d("dk", cc, "xk")
     else:
         if np.any(shift[:cc] != 0):
             t_name = parameter("shift", shift[:cc].reshape(1, cc, 1, 1, 1))
