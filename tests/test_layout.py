@@ -11,18 +11,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["models", "plugins", "export", "engines", "runtime", "bench"]
+STAGES = ["formats", "models", "plugins", "export", "engines", "runtime", "bench"]
 
 # What each stage may import from the others (DESIGN.md §1). "engines.manifest" is the import-light
 # manifest schema; the engine builders may use the plugins.
 ALLOWED: dict[str, set[str]] = {
-    "plugins": set(),
-    "models": {"plugins"},
-    "export": {"models", "plugins", "engines.manifest"},
-    "engines": {"plugins", "engines.manifest"},
-    "engines.manifest": set(),
-    "runtime": {"engines.manifest", "runtime"},
-    "bench": {"runtime", "engines.manifest", "bench"},
+    "formats": set(),
+    "plugins": {"formats"},
+    "models": {"plugins", "formats"},
+    "export": {"models", "plugins", "engines.manifest", "formats"},
+    "engines": {"plugins", "engines.manifest", "formats"},
+    "engines.manifest": {"formats"},
+    "runtime": {"engines.manifest", "runtime", "formats"},
+    "bench": {"runtime", "engines.manifest", "bench", "formats"},
 }
 
 
@@ -86,6 +87,30 @@ def test_stages_are_importable_as_vared2_subpackages() -> None:
     for stage in STAGES:
         module = importlib.import_module(f"vared2.{stage}")
         assert Path(module.__file__ or "").resolve().parent == ROOT / stage
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_is_linked_into_the_package(stage: str) -> None:
+    """mypy, pyright and editors follow ``vared2.<stage>`` through a committed relative link, with no install step."""
+    link = ROOT / "vared2" / stage
+    assert link.is_symlink(), f"vared2/{stage} must be a symbolic link to ../{stage}"
+    assert Path(link.readlink()) == Path("..") / stage
+
+
+def test_the_source_tree_imports_without_an_install(tmp_path: Path) -> None:
+    """With the repository on the path and the installed packages but no editable install (``-S``: no ``.pth``
+    file runs), every stage resolves inside the repository."""
+    import sysconfig
+
+    packages = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    code = f"import importlib, sys\nsys.path += {packages!r}\n" + "".join(
+        f"print(importlib.import_module('vared2.{stage}').__file__)\n" for stage in STAGES
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for line, stage in zip(out.stdout.split(), STAGES, strict=True):
+        assert Path(line).resolve().parent == ROOT / stage
 
 
 def test_runtime_never_imports_torch() -> None:
