@@ -36,14 +36,27 @@ ensure_venv() {
 }
 
 ensure_test_tools() {
-    # TensorRT's published API description, for the test that checks every TensorRT name the code uses (only
-    # the tests need it, and the bindings have no wheel for every platform, e.g. Jetson's aarch64).
-    # --no-deps and a folder of their own: the stubs' dependencies are TensorRT itself, and a stub-only
-    # `tensorrt` package in site-packages would make `import tensorrt` look like a real installation.
+    # TensorRT's published API, per version of the matrix (docs/plugins.md), for the test that checks every
+    # TensorRT name the code uses and for mypy (only the tests need them, and the bindings have no wheel for
+    # every platform, e.g. Jetson's aarch64). --no-deps and a folder of their own each: their dependencies are
+    # TensorRT itself, and a stub-only `tensorrt` package in site-packages would look like a real installation.
     if [ ! -f "$VENV/tensorrt-api/tensorrt/__init__.pyi" ]; then
         "$VENV/bin/python" -m pip install --quiet --no-deps --target "$VENV/tensorrt-api" \
             tensorrt-stubs==10.13.0.35.1 tensorrt-cu12-bindings==10.13.0.35
     fi
+    local version wheel
+    for wheel in 10.3:tensorrt-cu12-bindings==10.3.0 10.9:tensorrt-cu12-bindings==10.9.0.34 \
+        11.4:tensorrt-cu13-bindings==11.4.0.106; do
+        version=${wheel%%:*}
+        if [ ! -f "$VENV/tensorrt-api-$version/tensorrt_bindings/__init__.py" ]; then
+            "$VENV/bin/python" -m pip install --quiet --no-deps --target "$VENV/tensorrt-api-$version" "${wheel#*:}"
+        fi
+    done
+    # The 10.13 stubs as mypy can read them, on its path: the TensorRT code is checked by signature.
+    if [ ! -f "$VENV/tensorrt-typing/tensorrt/__init__.pyi" ]; then
+        "$VENV/bin/python" "$ROOT/tests/tensorrt_typing.py" "$VENV/tensorrt-api" "$VENV/tensorrt-typing"
+    fi
+    export MYPYPATH="$VENV/tensorrt-typing${MYPYPATH:+:$MYPYPATH}"
 }
 
 run_tests() {

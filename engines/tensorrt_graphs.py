@@ -11,6 +11,7 @@ Runtime's CPU, which is how they are tested here.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +38,9 @@ def fp16_graph(model: onnx.ModelProto, fp32_outputs: Sequence[str] = FP32_OUTPUT
         for attribute in node.attribute:
             if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
                 attribute.i = TensorProto.FLOAT16
-    half = convert_float_to_float16(work, keep_io_types=False, check_fp16_ready=False)
+    with warnings.catch_warnings():  # one warning per weight beyond fp16's range (clamped to it), expected
+        warnings.simplefilter("ignore", UserWarning)
+        half = convert_float_to_float16(work, keep_io_types=False, check_fp16_ready=False)
     graph = half.graph
     for output in graph.output:
         if output.name not in fp32_outputs or output.type.tensor_type.elem_type != TensorProto.FLOAT16:
@@ -111,14 +114,14 @@ def qdq_graph(model: onnx.ModelProto, ranges: Mapping[str, float]) -> onnx.Model
         quantized_weights.add(name)
         w = numpy_helper.to_array(weights[name]).astype(np.float32)
         amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-        scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)  # an all-zero filter stays zero
-        view = scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        scales = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)  # an all-zero filter stays zero
+        view = scales.reshape((-1,) + (1,) * (w.ndim - 1))
         quantized = np.clip(np.rint(w / view), -INT8_MAX, INT8_MAX).astype(np.int8)
         graph.initializer.extend(
             [
                 numpy_helper.from_array(quantized, f"{name}_int8"),
-                numpy_helper.from_array(scale, f"{name}_wscale"),
-                numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_wzero"),
+                numpy_helper.from_array(scales, f"{name}_wscale"),
+                numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{name}_wzero"),
             ]
         )
         inputs = [f"{name}_int8", f"{name}_wscale", f"{name}_wzero"]

@@ -108,29 +108,66 @@ def test_missing_tensorrt_is_a_clear_error_and_writes_nothing(tmp_path: Path) ->
     assert not (tmp_path / "out").exists()
 
 
-def _compare_with_ort(onnx_path: Path, plan: Path, feed: dict[str, np.ndarray], atol: float) -> None:
+def _run_plan(plan: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
 
-    runners = [OnnxrtRunner(SessionFromOnnx(str(onnx_path))), TrtRunner(EngineFromBytes(BytesFromPath(str(plan))))]
-    results = Comparator.run(runners, data_loader=[feed])
-    assert bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=atol)))
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(plan)))) as runner:
+        return {name: np.array(value) for name, value in runner.infer(feed).items()}
+
+
+def _compare_with_ort(onnx_path: Path, plan: Path, feed: dict[str, np.ndarray], bound: float) -> None:
+    """The engine against the exported fp32 graph on ONNX Runtime: max |difference| over the output's largest
+    magnitude at most ``bound``. The engine's float inputs get their own type (fp16 for fp16 engines)."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+    typed = dict(feed)
+    if "features" in typed and _plan_input_dtype(plan, "features") == np.float16:
+        typed["features"] = typed["features"].astype(np.float16)
+    got = _run_plan(plan, typed)
+    for name, want in expected.items():
+        error = np.abs(got[name].astype(np.float32) - want).max() / max(float(np.abs(want).max()), 1e-3)
+        assert error <= bound, f"{plan.name}: {name} differs by {error:.3g} of its range (bound {bound})"
+
+
+def _plan_input_dtype(plan: Path, name: str) -> np.dtype:
+    trt = trt_engine.import_tensorrt()
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
+    return np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
 
 
 @pytest.mark.gpu
-# The order matters: (False, False) runs after a build in this process registered the plugins, which must not
+# The order matters: (fp32, False) runs after a build in this process registered the plugins, which must not
 # leak into it (a registration cannot be undone; the builder strips the plugin attributes instead).
-@pytest.mark.parametrize(("fp16", "use_plugins"), [(False, True), (False, False), (True, True)])
-def test_tensorrt_engines_match_onnxruntime(tiny_onnx: Path, tmp_path: Path, fp16: bool, use_plugins: bool) -> None:
-    out = build_engines(
-        tiny_onnx, tmp_path / "trt", backend="tensorrt", fp16=fp16, max_batch=4, use_plugins=use_plugins, progress=False
-    )
-    manifest = Manifest.load(out)
+@pytest.mark.parametrize(
+    ("precision", "use_plugins"), [("fp32", True), ("fp32", False), ("fp16", True), ("int8", True)]
+)
+def test_tensorrt_engines_match_onnxruntime(tiny_onnx: Path, tmp_path: Path, precision: str, use_plugins: bool) -> None:
+    clip = np.random.default_rng(0).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
+    if precision == "int8":  # the Python API: the build command's int8 options belong to the calibration reader
+        calibration = [np.random.default_rng(s).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8) for s in (1, 2)]
+        out = tmp_path / "trt"
+        manifest = trt_engine.build_tensorrt(
+            tiny_onnx, out, precision="int8", calibration=calibration, max_batch=4, use_plugins=use_plugins
+        )
+        assert manifest.build_options["calibration"] == {"clips": 4, "method": "max-abs", "gate_precision": "fp32"}
+    else:
+        out = build_engines(
+            tiny_onnx,
+            tmp_path / "trt",
+            backend="tensorrt",
+            fp16=precision == "fp16",
+            max_batch=4,
+            use_plugins=use_plugins,
+            progress=False,
+        )
+        manifest = Manifest.load(out)
+        # The key names this GPU, so the same build here is up to date.
+        sources = source_digest(tiny_onnx, read_export_spec(tiny_onnx))
+        assert up_to_date(out, build_key(sources, "tensorrt", manifest.build_options["build_options"]))
     trt = trt_engine.import_tensorrt()
     assert manifest.backend == "tensorrt" and manifest.backend_version == trt.__version__
-    assert manifest.precision == ("fp16" if fp16 else "fp32") and manifest.max_batch == 4
+    assert manifest.precision == precision and manifest.max_batch == 4
     assert manifest.device["compute_capability"].count(".") == 1 and manifest.device["name"]
     aot = trt_engine.version_tuple(trt.__version__)[:2] >= trt_engine.AOT_PLUGIN_VERSION
     registered = manifest.build_options["plugins_registered"]
@@ -141,16 +178,15 @@ def test_tensorrt_engines_match_onnxruntime(tiny_onnx: Path, tmp_path: Path, fp1
             assert bucket.path is None
         else:
             assert bucket.path == ("plugin" if registered else "local-functions")
-    # The key names this GPU, so the same build here is up to date.
-    sources = source_digest(tiny_onnx, read_export_spec(tiny_onnx))
-    assert up_to_date(out, build_key(sources, "tensorrt", manifest.build_options["build_options"]))
 
     gate = ort.InferenceSession(str(tiny_onnx / "gate.onnx"), providers=["CPUExecutionProvider"])
-    clip = np.random.default_rng(0).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
     features = gate.run(["features"], {"clip": clip})[0]
-    atol = 5e-2 if fp16 else 1e-3
-    _compare_with_ort(tiny_onnx / "gate.onnx", out / manifest.gate.file, {"clip": clip}, atol)
+    # Relative to each output's range: fp32 1e-3; fp16 2e-2 (the CPU test's fp16 bound, 1e-2, doubled for GPU
+    # tactics); int8 0.1 (tests/test_engines_tensorrt_graphs.py); the int8 gate is fp32.
+    bound = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}[precision]
+    gate_bound = 2e-2 if precision == "fp16" else 1e-3
+    _compare_with_ort(tiny_onnx / "gate.onnx", out / manifest.gate.file, {"clip": clip}, gate_bound)
     for bucket in manifest.buckets:
         source = tiny_onnx / Path(bucket.file).with_suffix(".onnx").name
-        _compare_with_ort(source, out / bucket.file, {"features": features}, atol)
+        _compare_with_ort(source, out / bucket.file, {"features": features}, bound)
     assert (out.parent / trt_engine.TIMING_CACHE).stat().st_size > 0  # one cache, shared by every build
