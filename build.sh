@@ -6,7 +6,7 @@
 #       --out DIR         ONNX in DIR/onnx/NAME, engines in DIR/engines/NAME (default: artifacts)
 #       --name NAME       the deployment's folder name (default: the checkpoint's)   --skip-bench
 #   ./build.sh test [PYTEST ARGS]   lint, type-check and the whole test suite (what CI runs)
-#   ./build.sh gpu-check [--fp16]   the GPU acceptance: TensorRT engines vs ONNX Runtime, then the benchmark
+#   ./build.sh gpu-check [--clips N]   the GPU acceptance: GPU tests, the demo on TensorRT in fp32, fp16, int8
 # It creates its own virtual environment in .venv (or $VARED2_VENV, with $PYTHON) and installs everything there.
 # Relative paths in the options are taken from the directory you run it in.
 set -euo pipefail
