@@ -17,6 +17,7 @@ from vared2.engines import tensorrt_engine as trt_engine
 from vared2.engines.build import build_engines, build_key, source_digest, up_to_date
 from vared2.engines.manifest import Manifest, read_export_spec
 from vared2.engines.ort_toy import write_toy_onnx_dir
+from vared2.formats.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,40 @@ def test_local_function_copy_drops_only_the_plugin_attributes(tiny_onnx: Path) -
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         outputs.append(session.run(["logits"], {"features": features})[0])
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_precision_options_are_refused_before_tensorrt_is_needed(tmp_path: Path) -> None:
+    onnx_dir = write_toy_onnx_dir(tmp_path / "toy")
+    with pytest.raises(InputError, match="precision: expected one of fp32, fp16, int8, got 'int4'"):
+        trt_engine.build_tensorrt(onnx_dir, tmp_path / "out", precision="int4")
+    with pytest.raises(InputError, match="int8 engines need calibration clips"):
+        trt_engine.build_tensorrt(onnx_dir, tmp_path / "out", precision="int8")
+    with pytest.raises(InputError, match="only int8 engines use them"):
+        trt_engine.build_tensorrt(onnx_dir, tmp_path / "out", precision="fp16", calibration=[])
+    assert not (tmp_path / "out").exists()
+
+
+def test_precision_graphs_of_an_export(tiny_onnx: Path) -> None:
+    """What each precision hands TensorRT's parser, built here on the CPU: the calibration through the fp32 gate
+    covers every bucket's convolution inputs, the int8 gate stays the exported graph."""
+    spec = read_export_spec(tiny_onnx)
+    clips = [np.random.default_rng(s).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8) for s in (1, 2)]
+    ranges, count = trt_engine.calibration_ranges(tiny_onnx, spec, clips)
+    assert count == 4 and set(ranges) == {b["file"] for b in spec["buckets"]}
+    with pytest.raises(InputError, match="no calibration clips"):
+        trt_engine.calibration_ranges(tiny_onnx, spec, [])
+    gate = tiny_onnx / spec["gate"]["file"]
+    assert trt_engine.precision_graph(gate, "int8", None) == onnx.load(str(gate))
+    half_gate = trt_engine.precision_graph(gate, "fp16")
+    assert half_gate.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # features
+    for bucket in spec["buckets"]:
+        path = tiny_onnx / bucket["file"]
+        quantized = trt_engine.precision_graph(path, "int8", ranges[bucket["file"]])
+        kinds = {n.op_type for n in quantized.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
+        assert trt_engine.has_custom_ops(quantized) == trt_engine.has_custom_ops(path)
+        shapes = trt_engine.batch_profile_shapes(quantized, max_batch=4, opt_batch=2)
+        assert shapes == trt_engine.batch_profile_shapes(path, max_batch=4, opt_batch=2)
 
 
 def test_onnxruntime_build_key_needs_no_gpu(tiny_onnx: Path) -> None:
