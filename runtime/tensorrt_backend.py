@@ -1,6 +1,6 @@
 """TensorRT backend: ``.plan`` engines on an NVIDIA GPU, through TensorRT's Python API and pycuda.
 
-Written against the TensorRT 10 named-tensor API (``set_input_shape``, ``set_tensor_address``,
+Written against the TensorRT 10 and 11 named-tensor API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``), the way Polygraphy's ``TrtRunner`` drives an engine. It has not run on a GPU in this
 repository's CI (no GPU there); its tests are marked ``gpu`` and run with ``./build.sh gpu-check``.
 
