@@ -37,11 +37,14 @@ ensure_venv() {
 
 ensure_test_tools() {
     # TensorRT's published API, per version of the matrix (docs/plugins.md), for the test that checks every
-    # TensorRT name the code uses and for mypy (only the tests need them, and the bindings have no wheel for
-    # every platform, e.g. Jetson's aarch64). --no-deps and a folder of their own each: their dependencies are
-    # TensorRT itself, and a stub-only `tensorrt` package in site-packages would look like a real installation.
+    # TensorRT name the code uses and for mypy. Only read as files, never imported, so one fixed x86-64 CPython 3.11
+    # wheel serves every host (Jetson's aarch64, another Python). --no-deps and a folder of their own each: their
+    # dependencies are TensorRT itself, and a stub-only `tensorrt` package in site-packages would look like a real
+    # installation.
+    local fixed=(--no-deps --only-binary=:all: --python-version 3.11
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64)
     if [ ! -f "$VENV/tensorrt-api/tensorrt/__init__.pyi" ]; then
-        "$VENV/bin/python" -m pip install --quiet --no-deps --target "$VENV/tensorrt-api" \
+        "$VENV/bin/python" -m pip install --quiet "${fixed[@]}" --target "$VENV/tensorrt-api" \
             tensorrt-stubs==10.13.0.35.1 tensorrt-cu12-bindings==10.13.0.35
     fi
     local version wheel
@@ -49,7 +52,7 @@ ensure_test_tools() {
         11.4:tensorrt-cu13-bindings==11.4.0.106; do
         version=${wheel%%:*}
         if [ ! -f "$VENV/tensorrt-api-$version/tensorrt_bindings/__init__.py" ]; then
-            "$VENV/bin/python" -m pip install --quiet --no-deps --target "$VENV/tensorrt-api-$version" "${wheel#*:}"
+            "$VENV/bin/python" -m pip install --quiet "${fixed[@]}" --target "$VENV/tensorrt-api-$version" "${wheel#*:}"
         fi
     done
     # The 10.13 stubs as mypy can read them, on its path: the TensorRT code is checked by signature.
