@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from test_tensorrt_names import STUBS_VERSION, WHEELS, api_dir, install_hint
+from tensorrt_api import STUBS_VERSION, WHEELS, api_dir, install_hint
 
 from vared2.plugins import tensorrt_plugin
 

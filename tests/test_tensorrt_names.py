@@ -2,21 +2,13 @@
 
 There is no GPU (and no TensorRT) on the test machines, so code that drives TensorRT cannot run here. This test
 reads every Python file of the repository and checks the names it reaches through the TensorRT modules against
-each version of the matrix (docs/plugins.md), from the API as published:
-
-- 10.13: ``tensorrt`` from the ``tensorrt-stubs`` ``.pyi`` files (classes and members), ``tensorrt.plugin`` from
-  its Python sources in the ``tensorrt-cu12-bindings`` wheel (the ``@public_api()`` exports);
-- 10.3 (JetPack 6), 10.9 and 11.4: the bindings wheels' compiled module, read name by name from its string
-  table (pybind11 keeps every bound name as a string; the linker may store one as the tail of another, so a
-  name passes when it ends some string: members are not told apart from classes), plus the Python-defined
-  names of the package's ``__init__.py``; ``tensorrt.plugin`` from the wheel's sources (10.9, 11.4).
-- Polygraphy's TensorRT loaders: the installed Polygraphy (the minimum the project declares), names and the
-  keyword arguments the code passes them.
+each version of the matrix (docs/plugins.md), read from the API as published (``tensorrt_api``), and Polygraphy's
+TensorRT loaders against the installed Polygraphy (the minimum the project declares): names and the keyword
+arguments the code passes them.
 
 ``tensorrt.plugin`` names, and every name in ``AOT_ONLY`` files, are checked against the versions with
-ahead-of-time plugins only. The API packages are installed without their dependencies into folders of their own
-by ``build.sh`` (``install_hint``). ``trt`` and ``trtp`` are always read as the TensorRT modules in a file that
-imports TensorRT anywhere (also for function parameters that receive them).
+ahead-of-time plugins only. ``trt`` and ``trtp`` are always read as the TensorRT modules in a file that imports
+TensorRT anywhere (also for function parameters that receive them).
 """
 
 from __future__ import annotations
@@ -24,198 +16,30 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import os
 import re
-import sys
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tensorrt_api import (
+    STUBS_VERSION,
+    TRT,
+    TRTP,
+    WHEELS,
+    Api,
+    api_dir,
+    install_hint,
+    load_apis,
+    load_wheel_apis,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".venv", ".git", "build", "artifacts", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache"}
-TRT, TRTP, POLYGRAPHY_TRT = "tensorrt", "tensorrt.plugin", "polygraphy.backend.trt"
+POLYGRAPHY_TRT = "polygraphy.backend.trt"
 CONVENTIONAL_ALIASES = {"trt": TRT, "trtp": TRTP}
-MODULE_DUNDERS = {"__version__", "__file__", "__name__", "__doc__", "__path__", "__all__"}
-STUB_PINS = "tensorrt-stubs==10.13.0.35.1 tensorrt-cu12-bindings==10.13.0.35"
-#: The versions checked from a bindings wheel: version -> (pip requirement, has ``tensorrt.plugin`` AOT plugins).
-WHEELS = {
-    "10.3": ("tensorrt-cu12-bindings==10.3.0", False),
-    "10.9": ("tensorrt-cu12-bindings==10.9.0.34", True),
-    "11.4": ("tensorrt-cu13-bindings==11.4.0.106", True),
-}
-STUBS_VERSION = "10.13"
 #: Files whose TensorRT code runs only where the AOT plugins exist (TensorRT >= 10.9).
 AOT_ONLY = {"plugins/tensorrt_plugin.py"}
-
-
-def install_hint(version: str = STUBS_VERSION) -> str:
-    if version == STUBS_VERSION:
-        return f"{sys.executable} -m pip install --no-deps --target {Path(sys.prefix) / 'tensorrt-api'} {STUB_PINS}"
-    target = Path(sys.prefix) / f"tensorrt-api-{version}"
-    return f"{sys.executable} -m pip install --no-deps --target {target} {WHEELS[version][0]}"
-
-
-def api_dir() -> Path | None:
-    """Where the stubs and the plugin sources were installed, if anywhere."""
-    candidates = [os.environ.get("VARED2_TENSORRT_API", ""), str(Path(sys.prefix) / "tensorrt-api")]
-    candidates += [p for p in sys.path if p.endswith("site-packages")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "tensorrt" / "__init__.pyi").is_file():
-            return Path(candidate)
-    return None
-
-
-@dataclass
-class Api:
-    """Names of one module and, per class (dotted for nested classes), its members and bases; ``flat`` when
-    only the names are known (a compiled module's string table): then every part of a dotted name must be one."""
-
-    names: set[str] = field(default_factory=set)
-    members: dict[str, set[str]] = field(default_factory=dict)
-    bases: dict[str, list[str]] = field(default_factory=dict)
-    flat: bool = False
-
-    def has_member(self, cls: str, name: str) -> bool:
-        seen: set[str] = set()
-        todo = [cls]
-        while todo:
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            if name in self.members.get(current, set()):
-                return True
-            todo += self.bases.get(current, [])
-        return False
-
-
-_CLASS = re.compile(r"^( *)class (\w+)(?:\((.*)\))?:")
-_DEF = re.compile(r"^( *)def (\w+)\(")
-_ATTR = re.compile(r"^( *)(\w+)\s*(?::|=)")
-
-
-def read_stub_classes(text: str, api: Api) -> None:
-    """Classes, nested classes and their members from a ``.pyi`` file, by indentation (docstrings skipped)."""
-    stack: list[tuple[int, str]] = []  # (indent of the class line, dotted class name)
-    in_doc = False
-    for line in text.splitlines():
-        quotes = line.count('"""')
-        if in_doc:
-            in_doc = quotes % 2 == 0
-            continue
-        if quotes % 2 == 1:
-            in_doc = True
-        if not line.strip() or quotes:
-            continue
-        indent = len(line) - len(line.lstrip())
-        while stack and indent <= stack[-1][0]:
-            stack.pop()
-        owner = stack[-1][1] if stack else None
-        if match := _CLASS.match(line):
-            name = match.group(2)
-            dotted = f"{owner}.{name}" if owner else name
-            if owner:
-                api.members.setdefault(owner, set()).add(name)
-            else:
-                api.names.add(name)
-            bases = [b.strip().split(".")[-1] for b in (match.group(3) or "").split(",") if b.strip()]
-            api.bases[dotted] = [b for b in bases if b]
-            api.members.setdefault(dotted, set())
-            stack.append((indent, dotted))
-        elif (match := _DEF.match(line)) or (match := _ATTR.match(line)):
-            (api.members.setdefault(owner, set()) if owner else api.names).add(match.group(2))
-
-
-def read_module_names(text: str, api: Api) -> None:
-    """Top-level names of a parseable stub or module: imports, definitions, assignments, ``__all__``."""
-    tree = ast.parse(text)
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom | ast.Import):
-            api.names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
-        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
-            api.names.add(node.name)
-        elif isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            api.names.update(t.id for t in targets if isinstance(t, ast.Name))
-            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets) and node.value is not None:
-                value = ast.literal_eval(node.value)
-                api.names.update(value)
-
-
-def _is_public_api(decorator: ast.expr) -> bool:
-    target = decorator.func if isinstance(decorator, ast.Call) else decorator
-    return isinstance(target, ast.Name) and target.id == "public_api"
-
-
-def read_plugin_module(sources: list[str], api: Api) -> None:
-    """``tensorrt.plugin`` exports whatever its sources decorate with ``@public_api()``; class members are
-    methods, class attributes and ``self.x`` assignments."""
-    for text in sources:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            tree = ast.parse(text)
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef | ast.ClassDef) or not any(
-                _is_public_api(d) for d in node.decorator_list
-            ):
-                continue
-            api.names.add(node.name)
-            if isinstance(node, ast.ClassDef):
-                members = api.members.setdefault(node.name, set())
-                api.bases[node.name] = [b.id for b in node.bases if isinstance(b, ast.Name)]
-                for item in ast.walk(node):
-                    if isinstance(item, ast.FunctionDef):
-                        members.add(item.name)
-                    elif isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name):
-                        if item.value.id == "self" and isinstance(item.ctx, ast.Store):
-                            members.add(item.attr)
-                    elif isinstance(item, ast.AnnAssign | ast.Assign):
-                        targets = item.targets if isinstance(item, ast.Assign) else [item.target]
-                        members.update(t.id for t in targets if isinstance(t, ast.Name))
-    api.names.update(MODULE_DUNDERS)
-
-
-def read_compiled_module(so: Path, api: Api) -> None:
-    """Every identifier-like NUL-terminated string of a compiled module, and all their tails (tail merging)."""
-    for raw in re.findall(rb"[A-Za-z0-9_]+(?=\x00)", so.read_bytes()):
-        text = raw.decode()
-        api.names.update(text[i:] for i in range(len(text)) if not text[i].isdigit())
-
-
-def load_wheel_apis(directory: Path, with_plugin: bool) -> dict[str, Api]:
-    """The TensorRT API of one bindings wheel installed in ``directory`` (no stubs: its compiled module)."""
-    bindings = directory / "tensorrt_bindings"
-    so = next(iter(sorted(bindings.glob("tensorrt*.so"))), None)
-    if so is None:
-        raise FileNotFoundError(f"{bindings}: no compiled tensorrt module")
-    trt = Api(flat=True)
-    read_compiled_module(so, trt)
-    read_module_names((bindings / "__init__.py").read_text(), trt)
-    trt.names.update(MODULE_DUNDERS | {"plugin"})
-    apis = {TRT: trt}
-    if with_plugin:
-        trtp = Api()
-        read_plugin_module([p.read_text() for p in sorted((bindings / "plugin").glob("*.py"))], trtp)
-        apis[TRTP] = trtp
-    return apis
-
-
-def load_apis(directory: Path) -> dict[str, Api]:
-    trt = Api()
-    read_module_names((directory / "tensorrt" / "__init__.pyi").read_text(), trt)
-    bindings = directory / "tensorrt_bindings"
-    read_stub_classes((bindings / "tensorrt.pyi").read_text(), trt)
-    trt.names.update(MODULE_DUNDERS | {"plugin"})
-    plugin_dir = bindings / "plugin"
-    if not (plugin_dir / "__init__.py").is_file():
-        raise FileNotFoundError(f"{plugin_dir}/__init__.py is missing; install it with: {install_hint()}")
-    trtp = Api()
-    read_plugin_module([p.read_text() for p in sorted(plugin_dir.glob("*.py"))], trtp)
-    return {TRT: trt, TRTP: trtp}
 
 
 @dataclass(frozen=True)
@@ -390,19 +214,6 @@ def test_checker_catches_misspelled_names(apis: dict[str, Api]) -> None:
         "snippet.py:11: tp.TensorDesc.lke is not in the tensorrt.plugin API",
         "snippet.py:12: trt.plugin.aot_implement is not in the tensorrt.plugin API",
     ]
-
-
-def test_every_tensorrt_name_in_the_project_exists(apis: dict[str, Api]) -> None:
-    problems: list[str] = []
-    scanned = 0
-    for path in project_files():
-        source = path.read_text()
-        if not re.search(r"\btrtp?\b|tensorrt", source):
-            continue
-        scanned += 1
-        problems += [str(p) for p in check_source(source, str(path.relative_to(ROOT)), apis)]
-    assert scanned > 0, "no file mentions TensorRT: the scan found nothing to check"
-    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture(scope="module")
