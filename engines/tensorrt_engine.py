@@ -190,8 +190,17 @@ def calibration_ranges(
 
     from vared2.engines.tensorrt_graphs import max_abs_ranges
 
+    model = spec["model"]
+    want = (model["frames"], model["size"], model["size"], 3)
+    batches = [np.asarray(clip) for clip in clips]
+    for i, batch in enumerate(batches):
+        if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[1:] != want:
+            raise InputError(
+                f"calibration batch {i}: expected uint8 clips [N, {', '.join(map(str, want))}], "
+                f"got {batch.dtype} {list(batch.shape)}"
+            )
     gate = ort.InferenceSession(str(onnx_dir / spec["gate"]["file"]), providers=["CPUExecutionProvider"])
-    features = [gate.run(["features"], {"clip": np.asarray(clip, np.uint8)})[0] for clip in clips]
+    features = [gate.run(["features"], {"clip": batch})[0] for batch in batches]
     if not features:
         raise InputError("int8: no calibration clips were given (calibration= an iterable of uint8 clip batches)")
     ranges = {

@@ -118,6 +118,8 @@ def test_precision_graphs_of_an_export(tiny_onnx: Path) -> None:
     assert count == 4 and set(ranges) == {b["file"] for b in spec["buckets"]}
     with pytest.raises(InputError, match="no calibration clips"):
         trt_engine.calibration_ranges(tiny_onnx, spec, [])
+    with pytest.raises(InputError, match=r"calibration batch 1: expected uint8 clips \[N, 4, 32, 32, 3\], got float32"):
+        trt_engine.calibration_ranges(tiny_onnx, spec, [clips[0], clips[1].astype(np.float32)])
     gate = tiny_onnx / spec["gate"]["file"]
     assert trt_engine.precision_graph(gate, "int8", None) == onnx.load(str(gate))
     half_gate = trt_engine.precision_graph(gate, "fp16")
