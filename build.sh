@@ -6,7 +6,7 @@
 #       --out DIR         ONNX in DIR/onnx/NAME, engines in DIR/engines/NAME (default: artifacts)
 #       --name NAME       the deployment's folder name (default: the checkpoint's)   --skip-bench
 #   ./build.sh test [PYTEST ARGS]   lint, type-check and the whole test suite (what CI runs)
-#   ./build.sh gpu-check [--fp16]   the GPU acceptance: TensorRT engines vs ONNX Runtime, then the benchmark
+#   ./build.sh gpu-check [--clips N]   the GPU acceptance: GPU tests, the demo on TensorRT in fp32, fp16, int8
 # It creates its own virtual environment in .venv (or $VARED2_VENV, with $PYTHON) and installs everything there.
 # Relative paths in the options are taken from the directory you run it in.
 set -euo pipefail
@@ -36,14 +36,30 @@ ensure_venv() {
 }
 
 ensure_test_tools() {
-    # TensorRT's published API description, for the test that checks every TensorRT name the code uses (only
-    # the tests need it, and the bindings have no wheel for every platform, e.g. Jetson's aarch64).
-    # --no-deps and a folder of their own: the stubs' dependencies are TensorRT itself, and a stub-only
-    # `tensorrt` package in site-packages would make `import tensorrt` look like a real installation.
+    # TensorRT's published API, per version of the matrix (docs/plugins.md), for the test that checks every
+    # TensorRT name the code uses and for mypy. Only read as files, never imported, so one fixed x86-64 CPython 3.11
+    # wheel serves every host (Jetson's aarch64, another Python). --no-deps and a folder of their own each: their
+    # dependencies are TensorRT itself, and a stub-only `tensorrt` package in site-packages would look like a real
+    # installation.
+    local fixed=(--no-deps --only-binary=:all: --python-version 3.11
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64)
     if [ ! -f "$VENV/tensorrt-api/tensorrt/__init__.pyi" ]; then
-        "$VENV/bin/python" -m pip install --quiet --no-deps --target "$VENV/tensorrt-api" \
+        "$VENV/bin/python" -m pip install --quiet "${fixed[@]}" --target "$VENV/tensorrt-api" \
             tensorrt-stubs==10.13.0.35.1 tensorrt-cu12-bindings==10.13.0.35
     fi
+    local version wheel
+    for wheel in 10.3:tensorrt-cu12-bindings==10.3.0 10.9:tensorrt-cu12-bindings==10.9.0.34 \
+        11.4:tensorrt-cu13-bindings==11.4.0.106; do
+        version=${wheel%%:*}
+        if [ ! -f "$VENV/tensorrt-api-$version/tensorrt_bindings/__init__.py" ]; then
+            "$VENV/bin/python" -m pip install --quiet "${fixed[@]}" --target "$VENV/tensorrt-api-$version" "${wheel#*:}"
+        fi
+    done
+    # The 10.13 stubs as mypy can read them, on its path: the TensorRT code is checked by signature.
+    if [ ! -f "$VENV/tensorrt-typing/tensorrt/__init__.pyi" ]; then
+        "$VENV/bin/python" "$ROOT/tests/tensorrt_typing.py" "$VENV/tensorrt-api" "$VENV/tensorrt-typing"
+    fi
+    export MYPYPATH="$VENV/tensorrt-typing${MYPYPATH:+:$MYPYPATH}"
 }
 
 run_tests() {

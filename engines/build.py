@@ -241,7 +241,7 @@ def build_engines(
             manifest = build_tensorrt(
                 onnx_dir,
                 work,
-                fp16=fp16,
+                precision="fp16" if fp16 else "fp32",
                 max_batch=max_batch,
                 opt_batch=opt_batch,
                 timing_cache=timing_cache if timing_cache is not None else out_dir.parent / "timing.cache",

@@ -1,5 +1,8 @@
 """TensorRT engines (NVIDIA GPUs), built with Polygraphy's TensorRT loaders (DESIGN.md §5).
 
+Every network is strongly typed: precision is in the ONNX graph, never a builder flag (TensorRT 11 has none).
+fp32 builds the exported graphs; fp16 their fp16 graphs; int8 a Q/DQ graph per bucket, with activation ranges
+from calibration clips run through the fp32 gate, which itself stays fp32 (``tensorrt_graphs``).
 One ``.plan`` per bucket and one for the gate; one optimisation profile over the batch axis
 (``1..max_batch``, ``opt_batch`` the typical batch); one timing cache file shared by every build, so
 tactics timed for one bucket are reused by the next. The vared2 plugins are registered before parsing
@@ -20,14 +23,19 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
-from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
+from vared2.engines.manifest import PRECISIONS, BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
 from vared2.engines.onnxruntime_engine import model_spec
+from vared2.formats.errors import InputError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +45,14 @@ TIMING_CACHE = "timing.cache"
 CUSTOM_OPS = ("TemporalReconstruct", "ChannelReconstruct")
 #: The node attributes that make TensorRT's ONNX parser look for a registered plugin before the local function.
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+CALIBRATION_METHOD = "max-abs"  # per-tensor max |x| of each convolution input over the calibration clips
 
 
 class TensorRTUnavailableError(ImportError):
     """TensorRT (or Polygraphy's TensorRT backend) is not installed here."""
 
 
-def import_tensorrt() -> Any:
+def import_tensorrt() -> Any:  # the module: typed where used through ``if TYPE_CHECKING: import tensorrt``
     """``import tensorrt`` with an error that says what to install."""
     try:
         import tensorrt as trt
@@ -136,15 +145,21 @@ def local_function_bytes(onnx_path: Path) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def has_custom_ops(onnx_path: Path) -> bool:
+def _graph(source: Path | onnx.ModelProto) -> onnx.ModelProto:
+    return source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
+
+
+def has_custom_ops(source: Path | onnx.ModelProto) -> bool:
     """Whether the ONNX graph has any ``vared2::`` node (the full bucket and the gate have none)."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(node.domain == "vared2" and node.op_type in CUSTOM_OPS for node in model.graph.node)
+    return any(node.domain == "vared2" and node.op_type in CUSTOM_OPS for node in _graph(source).graph.node)
 
 
-def batch_profile_shapes(onnx_path: Path, max_batch: int, opt_batch: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+def batch_profile_shapes(
+    source: Path | onnx.ModelProto, max_batch: int, opt_batch: int
+) -> dict[str, tuple[tuple[int, ...], ...]]:
     """Per graph input, (min, opt, max) shapes: the batch axis varies, every other axis is the static one."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = _graph(source)
+    onnx_path = source if isinstance(source, Path) else model.graph.name
     initializers = {t.name for t in model.graph.initializer}
     shapes = {}
     for value in model.graph.input:
@@ -160,54 +175,92 @@ def batch_profile_shapes(onnx_path: Path, max_batch: int, opt_batch: int) -> dic
     return shapes
 
 
-def plugin_layers(network: Any, trt: Any) -> list[str]:
+def plugin_layers(network: trt.INetworkDefinition, trt: Any) -> list[str]:
     """Names of the plugin layers of a parsed network."""
     kinds = {trt.LayerType.PLUGIN, trt.LayerType.PLUGIN_V2, trt.LayerType.PLUGIN_V3}
     return [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in kinds]
 
 
+def calibration_ranges(
+    onnx_dir: Path, spec: dict[str, Any], clips: Iterable[np.ndarray]
+) -> tuple[dict[str, dict[str, float]], int]:
+    """Per bucket file, ``{conv input: amax}`` over ``clips`` (uint8 batches ``[N, T, H, W, 3]``) run through the
+    fp32 gate on ONNX Runtime's CPU, and how many clips that was."""
+    import onnxruntime as ort
+
+    from vared2.engines.tensorrt_graphs import max_abs_ranges
+
+    model = spec["model"]
+    want = (model["frames"], model["size"], model["size"], 3)
+    batches = [np.asarray(clip) for clip in clips]
+    for i, batch in enumerate(batches):
+        if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[1:] != want:
+            raise InputError(
+                f"calibration batch {i}: expected uint8 clips [N, {', '.join(map(str, want))}], "
+                f"got {batch.dtype} {list(batch.shape)}"
+            )
+    gate = ort.InferenceSession(str(onnx_dir / spec["gate"]["file"]), providers=["CPUExecutionProvider"])
+    features = [gate.run(["features"], {"clip": batch})[0] for batch in batches]
+    if not features:
+        raise InputError("int8: no calibration clips were given (calibration= an iterable of uint8 clip batches)")
+    ranges = {
+        b["file"]: max_abs_ranges(onnx.load(str(onnx_dir / b["file"])), [{"features": f} for f in features])
+        for b in spec["buckets"]
+    }
+    return ranges, sum(len(f) for f in features)
+
+
+def precision_graph(onnx_path: Path, precision: str, ranges: dict[str, float] | None = None) -> onnx.ModelProto:
+    """The graph TensorRT builds for ``precision``: the exported one (fp32), its fp16 graph, or its Q/DQ graph
+    from ``ranges`` (int8; None keeps the graph fp32, as for the gate)."""
+    from vared2.engines import tensorrt_graphs
+
+    model = onnx.load(str(onnx_path))  # external data (if any) inlined: the network is parsed from bytes
+    if precision == "fp16":
+        return tensorrt_graphs.fp16_graph(model)
+    if precision == "int8" and ranges is not None:
+        return tensorrt_graphs.qdq_graph(model, ranges)
+    return model
+
+
 def build_plan(
-    onnx_path: Path,
+    model: onnx.ModelProto,
     plan_path: Path,
     *,
-    fp16: bool,
     max_batch: int,
     opt_batch: int,
     timing_cache: Path,
     use_plugins: bool = True,
+    label: str = "",
 ) -> str | None:
-    """Build one ``.plan``; returns how the custom ops were realised (``"plugin"``, ``"local-functions"``,
-    or None when the graph has none). ``use_plugins=False`` parses a copy without the plugin attributes, so
-    the local functions are used whatever is registered."""
+    """Build one strongly typed ``.plan`` from ``model`` (named ``label`` in errors); returns how the custom
+    ops were realised (``"plugin"``, ``"local-functions"``, or None when the graph has none).
+    ``use_plugins=False`` parses a copy without the plugin attributes, so the local functions are used
+    whatever is registered."""
     trt = import_tensorrt()
     try:
-        from polygraphy.backend.trt import (
-            CreateConfig,
-            EngineBytesFromNetwork,
-            NetworkFromOnnxBytes,
-            NetworkFromOnnxPath,
-            Profile,
-        )
+        from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxBytes, Profile
     except ImportError as error:
         raise TensorRTUnavailableError(f"Polygraphy's TensorRT backend is unavailable ({error})") from error
 
+    label = label or model.graph.name
     profile = Profile()
-    for name, (lo, opt, hi) in batch_profile_shapes(onnx_path, max_batch, opt_batch).items():
+    for name, (lo, opt, hi) in batch_profile_shapes(model, max_batch, opt_batch).items():
         profile.add(name, min=lo, opt=opt, max=hi)
-    custom = has_custom_ops(onnx_path)
+    custom = has_custom_ops(model)
     if custom and not use_plugins:
-        builder, network, parser = NetworkFromOnnxBytes(local_function_bytes(onnx_path))()
-    else:
-        builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        strip_plugin_attributes(model)
+    builder, network, parser = NetworkFromOnnxBytes(model.SerializeToString(), strongly_typed=True)()
     plugins = plugin_layers(network, trt)
     if plugins and not use_plugins:
-        raise RuntimeError(f"{onnx_path}: plugin layers {plugins} remain after removing the plugin attributes")
-    config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=str(timing_cache))
+        raise RuntimeError(f"{label}: plugin layers {plugins} remain after removing the plugin attributes")
+    config = CreateConfig(profiles=[profile], load_timing_cache=str(timing_cache))  # no precision flag: typed
     serialized = EngineBytesFromNetwork(
         (builder, network, parser), config=config, save_timing_cache=str(timing_cache)
     )()
     if serialized is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
+        raise RuntimeError(f"{label}: TensorRT failed to build an engine (see the TensorRT log above)")
     plan_path.write_bytes(bytes(memoryview(serialized)))
     if not custom:
         return None
@@ -218,7 +271,8 @@ def build_tensorrt(
     onnx_dir: Path | str,
     out_dir: Path | str,
     *,
-    fp16: bool = False,
+    precision: str = "fp32",
+    calibration: Iterable[np.ndarray] | None = None,
     max_batch: int = 8,
     opt_batch: int = 1,
     timing_cache: Path | str | None = None,
@@ -231,7 +285,9 @@ def build_tensorrt(
 
     ``timing_cache`` (default: ``timing.cache`` beside the engine directory) is loaded before and saved
     after every build, so each bucket — and a later rebuild on the same GPU — starts from the tactics
-    already timed. ``use_plugins=False``, or plugins that cannot be registered here (the manifest's
+    already timed. ``precision`` is ``fp32``, ``fp16`` or ``int8``; int8 needs ``calibration``, uint8 clip
+    batches ``[N, T, H, W, 3]`` (e.g. training clips).
+    ``use_plugins=False``, or plugins that cannot be registered here (the manifest's
     ``build_options.plugins_unavailable`` says why), builds the custom ops from the ONNX local functions.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
@@ -239,6 +295,10 @@ def build_tensorrt(
         raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
         raise ValueError(f"opt_batch: expected an integer in 1..{max_batch} (max_batch), got {opt_batch!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if (precision == "int8") != (calibration is not None):
+        raise InputError("calibration: int8 engines need calibration clips, and only int8 engines use them")
     spec = read_export_spec(onnx_dir)
     trt = import_tensorrt()
     device = gpu_info()
@@ -248,15 +308,20 @@ def build_tensorrt(
     )
     registered = unavailable is None
     out_dir.mkdir(parents=True, exist_ok=True)
+    ranges: dict[str, dict[str, float]] = {}
+    calibrated: dict[str, Any] | None = None
+    if calibration is not None:
+        ranges, clips = calibration_ranges(onnx_dir, spec, calibration)
+        calibrated = {"clips": clips, "method": CALIBRATION_METHOD, "gate_precision": "fp32"}
 
     def plan(source: str) -> tuple[str, str | None]:
         if progress is not None:
             progress(source)
         target = Path(source).with_suffix(".plan").name
         path = build_plan(
-            onnx_dir / source,
+            precision_graph(onnx_dir / source, precision, ranges.get(source)),
             out_dir / target,
-            fp16=fp16,
+            label=str(onnx_dir / source),
             max_batch=max_batch,
             opt_batch=opt_batch,
             timing_cache=cache,
@@ -273,7 +338,7 @@ def build_tensorrt(
         name=name or out_dir.name,
         backend="tensorrt",
         backend_version=trt.__version__,
-        precision="fp16" if fp16 else "fp32",
+        precision=precision,
         device=device,
         max_batch=max_batch,
         model=model_spec(spec),
@@ -285,5 +350,6 @@ def build_tensorrt(
             "plugins_registered": registered,
             "plugins_unavailable": unavailable,
             "timing_cache": str(cache),
+            "calibration": calibrated,
         },
     )

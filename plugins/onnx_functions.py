@@ -105,10 +105,13 @@ def channel_reconstruct_function() -> FunctionProto:
         # Identity filters [Cc, 1, 1, 3, 3] and zero biases [Cc] in front of the learned ones.
         _const("filter_tail", [1, 1, 3, 3]),
         helper.make_node("Concat", ["cc", "filter_tail"], ["bank_shape"], axis=0),
-        _float_const("centre", np.pad(np.ones((1, 1, 1, 1, 1), np.float32), [(0, 0)] * 3 + [(1, 1)] * 2)),
+        # fp32 constants cast to the weights' type, so the body type-checks for fp16 graphs too.
+        _float_const("centre32", np.pad(np.ones((1, 1, 1, 1, 1), np.float32), [(0, 0)] * 3 + [(1, 1)] * 2)),
+        helper.make_node("CastLike", ["centre32", "weight"], ["centre"]),
         helper.make_node("Expand", ["centre", "bank_shape"], ["identity"]),
         helper.make_node("Concat", ["identity", "weight"], ["filters"], axis=0),
-        _float_const("zero_bias", np.zeros(1, np.float32)),
+        _float_const("zero_bias32", np.zeros(1, np.float32)),
+        helper.make_node("CastLike", ["zero_bias32", "bias"], ["zero_bias"]),
         helper.make_node("Expand", ["zero_bias", "cc"], ["identity_bias"]),
         helper.make_node("Concat", ["identity_bias", "bias"], ["biases"], axis=0),
         _conv_with_group_from("out_channels"),
@@ -180,8 +183,14 @@ def attach_functions(model: ModelProto) -> ModelProto:
     return model
 
 
-def single_op_model(op_type: str, input_shapes: Sequence[Sequence[int | str]], **attributes: int | str) -> ModelProto:
-    """A one-node model running ``vared2::op_type`` (float32 inputs ``x``, then the op's parameter inputs).
+def single_op_model(
+    op_type: str,
+    input_shapes: Sequence[Sequence[int | str]],
+    elem_type: int = onnx.TensorProto.FLOAT,
+    **attributes: int | str,
+) -> ModelProto:
+    """A one-node model running ``vared2::op_type`` (inputs ``x``, then the op's parameter inputs, all of
+    ``elem_type``: float32, or float16 for strongly typed fp16 engines).
 
     Used by tests and the timing script; ``input_shapes`` may name the batch axis with a string.
     """
@@ -191,7 +200,7 @@ def single_op_model(op_type: str, input_shapes: Sequence[Sequence[int | str]], *
     if len(input_shapes) != len(names):
         raise ValueError(f"single_op_model: {op_type} takes {len(names)} input shapes, got {len(input_shapes)}")
     inputs = [
-        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape))
+        helper.make_tensor_value_info(name, elem_type, list(shape))
         for name, shape in zip(names, input_shapes, strict=True)
     ]
     x_shape = list(input_shapes[0])
@@ -202,7 +211,7 @@ def single_op_model(op_type: str, input_shapes: Sequence[Sequence[int | str]], *
         x_shape[2] = tc * int(attributes["factor"]) if isinstance(tc, int) else "T_out"
     else:
         x_shape[1] = int(attributes["out_channels"])
-    output = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, x_shape)
+    output = helper.make_tensor_value_info("y", elem_type, x_shape)
     node = helper.make_node(op_type, names, ["y"], domain=DOMAIN)
     for key, value in {**attributes, **PLUGIN_ATTRIBUTES}.items():
         node.attribute.append(helper.make_attribute(key, value))

@@ -1,6 +1,6 @@
 """TensorRT backend: ``.plan`` engines on an NVIDIA GPU, through TensorRT's Python API and pycuda.
 
-Written against the TensorRT 10 named-tensor API (``set_input_shape``, ``set_tensor_address``,
+Written against the TensorRT 10 and 11 named-tensor API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``), the way Polygraphy's ``TrtRunner`` drives an engine. It has not run on a GPU in this
 repository's CI (no GPU there); its tests are marked ``gpu`` and run with ``./build.sh gpu-check``.
 
@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from vared2.engines.manifest import Manifest
 
 from .backends import GateOutput, check_backend_version
 from .errors import BackendError, DeviceMismatchError
+
+if TYPE_CHECKING:  # TensorRT's published stubs (build.sh puts them on mypy's path): checked by signature
+    import tensorrt as trt
 
 GATE_INPUTS, GATE_OUTPUTS = {"clip"}, {"features", "bucket_logits"}
 BUCKET_INPUTS, BUCKET_OUTPUTS = {"features"}, {"logits"}
@@ -59,14 +62,14 @@ def _volume(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def _set_shape(context: Any, name: str, shape: tuple[int, ...], engine: Path) -> None:
+def _set_shape(context: trt.IExecutionContext, name: str, shape: tuple[int, ...], engine: Path) -> None:
     """``set_input_shape``, whose False (a shape outside the profile) would otherwise surface only as a failed
     ``execute_async_v3``."""
     if not context.set_input_shape(name, shape):
         raise BackendError(f"{engine}: TensorRT refused shape {shape} for input {name!r} (outside its profile?)")
 
 
-def _set_address(context: Any, name: str, address: int, engine: Path) -> None:
+def _set_address(context: trt.IExecutionContext, name: str, address: int, engine: Path) -> None:
     """``set_tensor_address``, checked: TensorRT returns False for a name it does not know or a misaligned
     address."""
     if not context.set_tensor_address(name, address):
@@ -76,9 +79,9 @@ def _set_address(context: Any, name: str, address: int, engine: Path) -> None:
 class _EngineInfo:
     """A deserialised engine and its I/O tensors: name → (dtype, shape without the batch axis)."""
 
-    def __init__(self, trt: Any, runtime: Any, path: Path, max_batch: int) -> None:
+    def __init__(self, trt: Any, runtime: trt.Runtime, path: Path, max_batch: int) -> None:
         self.path = path
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        self.engine: trt.ICudaEngine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise BackendError(
                 f"{path}: TensorRT could not deserialize this plan (built with another TensorRT version or GPU, "
@@ -89,7 +92,8 @@ class _EngineInfo:
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = tuple(self.engine.get_tensor_shape(name))
+            dims = self.engine.get_tensor_shape(name)
+            shape = tuple(dims[axis] for axis in range(len(dims)))  # Dims is a sequence, not typed iterable
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs[name] = (dtype, shape[1:])
                 _min, _opt, most = self.engine.get_tensor_profile_shape(name, 0)
@@ -133,7 +137,7 @@ class _Worker:
         self.seen: set[tuple[int, int, int]] = set()
         self._events: list[Any] | None = None
 
-    def _execute(self, key: tuple[int, int, int], context: Any) -> None:
+    def _execute(self, key: tuple[int, int, int], context: trt.IExecutionContext) -> None:
         """``execute_async_v3`` on this worker's stream, or the CUDA graph captured for ``key``."""
         if self.graphs is None:
             if not context.execute_async_v3(self.stream.handle):
@@ -161,7 +165,7 @@ class _Worker:
         self.stream.synchronize()
         return GateOutput(batch=n, bucket_logits=logits.copy(), features=self.features)
 
-    def _bind_gate(self, n: int) -> Any:
+    def _bind_gate(self, n: int) -> trt.IExecutionContext:
         """The gate's context with its input shape and every I/O address set for a batch of ``n``."""
         context = self.gate_context
         clip_shape = (n, *self.clip_host.shape[1:])
@@ -171,7 +175,7 @@ class _Worker:
         _set_address(context, "bucket_logits", int(self.bucket_logits_device), self.gate_path)
         return context
 
-    def _bind_bucket(self, bucket: int, n: int, source: int) -> Any:
+    def _bind_bucket(self, bucket: int, n: int, source: int) -> trt.IExecutionContext:
         """Bucket ``bucket``'s context reading ``n`` feature rows at device address ``source``."""
         context = self.bucket_contexts[bucket]
         path = self.bucket_paths[bucket]

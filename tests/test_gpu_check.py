@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import gpu_unavailable_reason
 
@@ -42,3 +43,13 @@ def test_each_missing_requirement_is_named(monkeypatch: pytest.MonkeyPatch) -> N
     assert gpu_check.missing_requirement() is None
     present.discard("nvidia-smi")
     assert "no NVIDIA GPU" in str(gpu_check.missing_requirement())
+
+
+def test_precision_clips_are_the_demos_and_held_apart() -> None:
+    """The int8 calibration clips and the comparison clips: the demo's synthetic kind, different seeds."""
+    from vared2 import gpu_check
+
+    calibration, _ = gpu_check.synthetic_clips(4, seed=1, frames=8, size=56)
+    held_apart, labels = gpu_check.synthetic_clips(4, seed=2, frames=8, size=56)
+    assert calibration.shape == held_apart.shape == (4, 8, 56, 56, 3) and calibration.dtype == np.uint8
+    assert not np.array_equal(calibration, held_apart) and labels.shape == (4,) and (labels >= 0).all()

@@ -70,6 +70,29 @@ def test_channel_function_matches_reference(n: int, cc: int, out: int, t: int, h
     np.testing.assert_allclose(ReferenceEvaluator(model).run(None, feeds)[0], want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("op", ["TemporalReconstruct", "ChannelReconstruct"])
+def test_functions_type_check_and_run_in_fp16(op: str) -> None:
+    """fp16 graphs (strongly typed TensorRT engines) call the same bodies: their constants follow the inputs'
+    type. The reference runs in fp32 on the fp16 values; the bound is a few fp16 roundings of |y| <~ 10."""
+    if op == "TemporalReconstruct":
+        shapes, attrs = [["N", 6, 2, 5, 7], [2, 6], [2, 6]], {"factor": 2}
+        call = reference.temporal_reconstruct
+    else:
+        shapes, attrs = [["N", 4, 2, 5, 7], [6, 1, 1, 3, 3], [6]], {"out_channels": 10}
+        call = reference.channel_reconstruct
+    model = onnx_functions.single_op_model(op, shapes, onnx.TensorProto.FLOAT16, **attrs)
+    onnx.checker.check_model(model, full_check=True)
+    feeds = {
+        name: _randn(*[2 if d == "N" else d for d in shape]).astype(np.float16)
+        for name, shape in zip(["x", "a", "b"], shapes, strict=True)
+    }
+    feeds = dict(zip([i.name for i in model.graph.input], feeds.values(), strict=True))
+    want = call(*(torch.from_numpy(v.astype(np.float32)) for v in feeds.values()), *attrs.values()).numpy()
+    got = _session(model).run(None, feeds)[0]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=0, atol=2e-2)
+
+
 def test_functions_declare_the_plugin_attributes() -> None:
     for function in onnx_functions.functions():
         assert function.domain == DOMAIN

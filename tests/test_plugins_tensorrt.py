@@ -13,8 +13,9 @@ import warnings
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
-from test_tensorrt_names import api_dir, install_hint
+from tensorrt_api import STUBS_VERSION, WHEELS, api_dir, install_hint
 
 from vared2.plugins import tensorrt_plugin
 
@@ -61,13 +62,19 @@ def test_register_plugins_explains_when_unavailable() -> None:
         tensorrt_plugin.register_plugins(86)
 
 
-def _shape_expr_member_kinds() -> dict[str, str]:
+#: The TensorRT versions whose ``tensorrt.plugin`` sources are installed for the tests (AOT plugins: 10.9+).
+PLUGIN_VERSIONS = [STUBS_VERSION, *(v for v, (_, aot) in WHEELS.items() if aot)]
+
+
+def _shape_expr_member_kinds(version: str = STUBS_VERSION) -> dict[str, str]:
     """``"property"`` or ``"method"`` for ``is_constant`` and ``constant_value`` of ``tensorrt.plugin.ShapeExpr``
-    (what ``x.shape_expr[i]`` is in ``aot_impl``), read from the installed plugin module's sources: the first
-    definition along the class's bases wins, as in Python's attribute lookup."""
+    (what ``x.shape_expr[i]`` is in ``aot_impl``), read from TensorRT ``version``'s plugin module sources: the
+    first definition along the class's bases wins, as in Python's attribute lookup."""
     directory = api_dir()
-    if directory is None:
-        pytest.fail(f"the TensorRT API stubs are not installed; install them with:\n  {install_hint()}")
+    if directory is not None and version != STUBS_VERSION:
+        directory = directory.parent / f"tensorrt-api-{version}"
+    if directory is None or not (directory / "tensorrt_bindings" / "plugin").is_dir():
+        pytest.fail(f"TensorRT {version}'s API is not installed; install it with:\n  {install_hint(version)}")
     with warnings.catch_warnings():  # its docstrings have invalid escapes
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -96,18 +103,28 @@ def _shape_expr_member_kinds() -> dict[str, str]:
 def _shape_expr_like(value: int, constant: bool, kinds: dict[str, str]) -> Any:
     """An object with ``ShapeExpr``'s constant-access members, each a property or a method exactly as the
     installed ``tensorrt.plugin`` defines it (a ``ShapeExpr`` with a value needs TensorRT's expression builder,
-    which exists only inside an engine build)."""
+    which exists only inside an engine build). Like ``tensorrt.plugin`` 11's symbolic expressions, it refuses to
+    be truth-tested; arithmetic on it gives a non-constant one."""
     results = {"is_constant": constant, "constant_value": value}
-    members = {}
+    members: dict[str, Any] = {}
     for member, how in kinds.items():
         getter = (lambda result: lambda self: result)(results[member])
         members[member] = property(getter) if how == "property" else getter
+
+    def refuse(self: Any) -> bool:
+        raise RuntimeError("Cannot evaluate symbolic expression as boolean")
+
+    def symbolic(self: Any, other: Any) -> Any:
+        return _shape_expr_like(0, False, kinds)
+
+    members |= {"__bool__": refuse, "__add__": symbolic, "__mul__": symbolic, "__floordiv__": symbolic}
     return type("ShapeExprLike", (), members)()
 
 
-def test_static_reads_shape_expressions_the_way_tensorrt_plugin_defines_them() -> None:
-    kinds = _shape_expr_member_kinds()
-    assert kinds == {"is_constant": "property", "constant_value": "method"}  # tensorrt.plugin 10.13
+@pytest.mark.parametrize("version", PLUGIN_VERSIONS)
+def test_static_reads_shape_expressions_the_way_tensorrt_plugin_defines_them(version: str) -> None:
+    kinds = _shape_expr_member_kinds(version)
+    assert kinds == {"is_constant": "property", "constant_value": "method"}
     assert tensorrt_plugin._static(_shape_expr_like(7, True, kinds), "H") == 7
     assert tensorrt_plugin._static(5, "W") == 5
     with pytest.raises(ValueError, match="W must be static"):
@@ -128,6 +145,11 @@ def test_aot_launch_geometry_from_shape_expressions() -> None:
     assert got == (1024, [6, 24, 3, 56, 56], 2 * 24 * 3, 4)
     with pytest.raises(ValueError, match="T must be static"):
         tensorrt_plugin.aot_launch("temporal_reconstruct", [2, 6, _shape_expr_like(3, False, kinds), 5, 7], 2)
+    # N symbolic, as in an engine build: the launch is computed without truth-testing any expression.
+    symbolic_n = _shape_expr_like(0, False, kinds)
+    for kernel in ("temporal_reconstruct", "channel_reconstruct"):
+        block, _, grid_x, grid_y = tensorrt_plugin.aot_launch(kernel, [symbolic_n, *dims(1, 6, 3, 5, 7)[1:]], 2)
+        assert type(grid_x).__name__ == "ShapeExprLike" and grid_y == 1 and block == 64
 
 
 def test_min_ptx_per_arch() -> None:
@@ -157,16 +179,17 @@ def test_unsupported_arch_falls_back_to_local_functions() -> None:
 # ---- GPU tier (./build.sh gpu-check): build engines with the AOT plugins and compare with the reference ----
 
 
-def _build_and_run(model_bytes: bytes, feeds: dict[str, np.ndarray], fp16: bool) -> np.ndarray:
+def _build_and_run(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """A strongly typed engine of a one-op model: its precision is the model's (fp16 or fp32 tensors)."""
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxBytes, Profile, TrtRunner
 
-    builder, network, parser = NetworkFromOnnxBytes(model_bytes)()
+    builder, network, parser = NetworkFromOnnxBytes(model_bytes, strongly_typed=True)()
     kinds = [network.get_layer(i).type for i in range(network.num_layers)]
     assert trt.LayerType.PLUGIN_V3 in kinds, f"the parser did not pick the vared2 plugin: {kinds}"
     x = feeds["x"]
     profile = Profile().add("x", (1, *x.shape[1:]), x.shape, (2 * x.shape[0], *x.shape[1:]))
-    engine = EngineFromNetwork((builder, network, parser), CreateConfig(fp16=fp16, profiles=[profile]))
+    engine = EngineFromNetwork((builder, network, parser), CreateConfig(profiles=[profile]))
     with TrtRunner(engine) as runner:
         return np.asarray(runner.infer(feeds)["y"])
 
@@ -181,18 +204,23 @@ def test_aot_plugins_match_reference_on_gpu(fp16: bool) -> None:
 
     tensorrt_plugin.register_plugins(tensorrt_plugin.arch_from_capability(gpu_info()["compute_capability"]))
     rng = np.random.default_rng(0)
-    tolerance = 2e-2 if fp16 else 1e-4
-    x = rng.standard_normal((2, 6, 3, 5, 7)).astype(np.float32)
-    scale, shift = rng.standard_normal((2, 6)).astype(np.float32), rng.standard_normal((2, 6)).astype(np.float32)
-    model = onnx_functions.single_op_model("TemporalReconstruct", [["N", 6, 3, 5, 7], [2, 6], [2, 6]], factor=2)
-    got = _build_and_run(model.SerializeToString(), {"x": x, "scale": scale, "shift": shift}, fp16)
-    want = reference.temporal_reconstruct(torch.from_numpy(x), torch.from_numpy(scale), torch.from_numpy(shift), 2)
-    np.testing.assert_allclose(got, want.numpy(), rtol=tolerance, atol=tolerance)
+    tolerance = 2e-2 if fp16 else 1e-4  # fp16: the kernels compute in fp32 and round the output once
+    dtype, elem = (np.float16, onnx.TensorProto.FLOAT16) if fp16 else (np.float32, onnx.TensorProto.FLOAT)
+    x = rng.standard_normal((2, 6, 3, 5, 7)).astype(dtype)
+    scale, shift = rng.standard_normal((2, 6)).astype(dtype), rng.standard_normal((2, 6)).astype(dtype)
+    model = onnx_functions.single_op_model("TemporalReconstruct", [["N", 6, 3, 5, 7], [2, 6], [2, 6]], elem, factor=2)
+    got = _build_and_run(model.SerializeToString(), {"x": x, "scale": scale, "shift": shift})
+    assert got.dtype == dtype
+    torch_in = [torch.from_numpy(v.astype(np.float32)) for v in (x, scale, shift)]
+    want = reference.temporal_reconstruct(*torch_in, 2)
+    np.testing.assert_allclose(got.astype(np.float32), want.numpy(), rtol=tolerance, atol=tolerance)
 
-    weight, bias = rng.standard_normal((10, 1, 1, 3, 3)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    weight, bias = rng.standard_normal((10, 1, 1, 3, 3)).astype(dtype), rng.standard_normal(10).astype(dtype)
     model = onnx_functions.single_op_model(
-        "ChannelReconstruct", [["N", 6, 3, 5, 7], [10, 1, 1, 3, 3], [10]], out_channels=16
+        "ChannelReconstruct", [["N", 6, 3, 5, 7], [10, 1, 1, 3, 3], [10]], elem, out_channels=16
     )
-    got = _build_and_run(model.SerializeToString(), {"x": x, "weight": weight, "bias": bias}, fp16)
-    want = reference.channel_reconstruct(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), 16)
-    np.testing.assert_allclose(got, want.numpy(), rtol=tolerance, atol=tolerance)
+    got = _build_and_run(model.SerializeToString(), {"x": x, "weight": weight, "bias": bias})
+    assert got.dtype == dtype
+    torch_in = [torch.from_numpy(v.astype(np.float32)) for v in (x, weight, bias)]
+    want = reference.channel_reconstruct(*torch_in, 16)
+    np.testing.assert_allclose(got.astype(np.float32), want.numpy(), rtol=tolerance, atol=tolerance)

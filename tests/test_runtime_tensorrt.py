@@ -131,7 +131,7 @@ def test_tensorrt_engines_match_onnxruntime(tmp_path: Path) -> None:
             (f"bucket_{b[0]}", "features", features) for b in BUCKETS
         ]:
             profile = Profile().add(name, min=(1, *shape), opt=(1, *shape), max=(4, *shape))
-            network = NetworkFromOnnxPath(str(onnx_dir / f"{file}.onnx"))
+            network = NetworkFromOnnxPath(str(onnx_dir / f"{file}.onnx"), strongly_typed=True)
             build = EngineFromNetwork(network, CreateConfig(profiles=[profile]))
             SaveEngine(build, str(directory / f"{file}.plan"))()
         import pycuda.driver as cuda
