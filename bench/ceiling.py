@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 from vared2.runtime.backends import OrtEngine
 
 from .timing import DEFAULT_TIMING, TimingSettings, Trace, measure_interleaved

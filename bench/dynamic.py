@@ -7,7 +7,7 @@ full-size reference) would fare at the routing a trained gate produces.
 
 Clips are prepared exactly as for training and evaluation: every frame decoded and prepared by the runtime's own
 video code (``vared2.runtime.video``: short side resized, centre crop), then the manifest's ``frames`` picked
-uniformly — the centre of each of ``frames`` equal segments (the rule of ``vared2.models.video_io``, repeated here
+uniformly — the centre of each of ``frames`` equal segments (the rule of ``vared2.formats.video``, repeated here
 because the bench may not import the training stack). Decoding happens before any timing.
 """
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
 
 SHARED_KEYS = ("session.disable_prepacking", "session.use_env_allocators")
@@ -68,7 +68,7 @@ def profile_bucket(
     random features of the gate's output shape."""
     import onnxruntime as ort
 
-    from vared2.runtime.shared_weights import SharedWeights
+    from vared2.formats.weights import SharedWeights
 
     engine_dir = Path(engine_dir)
     manifest = Manifest.load(engine_dir)

@@ -6,7 +6,7 @@ Every distinct initializer is stored once in ``weights.bin``. A bucket's partial
 row-major order, so it becomes the same offset with a shorter length; anything else identical is
 deduplicated by content. Each engine file keeps its graph (model-local functions included; ONNX Runtime
 inlines them at load) and refers to its initializers as ONNX external data (location, offset, length), so a
-plain ``InferenceSession(path)`` works too; ``vared2.runtime.shared_weights`` hands the same bytes to
+plain ``InferenceSession(path)`` works too; ``vared2.formats.weights`` hands the same bytes to
 every session once, memory-mapped, which is what keeps N sessions near the memory of one.
 
 Graph optimisations are applied when a session is created, not saved: a saved ``ORT_ENABLE_ALL`` graph
@@ -28,22 +28,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
-from vared2.engines.manifest import (
-    BucketEntry,
-    GateEntry,
-    Manifest,
-    ModelSpec,
-    WeightsEntry,
-    read_export_spec,
-    sha256_file,
-)
 from vared2.engines.ort_frames import skip_unread_frames
 from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_phases import split_temporal_phases
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
+from vared2.formats.export_spec import model_spec, read_export_spec
+from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, WeightsEntry, sha256_file
 
-# The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
+# The weights file format (documented in vared2.formats.weights, which reads it; the runtime cannot
 # import the builders and vice versa, so the few constants live in both and a test checks they agree).
 WEIGHTS_FILE = "weights.bin"
 MAGIC = b"VRD2WTS1"
@@ -221,7 +214,7 @@ def session_options(*, threads: int | None = None, optimization: str = DEFAULT_L
 
 def shared_session(engine_dir: Path, file: str, options: ort.SessionOptions) -> ort.InferenceSession:
     """A session on one engine file fed its weights as ``OrtValue``s over a read-only map of weights.bin —
-    the scheme ``vared2.runtime.shared_weights`` implements for the runtime, here for the build's check.
+    the scheme ``vared2.formats.weights`` implements for the runtime, here for the build's check.
     The session keeps no reference to the map; it is kept alive on the session object."""
     weights = engine_dir / WEIGHTS_FILE
     index = read_header(weights)
@@ -286,24 +279,6 @@ def _load_exported(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
         raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
-
-
-def model_spec(spec: dict[str, Any]) -> ModelSpec:
-    """The manifest's model spec from ``export.json``'s ``model``."""
-    m = spec["model"]
-    checkpoint = m.get("checkpoint_sha256") or ""
-    if not checkpoint:
-        # A model exported from memory (no checkpoint file): identify it by its ONNX content instead.
-        checkpoint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    return ModelSpec(
-        frames=int(m["frames"]),
-        size=int(m["size"]),
-        mean=tuple(float(v) for v in m["mean"]),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in m["std"]),  # type: ignore[arg-type]
-        # A model trained without label names still needs one per class in the manifest.
-        labels=tuple(str(v) for v in m.get("labels", [])) or tuple(f"class{i}" for i in range(int(m["num_classes"]))),
-        checkpoint_sha256=checkpoint,
-    )
 
 
 def build_onnxruntime(
@@ -385,7 +360,7 @@ def build_onnxruntime(
             "threads": threads,
             "optimization": optimization,
             "graph_rewrite": GRAPH_REWRITE if rewrite else None,
-            # Sessions share one CPU arena (registered by vared2.runtime.shared_weights): docs/engines.md.
+            # Sessions share one CPU arena (registered by vared2.formats.weights): docs/engines.md.
             "ort_session_config": {"session.use_env_allocators": "1", "session.disable_prepacking": "1"},
             "weights_alignment": ALIGNMENT,
             "weights_stored_bytes": stats.stored_bytes,

@@ -26,8 +26,8 @@ from typing import Any
 
 import onnx
 
-from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
-from vared2.engines.onnxruntime_engine import model_spec
+from vared2.formats.export_spec import model_spec, read_export_spec
+from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 

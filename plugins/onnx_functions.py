@@ -7,7 +7,7 @@ a function body never sees its caller's static shapes, so the few shape facts it
 from ``Shape`` nodes, which ONNX Runtime and TensorRT fold into constants.
 
 Formulations (chosen by measurement on ONNX Runtime's CPU kernels; numbers in docs/plugins.md, from
-``plugins/scripts/time_onnx_functions.py``):
+``experiments/time_onnx_functions.py``):
 
 - ``TemporalReconstruct``: one broadcast ``Mul`` + ``Add`` over a 6-D view ``[N, C, Tc, 1, H, W]`` against
   ``[C, 1, R, 1, 1]``, then a free ``Reshape`` to ``[N, C, R*Tc, H, W]``. A function body cannot loop over

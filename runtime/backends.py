@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest, ManifestError
+from vared2.formats.manifest import Manifest, ManifestError
 
 from .errors import BackendError, BackendVersionError
 
@@ -228,7 +228,7 @@ class OrtBackend:
     Session options come from the call (threads, providers) and from the manifest's build options: the graph
     optimisation level the builder chose and checked parity with (``optimization``) and any extra session
     config entries (``ort_session_config``). With a shared weights file (``manifest.weights``), every session
-    reads its initializers from one read-only memory map of it (``vared2.runtime.shared_weights``).
+    reads its initializers from one read-only memory map of it (``vared2.formats.weights``).
     """
 
     def __init__(
@@ -254,7 +254,7 @@ class OrtBackend:
             raise ManifestError(f"build_options.ort_session_config: expected an object, got {config!r}")
         weights = None
         if manifest.weights is not None:
-            from .shared_weights import SharedWeights
+            from vared2.formats.weights import SharedWeights
 
             weights = SharedWeights.open(directory, manifest.weights.file)
 

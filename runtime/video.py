@@ -2,7 +2,7 @@
 model was trained, and cut sliding windows.
 
 The frame preparation — resize so the short side is ``short_side`` with one ``VideoFrame.reformat`` call on the
-decoded frame (bilinear, ``ACCURATE_RND | BITEXACT``), then a centre crop — is the one ``vared2.models.video_io``
+decoded frame (bilinear, ``ACCURATE_RND | BITEXACT``), then a centre crop — is the one ``vared2.formats.video``
 uses for training (that module needs no torch either, but the runtime may not import ``vared2.models``, so the
 call is repeated here; ``tests/test_runtime_video.py`` checks both give identical pixels).
 """

@@ -16,10 +16,10 @@ import pytest
 from vared2.engines import build as build_module
 from vared2.engines import onnxruntime_engine as ort_engine
 from vared2.engines.build import build_engines
-from vared2.engines.manifest import ChecksumError, Manifest
 from vared2.engines.ort_toy import write_toy_onnx_dir
-from vared2.runtime import shared_weights
-from vared2.runtime.shared_weights import SharedWeights, read_index
+from vared2.formats import weights as shared_weights
+from vared2.formats.manifest import ChecksumError, Manifest
+from vared2.formats.weights import SharedWeights, read_index
 
 
 @pytest.fixture(scope="module")

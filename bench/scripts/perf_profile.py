@@ -15,15 +15,15 @@ import json
 from pathlib import Path
 
 from vared2.bench.profile import profile_bucket
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 
 
 def write_optimized(engine_dir: Path, file: str, level: str, out: Path, threads: int) -> Path:
     """The graph ONNX Runtime actually runs for ``file`` (functions inlined, fusions applied)."""
     import onnxruntime as ort
 
+    from vared2.formats.weights import SharedWeights
     from vared2.runtime.backends import session_options
-    from vared2.runtime.shared_weights import SharedWeights
 
     manifest = Manifest.load(engine_dir)
     options = session_options(level, threads, {})
