@@ -1,52 +1,31 @@
-"""One copy of an ONNX Runtime engine directory's weights per process (and per host), shared by every session.
+"""``weights.bin``: every distinct initializer of an ONNX Runtime engine directory, stored once; one writer and
+one reader of it.
 
-The ONNX Runtime builder writes every distinct initializer of the gate and the buckets once into
-``weights.bin``; a bucket's partial-convolution weight is a prefix of the full bucket's tensor, so it is
-the same bytes viewed with a smaller shape. This module memory-maps that file read-only, wraps each
-tensor view in an ``OrtValue`` *without copying* (created once per process), and hands those to every
-session through ``SessionOptions.add_initializer``: ONNX Runtime then uses the caller's buffers instead of
-loading its own copy, and keeps shared initializers out of constant folding. The mapped pages belong to
-the page cache, so they are shared by all sessions and by all processes on the host.
-
-``weights.bin`` layout (little-endian)::
-
-    0   8 bytes   magic b"VRD2WTS1"
-    8   8 bytes   uint64: length L of the JSON index
-    16  L bytes   JSON index (utf-8)
-    ... tensor data, each view starting at an ``alignment``-aligned absolute offset
-
-The index (torch- and onnx-free)::
-
-    {"alignment": 4096,
-     "tensors": [{"offset": o, "length": n, "dtype": "float32", "shape": [..]}, ...],
-     "models": {"bucket_1.onnx": {"layer2.0.conv1.0.0.weight": 7, ...}, ...}}
-
-``models`` maps each engine file's initializer names to a tensor view; the same offset can appear in
-several views (a full weight and its prefixes).
-
-Workspace memory (im2col buffers, activations) is the other per-session cost: each session's CPU arena
-keeps its peak. ``SharedWeights.open`` therefore also registers one CPU arena with ONNX Runtime's
-environment (once per process), and ``session_options_for`` opts sessions into it
-(``session.use_env_allocators``), so the gate and the buckets — which run one after another — reuse the
-same workspace. Numpy and onnxruntime only: the runtime imports this.
+A bucket's partial-convolution weight is a prefix of the full bucket's tensor, so it is the same bytes viewed with a
+smaller shape. Layout (little-endian; docs/engines.md): magic ``b"VRD2WTS1"``, a uint64 index length, the JSON index
+(``alignment``, ``tensors`` [offset, length, dtype, shape], ``models`` {engine file: {initializer: tensor}}), then the
+tensor data, each stored tensor at an ``alignment``-aligned absolute offset. numpy only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
-import sys
-import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+from .errors import InputError
 
 MAGIC = b"VRD2WTS1"
 HEADER = struct.Struct("<8sQ")
 WEIGHTS_FILE = "weights.bin"
+#: Page size: ONNX Runtime memory-maps external data only at offsets it can map directly (docs/engines.md).
+ALIGNMENT = 4096
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
@@ -77,6 +56,10 @@ def encode_header(index: dict[str, Any], alignment: int) -> bytes:
     return head + b"\0" * (-len(head) % alignment)
 
 
+class WeightsFileError(InputError):
+    """A weights file that is not one vared2 wrote, or is damaged. The message names the file and the field."""
+
+
 def read_index(path: Path | str) -> WeightsIndex:
     """Parse and check the index of ``path``; errors name the file and what was expected."""
     path = Path(path)
@@ -86,139 +69,126 @@ def read_index(path: Path | str) -> WeightsIndex:
     with path.open("rb") as f:
         raw = f.read(HEADER.size)
         if len(raw) != HEADER.size:
-            raise ValueError(f"{path}: too short for a vared2 weights file ({size} bytes)")
+            raise WeightsFileError(f"{path}: too short for a vared2 weights file ({size} bytes)")
         magic, length = HEADER.unpack(raw)
         if magic != MAGIC:
-            raise ValueError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
+            raise WeightsFileError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
         if HEADER.size + length > size:
-            raise ValueError(f"{path}: index length {length} runs past the end of the file ({size} bytes)")
+            raise WeightsFileError(f"{path}: index length {length} runs past the end of the file ({size} bytes)")
         try:
             data = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: the index is not valid JSON ({error})") from error
+            raise WeightsFileError(f"{path}: the index is not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise WeightsFileError(f"{path}: the index must be a JSON object, got {type(data).__name__}")
     alignment = data.get("alignment")
     if not isinstance(alignment, int) or alignment < 1:
-        raise ValueError(f"{path}: index.alignment must be a positive integer, got {alignment!r}")
+        raise WeightsFileError(f"{path}: index.alignment must be a positive integer, got {alignment!r}")
     start = HEADER.size + length
     start += -start % alignment
     tensors = []
     for i, t in enumerate(data.get("tensors", [])):
         where = f"{path}: index.tensors[{i}]"
-        if t.get("dtype") not in DTYPES:
-            raise ValueError(f"{where}.dtype: expected one of {', '.join(DTYPES)}, got {t.get('dtype')!r}")
-        view = TensorView(int(t["offset"]), int(t["length"]), t["dtype"], tuple(int(d) for d in t["shape"]))
+        if not isinstance(t, dict) or t.get("dtype") not in DTYPES:
+            got = t.get("dtype") if isinstance(t, dict) else t
+            raise WeightsFileError(f"{where}.dtype: expected one of {', '.join(DTYPES)}, got {got!r}")
+        try:
+            view = TensorView(int(t["offset"]), int(t["length"]), t["dtype"], tuple(int(d) for d in t["shape"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise WeightsFileError(f"{where}: expected integer offset, length and shape ({error!r})") from None
         if view.length != np.dtype(view.dtype).itemsize * int(np.prod(view.shape, dtype=np.int64)):
-            raise ValueError(f"{where}: length {view.length} does not match {view.dtype}{list(view.shape)}")
+            raise WeightsFileError(f"{where}: length {view.length} does not match {view.dtype}{list(view.shape)}")
         if view.offset < start or view.offset + view.length > size:
-            raise ValueError(f"{where}: bytes {view.offset}..{view.offset + view.length} are outside the data")
+            raise WeightsFileError(f"{where}: bytes {view.offset}..{view.offset + view.length} are outside the data")
         tensors.append(view)
     models: dict[str, dict[str, int]] = {}
     for model, names in data.get("models", {}).items():
+        if not isinstance(names, dict):
+            raise WeightsFileError(f"{path}: index.models[{model!r}]: expected an object, got {names!r:.80}")
         for name, k in names.items():
             if not isinstance(k, int) or not 0 <= k < len(tensors):
-                raise ValueError(f"{path}: index.models[{model!r}][{name!r}]: no tensor view {k!r}")
+                raise WeightsFileError(f"{path}: index.models[{model!r}][{name!r}]: no tensor view {k!r}")
         models[model] = dict(names)
     return WeightsIndex(alignment, start, tuple(tensors), models)
 
 
-_allocator_lock = threading.Lock()
-_allocator_registered = False
+@dataclass
+class PackStats:
+    """What deduplication achieved: bytes referenced by all engine files vs bytes stored."""
+
+    referenced_bytes: int = 0
+    stored_bytes: int = 0
+    external_tensors: int = 0
+    distinct_tensors: int = 0
 
 
-def register_shared_allocator() -> bool:
-    """Register one CPU arena allocator with ONNX Runtime's process-wide environment (idempotent).
+def write_weights(
+    tensors: Mapping[str, Sequence[tuple[str, np.ndarray]]], path: Path, *, alignment: int = ALIGNMENT
+) -> tuple[dict[tuple[str, str], tuple[int, int]], PackStats]:
+    """Write ``tensors`` (engine file name → its ``(initializer name, array)`` pairs) into one weights file at
+    ``path``; return where each landed, ``(file, name) → (offset, length)``, and the deduplication stats.
 
-    Sessions created with ``session.use_env_allocators=1`` then share it instead of each growing its own
-    arena. Returns False when another component registered a CPU allocator first (that one is shared then).
+    Tensors are placed largest first, so a full weight is stored before the prefixes other buckets use. A tensor
+    reuses stored bytes when a stored tensor of the same name starts with its bytes, or when a stored tensor has
+    exactly its bytes; otherwise it is appended at the next ``alignment`` boundary.
     """
-    global _allocator_registered
-    with _allocator_lock:
-        if _allocator_registered:
-            return True
-        _allocator_registered = True
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        try:
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg({}))
-        except Exception:  # ORT raises its own Fail type when a CPU allocator is already registered
-            return False
-        return True
+    candidates = [
+        (file, name, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False))
+        for file, entries in tensors.items()
+        for name, array in entries
+    ]
+    for file, name, array in candidates:
+        if str(array.dtype.newbyteorder("=")) not in DTYPES:
+            raise InputError(f"{file}: initializer {name!r} has dtype {array.dtype}, not one of {', '.join(DTYPES)}")
+    candidates.sort(key=lambda c: -c[2].nbytes)
 
+    blobs: list[bytes] = []  # stored regions, in file order
+    offsets: list[int] = []
+    by_name: dict[str, list[int]] = {}
+    by_digest: dict[bytes, int] = {}
+    views: dict[tuple[int, int, str, tuple[int, ...]], int] = {}
+    index_models: dict[str, dict[str, int]] = {file: {} for file in tensors}
+    placements: dict[tuple[str, str], tuple[int, int]] = {}  # (file, name) -> (region, length)
+    stats = PackStats()
+    relative = 0  # offsets relative to the data start, fixed up once the header size is known
+    for file, name, array in candidates:
+        data = array.tobytes()
+        region = next((r for r in by_name.get(name, []) if blobs[r].startswith(data)), None)
+        if region is None:
+            region = by_digest.get(hashlib.sha256(data).digest())
+        if region is None:
+            relative += -relative % alignment
+            region = len(blobs)
+            blobs.append(data)
+            offsets.append(relative)
+            relative += len(data)
+            by_digest[hashlib.sha256(data).digest()] = region
+            stats.stored_bytes += len(data)
+        by_name.setdefault(name, []).append(region)
+        key = (region, len(data), str(array.dtype.newbyteorder("=")), tuple(int(d) for d in array.shape))
+        index_models[file][name] = views.setdefault(key, len(views))
+        placements[(file, name)] = (region, len(data))
+        stats.referenced_bytes += len(data)
+        stats.external_tensors += 1
+    stats.distinct_tensors = len(blobs)
 
-class SharedWeights:
-    """A read-only memory map of one ``weights.bin`` and one ``OrtValue`` per tensor view over it.
+    # The header holds absolute offsets, and its own size moves the data: iterate until it settles.
+    data_start = alignment
+    while True:
+        entries = [
+            {"offset": data_start + offsets[r], "length": n, "dtype": dtype, "shape": list(shape)}
+            for (r, n, dtype, shape), _ in sorted(views.items(), key=lambda kv: kv[1])
+        ]
+        header = encode_header({"alignment": alignment, "tensors": entries, "models": index_models}, alignment)
+        if len(header) == data_start:
+            break
+        data_start = len(header)
 
-    Use ``SharedWeights.open(engine_dir)``: it returns the same object for the same file within a process,
-    so every session of every runtime on that directory shares one mapping. The object (and with it the
-    mapping the sessions read from) lives as long as the process; ONNX Runtime does not own these buffers.
-    """
-
-    _cache: ClassVar[dict[tuple[str, int, int], SharedWeights]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, path: Path) -> None:
-        if sys.byteorder != "little":
-            raise RuntimeError("vared2 weights files are little-endian; this host is big-endian")
-        self.path = path
-        self.index = read_index(path)
-        self._map = np.memmap(path, dtype=np.uint8, mode="r")
-        self._arrays: dict[int, np.ndarray] = {}
-        self._values: dict[int, ort.OrtValue] = {}
-        for k, view in enumerate(self.index.tensors):
-            raw = self._map[view.offset : view.offset + view.length]
-            self._arrays[k] = raw.view(np.dtype(view.dtype)).reshape(view.shape)
-            # ortvalue_from_numpy wraps a CPU array's buffer without copying; the OrtValue keeps it alive.
-            self._values[k] = ort.OrtValue.ortvalue_from_numpy(self._arrays[k])
-
-    @classmethod
-    def open(cls, engine_dir: Path | str, file: str = WEIGHTS_FILE) -> SharedWeights:
-        """The process-wide ``SharedWeights`` of ``engine_dir/file`` (created on first use)."""
-        path = (Path(engine_dir) / file).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such weights file (is {engine_dir} an ONNX Runtime engine directory?)")
-        stat = path.stat()
-        key = (str(path), stat.st_ino, stat.st_mtime_ns)
-        register_shared_allocator()
-        with cls._lock:
-            if key not in cls._cache:
-                cls._cache[key] = cls(path)
-            return cls._cache[key]
-
-    @property
-    def nbytes(self) -> int:
-        """Size of the mapped file."""
-        return int(self._map.size)
-
-    def initializers(self, model_file: str) -> dict[str, ort.OrtValue]:
-        """Initializer name → shared ``OrtValue`` for one engine file (its name relative to the directory)."""
-        key = Path(model_file).name
-        if key not in self.index.models:
-            known = ", ".join(sorted(self.index.models))
-            raise KeyError(f"{self.path}: the index has no engine file {key!r} (it has {known})")
-        return {name: self._values[k] for name, k in self.index.models[key].items()}
-
-    def array(self, model_file: str, name: str) -> np.ndarray:
-        """A read-only numpy view of one initializer (for checks and tools)."""
-        self.initializers(model_file)  # the clear error for an unknown file
-        return self._arrays[self.index.models[Path(model_file).name][name]]
-
-    def session_options_for(
-        self, model_file: str, base_options: ort.SessionOptions | None = None
-    ) -> ort.SessionOptions:
-        """``base_options`` (or defaults) with every initializer ``model_file`` needs added once, shared, and
-        the process-wide CPU arena opted into.
-
-        Prepacking is turned off: a prepacked weight is a per-session copy, which is what sharing avoids.
-        """
-        options = base_options if base_options is not None else ort.SessionOptions()
-        options.add_session_config_entry("session.disable_prepacking", "1")
-        options.add_session_config_entry("session.use_env_allocators", "1")
-        for name, value in self.initializers(model_file).items():
-            options.add_initializer(name, value)
-        return options
-
-
-def session_options_for(
-    engine_dir: Path | str, model_file: str, base_options: ort.SessionOptions | None = None
-) -> ort.SessionOptions:
-    """Shortcut: ``SharedWeights.open(engine_dir).session_options_for(model_file, base_options)``."""
-    return SharedWeights.open(engine_dir).session_options_for(model_file, base_options)
+    with path.open("wb") as f:
+        f.write(header)
+        for region, blob in enumerate(blobs):
+            f.seek(data_start + offsets[region])
+            f.write(blob)
+        f.truncate(data_start + relative)
+    where = {key: (data_start + offsets[region], length) for key, (region, length) in placements.items()}
+    return where, stats

@@ -494,7 +494,7 @@ def test_profile_totals_kernel_time_per_op_type(engines: Path, tmp_path: Path) -
     import onnx
 
     from vared2.formats.manifest import Manifest
-    from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
+    from vared2.formats.sessions import DEFAULT_SESSION_CONFIG, session_options
 
     profile = profile_bucket(engines, 2, runs=2, threads=1)
     assert (profile.bucket, profile.runs) == (2, 2)
