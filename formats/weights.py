@@ -87,7 +87,10 @@ def read_index(path: Path | str) -> WeightsIndex:
     start = HEADER.size + length
     start += -start % alignment
     tensors = []
-    for i, t in enumerate(data.get("tensors", [])):
+    entries, models_field = data.get("tensors", []), data.get("models", {})
+    if not isinstance(entries, list) or not isinstance(models_field, dict):
+        raise WeightsFileError(f"{path}: index.tensors must be a list and index.models an object")
+    for i, t in enumerate(entries):
         where = f"{path}: index.tensors[{i}]"
         if not isinstance(t, dict) or t.get("dtype") not in DTYPES:
             got = t.get("dtype") if isinstance(t, dict) else t
@@ -102,7 +105,7 @@ def read_index(path: Path | str) -> WeightsIndex:
             raise WeightsFileError(f"{where}: bytes {view.offset}..{view.offset + view.length} are outside the data")
         tensors.append(view)
     models: dict[str, dict[str, int]] = {}
-    for model, names in data.get("models", {}).items():
+    for model, names in models_field.items():
         if not isinstance(names, dict):
             raise WeightsFileError(f"{path}: index.models[{model!r}]: expected an object, got {names!r:.80}")
         for name, k in names.items():

@@ -18,8 +18,8 @@ from vared2.engines import onnxruntime_engine as ort_engine
 from vared2.engines.build import build_engines
 from vared2.engines.ort_toy import write_toy_onnx_dir
 from vared2.formats.manifest import ChecksumError, Manifest
-from vared2.formats.sessions import LEVELS, SharedWeights, open_session
-from vared2.formats.weights import WeightsFileError, read_index, write_weights
+from vared2.formats.sessions import SharedWeights, open_session
+from vared2.formats.weights import read_index
 
 
 @pytest.fixture(scope="module")
@@ -332,51 +332,7 @@ def test_an_export_json_without_labels_builds_with_placeholder_names(toy_onnx: P
     assert manifest.model.labels == tuple(f"class{i}" for i in range(spec["model"]["num_classes"]))
 
 
-def test_a_short_weights_file_is_named_by_its_reader(tmp_path: Path) -> None:
-    (tmp_path / "weights.bin").write_bytes(b"VRD2")
-    with pytest.raises(WeightsFileError, match=r"weights\.bin: too short for a vared2 weights file \(4 bytes\)"):
-        read_index(tmp_path / "weights.bin")
-
-
-def test_the_weights_file_round_trips_through_its_one_writer_and_reader(tmp_path: Path) -> None:
-    """Every dtype the index allows, written by ``write_weights`` and read back by ``read_index`` and the
-    runtime's ``SharedWeights`` bit for bit, at the offsets the writer reported."""
-    rng = np.random.default_rng(3)
-    arrays = {
-        "f32": rng.standard_normal((5, 7)).astype(np.float32),
-        "f16": rng.standard_normal((33,)).astype(np.float16),
-        "f64": rng.standard_normal((2, 3, 4)),
-        "i8": rng.integers(-128, 128, (17,), dtype=np.int8),
-        "u8": rng.integers(0, 256, (4, 4), dtype=np.uint8),
-        "i16": rng.integers(-999, 999, (9,), dtype=np.int16),
-        "i32": rng.integers(-(2**31), 2**31 - 1, (6,), dtype=np.int32),
-        "i64": rng.integers(-(2**62), 2**62, (3, 2), dtype=np.int64),
-        "b": rng.integers(0, 2, (11,)).astype(bool),
-        "be": rng.standard_normal((8,)).astype(">f4"),  # big-endian input is stored little-endian
-    }
-    second = {"f32": arrays["f32"][:2], "u8": arrays["i8"].view(np.uint8)}
-    path = tmp_path / "weights.bin"
-    where, stats = write_weights(
-        {"a.onnx": list(arrays.items()), "b.onnx": list(second.items())},
-        path,
-        alignment=128,
-    )
-    # b's f32 is a prefix of a's under the same name; b's u8 has i8's bytes under another name: both stored once.
-    assert stats.distinct_tensors == len(arrays)
-    index = read_index(path)
-    assert index.alignment == 128 and set(index.models) == {"a.onnx", "b.onnx"}
-    raw = path.read_bytes()
-    weights = SharedWeights(path)
-    for file, names in index.models.items():
-        for name, k in names.items():
-            view = index.tensors[k]
-            assert (view.offset, view.length) == where[(file, name)]
-            assert view.offset % 128 == 0
-            expected = (arrays if file == "a.onnx" else second)[name]
-            stored = np.frombuffer(raw[view.offset : view.offset + view.length], np.dtype(view.dtype).newbyteorder("<"))
-            np.testing.assert_array_equal(stored.reshape(view.shape), expected)
-            np.testing.assert_array_equal(weights.array(file, name), expected)
-    assert set(LEVELS) == {"disabled", "basic", "extended", "all"}
+def test_the_builders_are_the_manifests_backends() -> None:
     assert build_module.BACKENDS == ("onnxruntime", "tensorrt")
 
 
