@@ -147,7 +147,8 @@ class SharedWeights:
         """``base_options`` (or defaults) with every initializer ``model_file`` needs added once, shared, and
         the process-wide CPU arena opted into.
 
-        Prepacking is turned off: a prepacked weight is a per-session copy, which is what sharing avoids.
+        Prepacking is turned off: a prepacked weight is a per-session copy, which is what sharing avoids. For
+        tools that build their own options; vared2 loads engines with ``open_session``.
         """
         options = base_options if base_options is not None else ort.SessionOptions()
         options.add_session_config_entry("session.disable_prepacking", "1")
@@ -155,13 +156,6 @@ class SharedWeights:
         for name, value in self.initializers(model_file).items():
             options.add_initializer(name, value)
         return options
-
-
-def session_options_for(
-    engine_dir: Path | str, model_file: str, base_options: ort.SessionOptions | None = None
-) -> ort.SessionOptions:
-    """Shortcut: ``SharedWeights.open(engine_dir).session_options_for(model_file, base_options)``."""
-    return SharedWeights.open(engine_dir).session_options_for(model_file, base_options)
 
 
 def open_session(
