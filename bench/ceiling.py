@@ -1,19 +1,10 @@
 """The *ceiling* of a bucket: how much of its FLOPs saving the dense convolutions alone turn into time.
 
-A bucket's partial convolutions are narrower (fewer output channels) and run on fewer frames (a larger temporal
-stride) than the full model's. Kernels are less efficient on narrow shapes, so even with free reconstruction a
-bucket cannot reach efficiency 1. The ceiling measures that limit: from each bucket's ONNX graph, a graph of only
-its top-level ``Conv`` nodes at their real shapes (each fed its own random input of the inferred input shape, every
-output a graph output so nothing is pruned and nothing extra is computed — no reconstruction, activation or
-residual), timed with the same session options as the engines — all buckets' graphs interleaved, round by round
-(``measure_interleaved``), so a change in the machine's speed moves numerator and denominator alike. Then
-
-    ceiling = (conv FLOPs of the bucket ÷ conv FLOPs of the full bucket) ÷ (conv latency ÷ full conv latency)
-
-and a bucket's efficiency ÷ its ceiling says how close the whole graph comes to what its convolutions allow.
-
-ONNX Runtime engine directories only (their ``.onnx`` files are the graphs); ``onnx`` is imported lazily, so the
-rest of ``vared2.bench`` runs without it.
+From each bucket's ONNX graph, a graph of only its top-level ``Conv`` nodes at their real shapes (no reconstruction,
+activation or residual), timed with the engines' session options, all buckets interleaved; then
+``ceiling = (conv FLOPs ÷ full conv FLOPs) ÷ (conv latency ÷ full conv latency)``, and a bucket's efficiency ÷ its
+ceiling says how close the whole graph comes to what its convolutions allow (docs/benchmarks.md). ONNX Runtime
+engine directories only; ``onnx`` is imported lazily, so the rest of ``vared2.bench`` runs without it.
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 from vared2.runtime.backends import OrtEngine
 
 from .timing import DEFAULT_TIMING, TimingSettings, Trace, measure_interleaved

@@ -1,14 +1,9 @@
 """The dynamic workload: labelled videos through ``Runtime.classify`` (gate + the chosen bucket) against the static
-full engine (the same calls with bucket 0 forced), clip by clip.
+full engine (the same calls with bucket 0 forced), clip by clip; or a *replayed* workload, another engine's recorded
+bucket choices served with this engine's buckets (for a model whose own gate is untrained: docs/benchmarks.md).
 
-A *replayed* workload takes the bucket choices another engine's gate made (its ``vared2 bench --json`` file) and
-serves that mix with this engine's buckets: how a model whose own gate is untrained (random weights, e.g. the
-full-size reference) would fare at the routing a trained gate produces.
-
-Clips are prepared exactly as for training and evaluation: every frame decoded and prepared by the runtime's own
-video code (``vared2.runtime.video``: short side resized, centre crop), then the manifest's ``frames`` picked
-uniformly — the centre of each of ``frames`` equal segments (the rule of ``vared2.models.video_io``, repeated here
-because the bench may not import the training stack). Decoding happens before any timing.
+Clips are prepared as for training: frames decoded and prepared by the runtime's video code, then the manifest's
+``frames`` picked by ``vared2.formats.video.sample_indices``. Decoding happens before any timing.
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vared2.formats.video import sample_indices
 from vared2.runtime import Result, Runtime
 from vared2.runtime.video import decode
 
@@ -41,13 +37,6 @@ class LabelledClip:
     path: Path
     label: str
     clip: np.ndarray  # uint8 [T, S, S, 3]
-
-
-def sample_indices(num_frames: int, frames: int) -> list[int]:
-    """``frames`` indices spread over ``num_frames``: the centre of each of ``frames`` equal segments."""
-    if num_frames < frames:
-        raise ValueError(f"cannot sample {frames} distinct frames from a video of {num_frames} frames")
-    return [(2 * i + 1) * num_frames // (2 * frames) for i in range(frames)]
 
 
 def read_list(data: Path | str, split: str = "val") -> list[tuple[Path, str]]:

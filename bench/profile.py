@@ -15,10 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest
-from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
-
-SHARED_KEYS = ("session.disable_prepacking", "session.use_env_allocators")
+from vared2.formats.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -66,9 +63,7 @@ def profile_bucket(
 ) -> OpProfile:
     """Profile ``runs`` runs (after one warm-up) of bucket ``bucket`` of an ONNX Runtime engine directory on
     random features of the gate's output shape."""
-    import onnxruntime as ort
-
-    from vared2.runtime.shared_weights import SharedWeights
+    from vared2.formats.sessions import SharedWeights, open_session
 
     engine_dir = Path(engine_dir)
     manifest = Manifest.load(engine_dir)
@@ -77,15 +72,17 @@ def profile_bucket(
     entry = manifest.bucket(bucket)
     level = manifest.build_options.get("optimization", "all")
     with tempfile.TemporaryDirectory(prefix="vared2-profile-") as tmp:
-        config = {**DEFAULT_SESSION_CONFIG, **manifest.build_options.get("ort_session_config", {})}
-        if manifest.weights is not None:  # session_options_for sets these two itself (ORT warns about repeats)
-            config = {k: v for k, v in config.items() if k not in SHARED_KEYS}
-        options = session_options(level, threads, config)
-        if manifest.weights is not None:
-            SharedWeights.open(engine_dir, manifest.weights.file).session_options_for(entry.file, options)
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / f"bucket_{entry.id}")
-        session = ort.InferenceSession(str(engine_dir / entry.file), options, providers=["CPUExecutionProvider"])
+
+        def profiled(options: Any) -> None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / f"bucket_{entry.id}")
+
+        # Loaded as the runtime loads it (the manifest's level and session config, the shared weights).
+        weights = None if manifest.weights is None else SharedWeights.open(engine_dir, manifest.weights.file)
+        config = manifest.build_options.get("ort_session_config", {})
+        session = open_session(
+            engine_dir / entry.file, level=level, threads=threads, config=config, weights=weights, configure=profiled
+        )
         shape = [batch if not isinstance(d, int) else d for d in session.get_inputs()[0].shape]
         features = np.maximum(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32), 0)
         for _ in range(runs + 1):

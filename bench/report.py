@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vared2.formats.latency import LATENCY_TABLE_FORMAT, LATENCY_TABLE_VERSION
+
 from .ceiling import ConvOnly
 from .dynamic import DynamicResult, policy_string
 from .stem import GateSplit
 from .timing import Trace
-
-LATENCY_TABLE_FORMAT = "vared2-latency-table"
-LATENCY_TABLE_VERSION = 1
 
 
 def accuracy_text(accuracy: float, digits: int = 2) -> str:

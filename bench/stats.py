@@ -1,14 +1,10 @@
 """trtexec's statistics: min, max, mean, median, percentiles without interpolation, coefficient of variance.
 
-Numbers must be comparable with trtexec's, so its rules are followed exactly (TensorRT's
-``samples/common/sampleReporting.cpp``):
-
-- the **percentile** ``p`` of ``n`` ascending samples is the sample at index ``max(n - 1 - e, 0)`` with
-  ``e = int((1 - p / 100) * n)`` computed in 32-bit float — no interpolation, and the float32 rounding
-  matters (``n = 10, p = 90`` gives index 8, float64 arithmetic would give 9);
-- the **median** averages the two middle samples of an even count;
-- the **coefficient of variance** is the population standard deviation over the mean, in percent;
-- numbers print like a C++ ``ostream`` at its default precision (``%g``, 6 significant digits).
+Numbers must be comparable with trtexec's, so its rules (TensorRT's ``samples/common/sampleReporting.cpp``) are
+followed exactly: the percentile ``p`` of ``n`` ascending samples is the sample at ``max(n - 1 - e, 0)`` with
+``e = int((1 - p / 100) * n)`` in 32-bit float (``n = 10, p = 90`` gives 8; float64 would give 9); the median
+averages the two middle samples of an even count; the coefficient of variance is the population standard deviation
+over the mean, in percent; numbers print as a C++ ``ostream`` does (``%g``). docs/benchmarks.md has the details.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 
 from .ceiling import engine_like
 from .timing import DEFAULT_TIMING, TimingSettings, Trace, measure_interleaved

@@ -1,14 +1,9 @@
 """trtexec's measurement loop: warm up for a time, then run until both an iteration count and a duration are reached.
 
-``measure(step, warmup_ms=200, iterations=10, duration_s=3)`` calls ``step`` back to back:
-
-1. warm-up: until ``warmup_ms`` milliseconds have passed since the first call (no warm-up at 0);
-2. timed: until at least ``iterations`` timed runs *and* at least ``duration_s`` seconds of timed runs.
-
-Each timed run's latency is the host wall time of the call (``time.perf_counter``). A step may instead return
-its own phase times in milliseconds — the TensorRT path returns ``enqueue``, ``h2d``, ``compute`` and ``d2h``
-from CUDA events — and then ``latency`` is ``h2d + compute + d2h`` as in trtexec. ``Total Host Walltime``
-(throughput's denominator) runs from the start of the first timed run to the end of the last one.
+``measure(step, warmup_ms=200, iterations=10, duration_s=3)`` calls ``step`` back to back. A timed run's latency is
+the host wall time of the call, or, when ``step`` returns its own phase times (the TensorRT path: ``enqueue``,
+``h2d``, ``compute``, ``d2h`` from CUDA events), ``h2d + compute + d2h`` as in trtexec. ``Total Host Walltime``
+runs from the start of the first timed run to the end of the last (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``vared2 build``: an exported ONNX directory → an engine directory, written atomically (DESIGN.md §5).
 
 The engine directory is built in a temporary sibling and renamed into place only when every engine
-passed its check and the manifest re-read cleanly (``vared2.engines.manifest.write_engine_dir``): an
+passed its check and the manifest re-read cleanly (``vared2.formats.manifest.write_engine_dir``): an
 interrupted or failed build leaves no directory behind, and a previous good one untouched.
 
 Rebuilding is incremental at directory granularity: the manifest records the sha256 of every source file
@@ -20,17 +20,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vared2.engines.manifest import (
-    EXPORT_JSON,
-    MANIFEST_NAME,
-    Manifest,
-    ManifestError,
-    check_output_dir,
-    read_export_spec,
-    sha256_file,
-    write_engine_dir,
-)
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
+from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
+from vared2.formats.manifest import MANIFEST_NAME, Manifest, ManifestError, sha256_file, write_engine_dir
+from vared2.formats.paths import check_output_dir
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")

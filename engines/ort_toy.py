@@ -4,7 +4,7 @@ It has the shape of the real exporter's output (DESIGN.md §4) where the engine 
 ``gate.onnx`` (uint8 clip → ``features``, ``bucket_logits``), one ``bucket_<id>.onnx`` per bucket whose
 partial convolutions use a *prefix* (along output channels) of the full bucket's weight under the same
 initializer name, a ``vared2::ChannelReconstruct`` node backed by a model-local function, and an
-``export.json``. Tests and ``bench/scripts/ort_memory.py`` use it where the real model is not needed.
+``export.json``. Tests and ``experiments/ort_memory.py`` use it where the real model is not needed.
 """
 
 from __future__ import annotations

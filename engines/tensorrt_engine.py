@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from vared2.engines.manifest import PRECISIONS, BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
-from vared2.engines.onnxruntime_engine import model_spec
 from vared2.formats.errors import InputError
+from vared2.formats.export_spec import model_spec, read_export_spec
+from vared2.formats.manifest import PRECISIONS, BucketEntry, GateEntry, Manifest, sha256_file
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +20,9 @@ import onnx
 import torch
 from torch import nn
 
-from vared2.engines.manifest import EXPORT_FORMAT, EXPORT_JSON, check_output_dir
 from vared2.export.graphs import BucketGraph, GateGraph
+from vared2.formats.export_spec import EXPORT_FORMAT, EXPORT_JSON
+from vared2.formats.paths import atomic_directory, check_output_dir
 from vared2.models import VaRed2VideoResNet, load
 from vared2.models.checkpoint import sha256_of
 from vared2.plugins import onnx_functions, torch_ops
@@ -42,27 +38,6 @@ class ExportedModel:
     directory: Path
     gate: Path
     buckets: list[Path]
-
-
-@contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final``; on success it replaces ``final``, on failure it vanishes."""
-    final = final.resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    work.chmod(0o777 & ~mask)  # mkdtemp makes 0700 directories; the result is read by other users' services
-    try:
-        yield work
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if final.exists():
-            final.rename(old)
-        work.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def to_onnx(
@@ -115,7 +90,7 @@ def export_model(
     ``out_dir`` is replaced as a whole, so it must be absent, empty, or a previous export (it has ``export.json``);
     anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``) the current directory
     or an ancestor of it, and ``checkpoint_dir`` (the model's source, when it has one), a directory inside it or one
-    containing it (``vared2.engines.manifest.check_output_dir``).
+    containing it (``vared2.formats.manifest.check_output_dir``).
     """
     check_output_dir(
         out_dir, marker=EXPORT_JSON, kind="an ONNX export", source=checkpoint_dir, source_kind="checkpoint directory"

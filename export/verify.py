@@ -16,9 +16,9 @@ from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
 from polygraphy.comparator.struct import IterationResult
 from polygraphy.logger import G_LOGGER
 
-from vared2.engines.manifest import EXPORT_JSON, read_export_spec
 from vared2.export.graphs import normalize_clip
 from vared2.export.onnx_export import model_description
+from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
 from vared2.models import VaRed2VideoResNet, load
 
 ATOL = 1e-4

@@ -115,7 +115,7 @@ def fit_gate(
     """Train the gate to predict, from the stem features, each clip's best bucket at the target cost.
 
     A bucket's cost is its GFLOPs as a fraction of the full bucket's, or ``costs`` (one fraction per bucket, the
-    full bucket's 1: a device's measured latency, ``vared2.models.latency``)."""
+    full bucket's 1: a device's measured latency, ``vared2.formats.latency``)."""
     if costs is None:
         costs = [model.gflops(k) / model.gflops(0) for k in range(len(model.buckets))]
     if len(costs) != len(model.buckets):

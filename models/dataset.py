@@ -2,7 +2,7 @@
 
 Both produce what the model takes (DESIGN.md §2): a normalized float clip ``[3, T, H, W]``, with the label and the
 motion-level id (``MOTION_LEVELS`` index, ``-1`` when unknown). Frames are sampled and resized by
-:mod:`vared2.models.video_io`, the same preprocessing the runtime applies.
+:mod:`vared2.formats.video`, the same preprocessing the runtime applies.
 
 A video that cannot be used (unreadable, not a video, no frames, too short) never stops an epoch: the first
 failure logs a warning naming the file and the reason, the file is remembered as bad, and the item is replaced by
@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vared2.models.synthetic import MOTION_LEVELS
-from vared2.models.video_io import (
+from vared2.formats.video import (
     VIDEO_EXTENSIONS,
     StrPath,
     VideoReadError,
@@ -33,6 +32,7 @@ from vared2.models.video_io import (
     resize_short_side_and_center_crop,
     sample_indices,
 )
+from vared2.models.synthetic import MOTION_LEVELS
 
 log = logging.getLogger(__name__)
 

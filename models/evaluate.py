@@ -38,7 +38,7 @@ class Evaluation:
 
     def with_latency(self, costs: list[float], table: str) -> Evaluation:
         """This evaluation plus the expected latency of its bucket choices, priced by ``costs`` (each bucket's
-        latency as a fraction of the full bucket's, ``vared2.models.latency.latency_costs``) from ``table``."""
+        latency as a fraction of the full bucket's, ``vared2.formats.latency.latency_costs``) from ``table``."""
         if len(costs) != len(self.histogram):
             raise ValueError(f"{len(costs)} latency costs for {len(self.histogram)} buckets")
         ratio = sum(c * n for c, n in zip(costs, self.histogram, strict=True)) / max(self.samples, 1)

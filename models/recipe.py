@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
+from vared2.formats.latency import bucket_costs, latency_costs, read_latency_table
 from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
 from vared2.models.checkpoint import load, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
-from vared2.models.latency import bucket_costs, latency_costs, read_latency_table
 from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model, copy_weights
 

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from vared2.models.video_io import MAX_FRAMES, MAX_SIZE, StrPath, default_codec, write_video
+from vared2.formats.video import MAX_FRAMES, MAX_SIZE, StrPath, default_codec, write_video
 
 #: Shape and motion pattern of each class. Names sort in label order, so a ``<class>/`` folder tree of the
 #: videos gives the same labels as the CSV files.

@@ -17,12 +17,13 @@ from typing import Any, overload
 import torch
 from torch import Tensor, nn
 
+from vared2.formats.video import MAX_FRAMES, MAX_SIZE
+
 from . import flops
 from .batchnorm import BucketBatchNorm3d
 from .buckets import BACKBONES, Bucket, BucketTable, conv_frames, default_buckets
 from .dynamic_conv import DynamicConv3d
 from .gate import SoftModulationGate
-from .video_io import MAX_FRAMES, MAX_SIZE
 
 __all__ = [
     "BasicBlock",

@@ -1,22 +1,10 @@
 """Model-local ONNX functions for the two custom ops (DESIGN.md §3).
 
 Each exported model carries one ``FunctionProto`` per op in domain ``vared2`` (version 1), built from standard
-opset-17 operators that TensorRT's ONNX parser supports. ONNX Runtime executes these bodies; TensorRT builds
-them as ordinary layers when the plugin is not available (TensorRT < 10.9). Only the batch axis is dynamic, but
-a function body never sees its caller's static shapes, so the few shape facts it needs (``H, W``, ``C_c``) come
-from ``Shape`` nodes, which ONNX Runtime and TensorRT fold into constants.
-
-Formulations (chosen by measurement on ONNX Runtime's CPU kernels; numbers in docs/plugins.md, from
-``plugins/scripts/time_onnx_functions.py``):
-
-- ``TemporalReconstruct``: one broadcast ``Mul`` + ``Add`` over a 6-D view ``[N, C, Tc, 1, H, W]`` against
-  ``[C, 1, R, 1, 1]``, then a free ``Reshape`` to ``[N, C, R*Tc, H, W]``. A function body cannot loop over
-  ``factor`` (an attribute), so a broadcast is the general form; a flat 5-D view was no faster, a Tile first slower.
-- ``ChannelReconstruct``: a single depthwise ``Conv`` with ``group = out_channels``. A ``Conv`` over only the
-  ``G`` generated channels would need ``group = G = out_channels - C_c`` as a static attribute, which the body
-  cannot compute; instead every output channel ``k`` convolves ``x[:, k mod C_c]`` (one ``Gather``, faster
-  than ``Tile`` + ``Slice``), with identity filters for the first ``C_c`` channels, so ``x`` passes through
-  exactly and no ``Concat`` is needed. About twice as fast as nine shifted ``Slice`` taps.
+opset-17 operators that TensorRT's ONNX parser supports. ONNX Runtime executes these bodies; TensorRT builds them as
+ordinary layers when the plugin is not available (TensorRT < 10.9). A body never sees its caller's static shapes, so
+the shape facts it needs come from ``Shape`` nodes, which ONNX Runtime and TensorRT fold into constants. The
+formulations were chosen by measurement: docs/plugins.md (``experiments/time_onnx_functions.py``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Ahead-of-time compilation of the Triton kernels to PTX, without a GPU (DESIGN.md §3, §8).
 
-``compile_ptx("channel_reconstruct", 86, "fp16")`` returns PTX for ``sm_86``. Triton compiles for a named
-``GPUTarget`` with its bundled LLVM and ``ptxas`` (which also checks the PTX), so this runs on a CPU-only
-machine; results are cached in memory and by Triton on disk.
-
-Two adjustments make the PTX fit TensorRT's AOT plugins (``plugins/tensorrt_plugin.py``):
-
-- The PTX ISA version is lowered to the oldest that supports the target (``MIN_PTX``: 7.8 up to Ada, 8.0 for
-  ``sm_90a``, 8.6 / 8.8 for ``sm_100a`` / ``sm_103a``, 8.7 / 8.8 for ``sm_120a`` / ``sm_121a``) instead of the
-  newest the bundled ``ptxas`` knows: the driver that JIT-compiles the PTX must understand its version.
-- Triton appends two hidden pointer parameters (global and profile scratch) to every kernel. TensorRT passes
-  exactly the plugin's inputs, its int32 extra arguments and its outputs, so the hidden parameters are removed
-  from the entry point after checking the kernel does not use them (zero scratch sizes, no reference).
+``compile_ptx("channel_reconstruct", 86, "fp16")`` returns PTX for ``sm_86``, compiled by Triton's bundled LLVM
+and ``ptxas`` for a named target, so it runs on a CPU-only machine. Two adjustments make the PTX fit TensorRT's AOT
+plugins (docs/plugins.md): its ISA version is lowered to the oldest the target supports (``MIN_PTX``), so older
+drivers can JIT it; and Triton's two hidden scratch-pointer parameters are removed from the entry point after
+checking the kernel does not use them.
 """
 
 from __future__ import annotations

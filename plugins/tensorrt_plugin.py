@@ -1,20 +1,11 @@
 """TensorRT plugins for the two ops through TensorRT's Python plugin API, ahead of time (DESIGN.md §3).
 
 ``register_plugins()`` registers ``vared2::TemporalReconstruct`` and ``vared2::ChannelReconstruct`` with
-``tensorrt.plugin``: a ``register`` function describing the output (shape and type), an ``autotune`` function
-offering fp32 and fp16, and an ``aot_impl`` that compiles the Triton kernel to PTX for the build GPU and
-returns it with its launch geometry. TensorRT embeds that PTX in the plan, so an engine deserializes and runs
-in any TensorRT runtime (C++, ``trtexec``, Python) without this module, Triton or Python plugin code.
-
-The ONNX nodes carry ``plugin_namespace="vared2"`` and ``plugin_version="1"``, so once the plugins are
-registered TensorRT's ONNX parser builds them instead of inlining the local functions. ``register_plugins``
-raises ``PluginUnavailable`` (TensorRT older than 10.9, e.g. JetPack 6's 10.3; Triton or PyTorch missing; a GPU
-the kernels are not compiled for; Triton unable to compile them); the engine builder then parses the ONNX local
-functions into ordinary layers instead, after removing those two attributes, because a registration cannot be
-undone and would otherwise still be picked (``vared2.engines.tensorrt_engine``).
-
-Importing this module does not import TensorRT. This file deliberately has no ``from __future__ import
-annotations``: ``tensorrt.plugin`` reads the real annotation objects of the functions it is given.
+``tensorrt.plugin`` (``register``, ``autotune``, ``aot_impl``: the Triton kernel's PTX is embedded in the plan, so
+an engine runs in any TensorRT runtime without this module). It raises ``PluginUnavailable`` where it cannot (TensorRT
+< 10.9, Triton missing, an unsupported GPU); the builder then parses the ONNX local functions instead
+(docs/plugins.md). Importing this module does not import TensorRT. This file deliberately has no ``from __future__
+import annotations``: ``tensorrt.plugin`` reads the real annotation objects of the functions it is given.
 """
 
 import threading

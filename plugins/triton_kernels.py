@@ -1,14 +1,9 @@
 """Triton kernels for the two ops: one launch each, every output element written once (DESIGN.md §3).
 
-Kernel arguments follow TensorRT's ahead-of-time plugin convention: input pointers, then the int32 scalars,
-then the output pointer; the block size is the only compile-time constant. The same kernels run three ways:
-
-- on a CUDA device through the launchers below (``temporal_reconstruct``, ``channel_reconstruct``),
-- on the CPU under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is imported): the tests,
-- compiled ahead of time to PTX (``plugins/ptx.py``) and embedded in TensorRT engines by the AOT plugins.
-
-Arithmetic is in fp32 whatever the storage type (fp32 or fp16); offsets are 64-bit so a tensor may exceed
-2**31 elements even though the shape scalars are int32.
+Arguments follow TensorRT's ahead-of-time plugin convention (input pointers, int32 scalars, output pointer; the
+block size is the only compile-time constant). The same kernels run on a CUDA device through the launchers below,
+on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, the tests), and compiled to PTX inside TensorRT
+engines (``plugins/ptx.py``). Arithmetic is fp32 whatever the storage type (fp32 or fp16); offsets are 64-bit.
 """
 
 from __future__ import annotations

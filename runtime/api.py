@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vared2.engines.manifest import BucketEntry, Manifest
+from vared2.formats.manifest import BucketEntry, Manifest
 
 from .backends import Backend, BackendSession, open_backend
 from .errors import VideoError

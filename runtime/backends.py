@@ -20,21 +20,16 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest, ManifestError
+from vared2.formats.manifest import Manifest, ManifestError
 
 from .errors import BackendError, BackendVersionError
 
-#: ONNX Runtime graph optimisation levels by the names the manifest's build options may use.
-GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
-
-#: Session config entries the runtime sets unless the manifest's ``build_options["ort_session_config"]`` does.
-#: The runtime runs one session after another (gate, then a bucket); idle intra-op threads that spin would
-#: compete with the busy session for the same cores, so they sleep instead.
-DEFAULT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+if TYPE_CHECKING:  # onnxruntime is imported when an ONNX Runtime backend is opened, not with the runtime
+    from vared2.formats.sessions import SharedWeights
 
 
 class VersionMismatchWarning(UserWarning):
@@ -112,28 +107,6 @@ def check_backend_version(manifest: Manifest, installed: str, exact: int) -> Non
         )
 
 
-def session_options(level: str, threads: int | None, config: Mapping[str, str]) -> Any:
-    """The ``onnxruntime.SessionOptions`` every vared2 session uses: the graph optimisation ``level`` (one of
-    ``GRAPH_OPTIMIZATION_LEVELS``), ``threads`` intra-op threads (None: ORT's default), sequential execution,
-    and the session config entries ``config``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
-    for key, value in config.items():
-        options.add_session_config_entry(str(key), str(value))
-    return options
-
-
 class OrtEngine:
     """An ONNX Runtime session over one ``.onnx`` file (external data next to it is found by ORT itself).
 
@@ -151,19 +124,19 @@ class OrtEngine:
         providers: Sequence[str] | None = None,
         graph_optimization: str = "all",
         session_config: Mapping[str, str] | None = None,
-        shared_initializers: Mapping[str, Any] | None = None,
+        weights: SharedWeights | None = None,
         shared_thread_pool: bool = False,
     ) -> None:
         import onnxruntime as ort
+
+        from vared2.formats.sessions import LEVELS, open_session
 
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)):
             raise TypeError(f"threads must be an integer or None, got {threads!r}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-            raise ValueError(
-                f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, got {graph_optimization!r}"
-            )
+        if graph_optimization not in LEVELS:
+            raise ValueError(f"graph_optimization must be one of {', '.join(LEVELS)}, got {graph_optimization!r}")
         wanted = list(providers or ["CPUExecutionProvider"])
         available = ort.get_available_providers()
         missing = [p for p in wanted if p not in available]
@@ -174,29 +147,34 @@ class OrtEngine:
             )
         if "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")
-        config = {**DEFAULT_SESSION_CONFIG, **(session_config or {})}
-        if shared_initializers:
-            # Weights owned by the caller (a memory map shared by every session): ORT uses them in place.
-            # A prepacked weight would be a per-session copy, so prepacking is off.
-            config["session.disable_prepacking"] = "1"
-        options = session_options(graph_optimization, threads, config)
         if shared_thread_pool:  # the process's pool, created (or checked against threads) here
             from .thread_pool import shared_pool_threads
 
             shared_pool_threads(threads)
-            options.use_per_session_threads = False
-            options.intra_op_num_threads = options.inter_op_num_threads = 0  # else ORT warns they are ignored
         else:
             from .thread_pool import check_per_session_pools
 
             check_per_session_pools()
-        if shared_initializers:
-            for name, value in shared_initializers.items():
-                options.add_initializer(name, value)
-        self._keep_alive = shared_initializers
+
+        def use_shared_pool(options: Any) -> None:
+            options.use_per_session_threads = False
+            options.intra_op_num_threads = options.inter_op_num_threads = 0  # else ORT warns they are ignored
+
         self.path = Path(path)
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+            # Weights owned by the caller (a memory map shared by every session) are used in place: the loader
+            # the build's parity check uses too (vared2.formats.sessions).
+            self.session = open_session(
+                self.path,
+                level=graph_optimization,
+                threads=threads,
+                config=session_config,
+                weights=weights,
+                providers=wanted,
+                configure=use_shared_pool if shared_thread_pool else None,
+            )
+        except KeyError:  # an engine file the weights index does not list: the weights' own error
+            raise
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
             raise BackendError(f"{self.path}: ONNX Runtime could not load it ({error})") from error
         self._inputs = [i.name for i in self.session.get_inputs()]
@@ -228,7 +206,7 @@ class OrtBackend:
     Session options come from the call (threads, providers) and from the manifest's build options: the graph
     optimisation level the builder chose and checked parity with (``optimization``) and any extra session
     config entries (``ort_session_config``). With a shared weights file (``manifest.weights``), every session
-    reads its initializers from one read-only memory map of it (``vared2.runtime.shared_weights``).
+    reads its initializers from one read-only memory map of it (``vared2.formats.sessions``).
     """
 
     def __init__(
@@ -242,21 +220,17 @@ class OrtBackend:
     ) -> None:
         import onnxruntime as ort
 
+        from vared2.formats.sessions import LEVELS, SharedWeights
+
         check_backend_version(manifest, ort.__version__, exact=2)
         directory = Path(directory)
         level = manifest.build_options.get("optimization", "all")
-        if level not in GRAPH_OPTIMIZATION_LEVELS:
-            raise ManifestError(
-                f"build_options.optimization: expected one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, got {level!r}"
-            )
+        if level not in LEVELS:
+            raise ManifestError(f"build_options.optimization: expected one of {', '.join(LEVELS)}, got {level!r}")
         config = manifest.build_options.get("ort_session_config", {})
         if not isinstance(config, dict):
             raise ManifestError(f"build_options.ort_session_config: expected an object, got {config!r}")
-        weights = None
-        if manifest.weights is not None:
-            from .shared_weights import SharedWeights
-
-            weights = SharedWeights.open(directory, manifest.weights.file)
+        weights = None if manifest.weights is None else SharedWeights.open(directory, manifest.weights.file)
 
         def load(rel: str) -> OrtEngine:
             return OrtEngine(
@@ -265,7 +239,7 @@ class OrtBackend:
                 providers=providers,
                 graph_optimization=level,
                 session_config=config,
-                shared_initializers=None if weights is None else weights.initializers(rel),
+                weights=weights,
                 shared_thread_pool=shared_thread_pool,
             )
 

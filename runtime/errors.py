@@ -2,14 +2,14 @@
 the subclasses say what went wrong and carry the position or the expected value, so callers can react.
 
 The manifest's errors (``ManifestError``, ``EngineFileError``, ``ChecksumError``, …) come from
-``vared2.engines.manifest`` and are re-exported here.
+``vared2.formats.manifest`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
 
-from vared2.engines.manifest import (
+from vared2.formats.manifest import (
     ChecksumError,
     EngineFileError,
     ManifestError,

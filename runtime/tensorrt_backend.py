@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 
 from .backends import GateOutput, check_backend_version
 from .errors import BackendError, DeviceMismatchError

@@ -1,10 +1,5 @@
 """Video input for ``Runtime.stream``: decode files and network streams with PyAV, prepare frames exactly as the
-model was trained, and cut sliding windows.
-
-The frame preparation — resize so the short side is ``short_side`` with one ``VideoFrame.reformat`` call on the
-decoded frame (bilinear, ``ACCURATE_RND | BITEXACT``), then a centre crop — is the one ``vared2.models.video_io``
-uses for training (that module needs no torch either, but the runtime may not import ``vared2.models``, so the
-call is repeated here; ``tests/test_runtime_video.py`` checks both give identical pixels).
+model was trained (``vared2.formats.video.prepare_frame``, the preprocessing training uses), and cut sliding windows.
 """
 
 from __future__ import annotations
@@ -19,35 +14,18 @@ from typing import Literal
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
+
+from vared2.formats.video import prepare_frame, resized_shape
 
 from .errors import StreamDecodeError, VideoError, VideoOpenError
 
 log = logging.getLogger(__name__)
-
-#: The swscale flags of the training preprocessing: bilinear, bit-exact across CPUs.
-INTERPOLATION = int(Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT)
 
 OnError = Literal["raise", "skip", "stop"]
 ON_ERROR = ("raise", "skip", "stop")
 
 #: After this many decode failures in a row, ``on_error="skip"`` gives up on the source and stops.
 MAX_CONSECUTIVE_ERRORS = 16
-
-
-def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """``(height, width)`` with the short side scaled to ``short_side``, the long side rounded down."""
-    if height <= width:
-        return short_side, max(short_side, width * short_side // height)
-    return max(short_side, height * short_side // width), short_side
-
-
-def prepare_frame(frame: av.VideoFrame, size: int, short_side: int) -> np.ndarray:
-    """One decoded frame → the model's RGB uint8 ``[size, size, 3]``: resize the short side, centre crop."""
-    height, width = resized_shape(frame.height, frame.width, short_side)
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation=INTERPOLATION).to_ndarray()
-    top, left = (height - size) // 2, (width - size) // 2
-    return rgb[top : top + size, left : left + size]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+from vared2.formats.sessions import LEVELS as ALL_LEVELS
+
+LEVELS = {level: ALL_LEVELS[level] for level in ("extended", "all")}
 
 
 def run_at_level(

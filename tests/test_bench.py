@@ -493,8 +493,8 @@ def test_stem_only_graph_computes_the_gates_features_and_nothing_else(engines: P
 def test_profile_totals_kernel_time_per_op_type(engines: Path, tmp_path: Path) -> None:
     import onnx
 
-    from vared2.engines.manifest import Manifest
-    from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
+    from vared2.formats.manifest import Manifest
+    from vared2.formats.sessions import DEFAULT_SESSION_CONFIG, session_options
 
     profile = profile_bucket(engines, 2, runs=2, threads=1)
     assert (profile.bucket, profile.runs) == (2, 2)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from vared2.formats.video import read_clip, write_video
 from vared2.models.dataset import (
     KINETICS_MEAN,
     KINETICS_STD,
@@ -21,7 +22,6 @@ from vared2.models.dataset import (
     normalize_clip,
 )
 from vared2.models.synthetic import CLASSES, MOTION_LEVELS, generate, write_dataset
-from vared2.models.video_io import read_clip, write_video
 
 CLIPS = 24
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vared2.formats.video import read_video
 from vared2.models import synthetic
 from vared2.models.synthetic import CLASS_SPECS, CLASSES, MOTION_LEVELS, SyntheticSpec, generate, generate_clip
-from vared2.models.video_io import read_video
 
 NOISELESS = SyntheticSpec(noise=(0.0, 0.0))
 

@@ -9,8 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from vared2.models.synthetic import SyntheticSpec, generate_clip
-from vared2.models.video_io import (
+from vared2.formats.video import (
     INTERPOLATION,
     VideoNotFoundError,
     VideoReadError,
@@ -22,6 +21,7 @@ from vared2.models.video_io import (
     sample_indices,
     write_video,
 )
+from vared2.models.synthetic import SyntheticSpec, generate_clip
 
 
 def _clip(frames: int = 16, size: int = 64) -> np.ndarray:

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from vared2.cli import cli
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
+from vared2.formats.video import write_video
 from vared2.models import load
 from vared2.models.synthetic import generate
-from vared2.models.video_io import write_video
 from vared2.pipeline import DEMO_CHECKPOINT
 from vared2.pipeline import main as pipeline_main
 from vared2.runtime import Runtime

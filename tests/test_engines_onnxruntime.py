@@ -16,10 +16,10 @@ import pytest
 from vared2.engines import build as build_module
 from vared2.engines import onnxruntime_engine as ort_engine
 from vared2.engines.build import build_engines
-from vared2.engines.manifest import ChecksumError, Manifest
 from vared2.engines.ort_toy import write_toy_onnx_dir
-from vared2.runtime import shared_weights
-from vared2.runtime.shared_weights import SharedWeights, read_index
+from vared2.formats.manifest import ChecksumError, Manifest
+from vared2.formats.sessions import SharedWeights, open_session
+from vared2.formats.weights import read_index
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,7 @@ def _embedded(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def _shared(engine: Path, file: str, feed: dict[str, np.ndarray], level: str = "extended") -> list[np.ndarray]:
-    options = SharedWeights.open(engine).session_options_for(file, ort_engine.session_options(optimization=level))
-    return ort.InferenceSession(str(engine / file), options, providers=["CPUExecutionProvider"]).run(None, feed)
+    return open_session(engine / file, level=level, weights=SharedWeights.open(engine)).run(None, feed)
 
 
 def test_real_engines_match_the_exported_onnx(real_onnx: Path, real_engine: Path) -> None:
@@ -333,21 +332,32 @@ def test_an_export_json_without_labels_builds_with_placeholder_names(toy_onnx: P
     assert manifest.model.labels == tuple(f"class{i}" for i in range(spec["model"]["num_classes"]))
 
 
-def test_a_short_weights_file_is_named_by_the_builders_reader(tmp_path: Path) -> None:
-    from vared2.engines.onnxruntime_engine import read_header
-
-    (tmp_path / "weights.bin").write_bytes(b"VRD2")
-    with pytest.raises(ValueError, match=r"weights\.bin: too short for a vared2 weights file \(4 bytes\)"):
-        read_header(tmp_path / "weights.bin")
-
-
-def test_weights_format_constants_agree() -> None:
-    # The builder and the runtime cannot import each other (DESIGN.md §1): the format is written twice.
-    assert ort_engine.MAGIC == shared_weights.MAGIC
-    assert ort_engine.HEADER.format == shared_weights.HEADER.format
-    assert ort_engine.WEIGHTS_FILE == shared_weights.WEIGHTS_FILE
-    assert set(ort_engine.LEVELS) == {"disabled", "basic", "extended", "all"}
+def test_the_builders_are_the_manifests_backends() -> None:
     assert build_module.BACKENDS == ("onnxruntime", "tensorrt")
+
+
+def test_the_build_checks_parity_through_the_runtimes_loader(
+    toy_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build's parity check and ``Runtime.open`` both take every engine file's initializers from a
+    ``SharedWeights`` (vared2.formats.sessions): the build certifies the loader the runtime uses."""
+    from vared2.runtime import Runtime
+
+    seen: list[str] = []
+    real = SharedWeights.initializers
+
+    def spy(self: SharedWeights, model_file: str) -> dict[str, ort.OrtValue]:
+        seen.append(model_file)
+        return real(self, model_file)
+
+    monkeypatch.setattr(SharedWeights, "initializers", spy)
+    out = build_engines(toy_onnx, tmp_path / "toy", progress=False)
+    manifest = Manifest.load(out)
+    engine_files = sorted([manifest.gate.file, *(b.file for b in manifest.buckets)])
+    assert sorted(seen) == engine_files
+    seen.clear()
+    Runtime.open(out)
+    assert sorted(seen) == engine_files
 
 
 def _contents(directory: Path) -> dict[str, bytes]:

@@ -13,27 +13,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["formats", "models", "plugins", "export", "engines", "runtime", "bench"]
 
-# What each stage may import from the others (DESIGN.md §1). "engines.manifest" is the import-light
-# manifest schema; the engine builders may use the plugins.
+# What each stage may import from the others (DESIGN.md §1). Every stage may import the torch-free formats layer,
+# which imports no stage; the engine builders may use the plugins.
 ALLOWED: dict[str, set[str]] = {
     "formats": set(),
     "plugins": {"formats"},
     "models": {"plugins", "formats"},
-    "export": {"models", "plugins", "engines.manifest", "formats"},
-    "engines": {"plugins", "engines.manifest", "formats"},
-    "engines.manifest": {"formats"},
-    "runtime": {"engines.manifest", "runtime", "formats"},
-    "bench": {"runtime", "engines.manifest", "bench", "formats"},
+    "export": {"models", "plugins", "formats"},
+    "engines": {"plugins", "formats"},
+    "runtime": {"formats"},
+    "bench": {"runtime", "formats"},
 }
+#: The third-party packages the formats layer may import (it is the runtime's too: no torch, no onnx).
+FORMATS_THIRD_PARTY = {"numpy", "onnxruntime", "av"}
 
 
 def stage_of(module: str) -> str | None:
-    """``vared2.engines.manifest.x`` → ``engines.manifest``; ``vared2.models.y`` → ``models``."""
+    """``vared2.formats.manifest`` → ``formats``; ``vared2.models.y`` → ``models``."""
     parts = module.split(".")
     if parts[0] != "vared2" or len(parts) < 2 or parts[1] not in STAGES:
         return None
-    if parts[1] == "engines" and len(parts) > 2 and parts[2] == "manifest":
-        return "engines.manifest"
     return parts[1]
 
 
@@ -68,7 +67,7 @@ def package_files(stage: str) -> list[Path]:
 def test_imports_run_downward(stage: str) -> None:
     problems = []
     for path in package_files(stage):
-        own = "engines.manifest" if path.parent.name == "engines" and path.stem == "manifest" else stage
+        own = stage
         for module in imported_modules(path):
             if module == "vared2" or module.startswith("vared2.cli"):
                 problems.append(f"{path.relative_to(ROOT)} imports the root package/CLI ({module})")
@@ -78,6 +77,18 @@ def test_imports_run_downward(stage: str) -> None:
                 continue
             if target not in ALLOWED[own]:
                 problems.append(f"{path.relative_to(ROOT)} imports {module} ({own} may not import {target})")
+    assert not problems, "\n".join(problems)
+
+
+def test_formats_imports_only_numpy_onnxruntime_and_av() -> None:
+    """The bottom layer's third-party imports: what the runtime extra installs, and nothing heavier."""
+    problems = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in package_files("formats")
+        for module in imported_modules(path)
+        if not module.startswith("vared2")
+        and module.split(".")[0] not in FORMATS_THIRD_PARTY | set(sys.stdlib_module_names) | {"__future__"}
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -114,9 +125,12 @@ def test_the_source_tree_imports_without_an_install(tmp_path: Path) -> None:
 
 
 def test_runtime_never_imports_torch() -> None:
-    modules = sorted(f"vared2.runtime.{p.stem}" for p in (ROOT / "runtime").glob("*.py") if p.stem != "__init__")
-    if (ROOT / "engines" / "manifest.py").exists():
-        modules.append("vared2.engines.manifest")
+    modules = sorted(
+        f"vared2.{stage}.{p.stem}"
+        for stage in ("runtime", "formats")
+        for p in (ROOT / stage).glob("*.py")
+        if p.stem != "__init__"
+    )
     code = (
         "import importlib, sys\n"
         f"for name in ['vared2.runtime', *{modules!r}]:\n"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vared2.engines.manifest import (
+from vared2.formats.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     BucketEntry,
@@ -25,10 +25,10 @@ from vared2.engines.manifest import (
     ModelSpec,
     SchemaVersionError,
     WeightsEntry,
-    check_output_dir,
     sha256_file,
     write_engine_dir,
 )
+from vared2.formats.paths import check_output_dir
 
 
 def _fill(directory: Path, *, buckets: int = 3, weights: bool = True) -> Manifest:

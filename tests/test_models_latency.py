@@ -1,4 +1,4 @@
-"""Fitting the gate to a device's measured latency (``vared2.models.latency``, ``vared2 fit-gate``): the table
+"""Fitting the gate to a device's measured latency (``vared2.formats.latency``, ``vared2 fit-gate``): the table
 is read with clear errors, its costs replace GFLOPs in the fit, and the refit checkpoint records them."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from vared2.cli import cli
+from vared2.formats.latency import LATENCY_TABLE_FORMAT, latency_costs
 from vared2.models import load, r2plus1d_18
 from vared2.models.calibrate import fit_gate
 from vared2.models.evaluate import Evaluation
-from vared2.models.latency import LATENCY_TABLE_FORMAT, latency_costs
 
 FRAMES, SIZE = 4, 32
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from test_runtime_models import BUCKETS, FRAMES, GATE_GFLOPS, LABELS, SIZE, build_engine_dir, reference
 
 from vared2.cli import cli
-from vared2.engines.manifest import MANIFEST_NAME, ChecksumError
+from vared2.formats.manifest import MANIFEST_NAME, ChecksumError
 from vared2.runtime import BackendError, BackendVersionError, Result, Runtime
 from vared2.runtime.backends import OrtEngine, VersionMismatchWarning
 
@@ -263,12 +263,12 @@ def test_missing_provider_is_a_clear_error(engine_dir: Path) -> None:
 def test_shared_weights_file_feeds_every_session(tmp_path: Path) -> None:
     """With ``manifest.weights``, sessions take their initializers from the shared file, not their own copies:
     a bias changed only in weights.bin changes the result exactly as expected."""
-    shared_weights = pytest.importorskip("vared2.runtime.shared_weights")
+    shared_weights = pytest.importorskip("vared2.formats.weights")
     import onnx
     from onnx import numpy_helper
     from test_runtime_models import fill_engine_dir
 
-    from vared2.engines.manifest import Manifest, WeightsEntry, sha256_file, write_engine_dir
+    from vared2.formats.manifest import Manifest, WeightsEntry, sha256_file, write_engine_dir
 
     delta = np.linspace(-2.0, 3.0, len(LABELS)).astype(np.float32)
 

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, sha256_file, write_engine_dir
+from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, ModelSpec, sha256_file, write_engine_dir
 
 FRAMES, SIZE, CHANNELS = 4, 8, 4
 LABELS = ("walk", "run", "jump", "sit", "wave", "clap")

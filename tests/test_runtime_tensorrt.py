@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from test_runtime_models import BUCKETS, FRAMES, SIZE, fill_engine_dir, reference
 
 from vared2.cli import cli
-from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, sha256_file, write_engine_dir
+from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, sha256_file, write_engine_dir
 from vared2.runtime import BackendError, BackendVersionError, DeviceMismatchError, Runtime
 from vared2.runtime.backends import check_backend_version
 from vared2.runtime.tensorrt_backend import TrtBackend, _EngineInfo, check_device

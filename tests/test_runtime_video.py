@@ -76,7 +76,7 @@ def test_windows_timestamps_and_results_match_classify(runtime: Runtime, video: 
 
 
 def test_frame_preparation_is_the_training_one(video: Path) -> None:
-    video_io = pytest.importorskip("vared2.models.video_io")
+    video_io = pytest.importorskip("vared2.formats.video")
     training = video_io.resize_short_side_and_center_crop(video_io.decode_frames(video), SIZE, 10)
     np.testing.assert_array_equal(prepared_frames(video), training)
     runtime_frames = np.stack([f.rgb for f in decode(video, SIZE, 10)])

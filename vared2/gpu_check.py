@@ -47,8 +47,8 @@ def synthetic_clips(count: int, seed: int, frames: int, size: int) -> tuple[np.n
 
 def build_int8(onnx_dir: Path, engine_dir: Path, calibration: np.ndarray) -> None:
     """int8 TensorRT engines of ``onnx_dir``, calibrated on ``calibration`` in batches of 8."""
-    from vared2.engines.manifest import write_engine_dir
     from vared2.engines.tensorrt_engine import build_tensorrt
+    from vared2.formats.manifest import write_engine_dir
 
     batches = [calibration[i : i + 8] for i in range(0, len(calibration), 8)]
     write_engine_dir(
@@ -97,7 +97,7 @@ def main(out: Path, clips: int) -> None:
     if tests.returncode != 0:
         click.echo("gpu-check: the GPU tests failed (see above).", err=True)
         sys.exit(1)
-    from vared2.engines.manifest import read_export_spec
+    from vared2.formats.export_spec import read_export_spec
     from vared2.pipeline import main as pipeline
 
     for precision in ("fp32", "fp16"):

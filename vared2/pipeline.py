@@ -32,8 +32,8 @@ def write_sample_video(path: Path, frames: int, size: int, clips: int = 6, seed:
     ``vared2 infer`` on."""
     import numpy as np
 
+    from vared2.formats.video import write_video
     from vared2.models.synthetic import generate
-    from vared2.models.video_io import write_video
 
     video = np.concatenate([clip.frames for clip in generate(clips, seed=seed, frames=frames, size=size)])
     path.parent.mkdir(parents=True, exist_ok=True)

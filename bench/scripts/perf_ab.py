@@ -20,23 +20,11 @@ import numpy as np
 import onnxruntime as ort
 
 from vared2.bench.timing import measure_interleaved
-
-LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+from vared2.formats.sessions import DEFAULT_SESSION_CONFIG, session_options
 
 
 def session(path: str, level: str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(level, threads, DEFAULT_SESSION_CONFIG)
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

@@ -13,28 +13,27 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from vared2.bench.profile import profile_bucket
-from vared2.engines.manifest import Manifest
+from vared2.formats.manifest import Manifest
 
 
 def write_optimized(engine_dir: Path, file: str, level: str, out: Path, threads: int) -> Path:
     """The graph ONNX Runtime actually runs for ``file`` (functions inlined, fusions applied)."""
-    import onnxruntime as ort
-
-    from vared2.runtime.backends import session_options
-    from vared2.runtime.shared_weights import SharedWeights
+    from vared2.formats.sessions import SharedWeights, open_session
 
     manifest = Manifest.load(engine_dir)
-    options = session_options(level, threads, {})
-    if manifest.weights is not None:
-        SharedWeights.open(engine_dir, manifest.weights.file).session_options_for(file, options)
     out.mkdir(parents=True, exist_ok=True)
     path = out / file
-    options.optimized_model_filepath = str(path)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{file}.data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(engine_dir / file), options, providers=["CPUExecutionProvider"])
+
+    def save_optimized(options: Any) -> None:
+        options.optimized_model_filepath = str(path)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{file}.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+
+    weights = None if manifest.weights is None else SharedWeights.open(engine_dir, manifest.weights.file)
+    open_session(engine_dir / file, level=level, threads=threads, weights=weights, configure=save_optimized)
     return path
 
 

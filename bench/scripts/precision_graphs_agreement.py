@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from vared2.engines.manifest import read_export_spec
 from vared2.engines.tensorrt_engine import calibration_ranges, precision_graph
+from vared2.formats.export_spec import read_export_spec
 from vared2.gpu_check import synthetic_clips
 
 

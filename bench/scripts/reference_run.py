@@ -4,18 +4,9 @@ engines when they exist. Results go to ``--out`` (JSON, latency tables, plots, o
     .venv/bin/python bench/scripts/reference_run.py [--out artifacts/bench/reference] [--threads 2]
         [--warmup 200] [--iterations 10] [--duration 3] [--data artifacts/data/synth8] [--clips N]
 
-Steps:
-
-1. the bench (and profile) of ``artifacts/engines/demo`` when present, with the dynamic workload on ``--data``;
-2. export r2plus1d_18 (width 1, random weights, 8×112×112) with ``vared2.export.export_model`` — every run, so
-   the numbers always describe the current exporter — and build ONNX Runtime engines (``build_engines``);
-3. ``run_bench`` on them: trtexec-style per-bucket timings, conv-only ceilings, and as the dynamic workload the
-   demo's recorded bucket mix replayed (``--replay``: a random-weight gate would send every clip to bucket 0);
-4. the "plain export" baseline: ``torchvision.models.video.r2plus1d_18()`` through ``torch.onnx.export``
-   (TorchScript exporter, opset 17, dynamic batch), timed with the engines' session options (optimisation level,
-   threads, session config) and with ONNX Runtime's defaults, against the static full path (gate + bucket 0 through
-   ``Runtime.classify(bucket=0)``) and bucket 0 alone;
-5. ONNX Runtime's profiler on the bucket furthest below its ceiling and on the full bucket: time per op type.
+Steps: bench the demo engines (with the dynamic workload on ``--data``); export and build r2plus1d_18 afresh; bench
+it with the demo's bucket mix replayed; time a plain torchvision export against the static full path; profile the
+bucket furthest below its ceiling and the full bucket (docs/benchmarks.md, "Reference run").
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from vared2.engines.build import build_engines
-from vared2.engines.manifest import Manifest
 from vared2.export.onnx_export import export_model
+from vared2.formats.manifest import Manifest
 from vared2.models import VaRed2VideoResNet, r2plus1d_18
 from vared2.models.batchnorm import BucketBatchNorm3d
 

@@ -1,6 +1,6 @@
 """Eager PyTorch latency of every bucket of a VA-RED2 model on the CPU (random weights, eval, no_grad).
 
-    .venv/bin/python bench/scripts/eager_latency.py [--backbone r2plus1d_18] [--frames 8] [--size 112] [--runs 10]
+    .venv/bin/python experiments/eager_latency.py [--backbone r2plus1d_18] [--frames 8] [--size 112] [--runs 10]
 
 Prints, per bucket: name, GFLOPs (multiply-adds, analytic), fraction of full, and the median latency of ``runs``
 timed forwards after ``warmup`` untimed ones (buckets interleaved) — how much of the FLOPs saving eager PyTorch

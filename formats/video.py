@@ -1,11 +1,9 @@
-"""Reading and writing video files with PyAV, without torch.
+"""Video files with PyAV, and the model's input contract that training and the runtime share (numpy and av only).
 
-The preprocessing here is the model's input contract: a clip is ``frames`` frames sampled uniformly
-(:func:`sample_indices`), each resized so its short side is ``short_side`` and centre-cropped to ``size × size``
-(:func:`resize_short_side_and_center_crop`). The resize is one PyAV call,
-``frame.reformat(width, height, format="rgb24", interpolation=INTERPOLATION)`` on the *decoded* frame, so any
-other component (the runtime) reproduces the training input exactly by making the same call; swscale's
-``BITEXACT | ACCURATE_RND`` flags keep the result the same on every CPU.
+A clip is ``frames`` frames sampled uniformly (:func:`sample_indices`), each resized so its short side is
+``short_side`` and centre-cropped to ``size × size`` by :func:`prepare_frame`: one PyAV ``reformat`` call on the
+*decoded* frame, with swscale's ``BITEXACT | ACCURATE_RND`` flags so the result is the same on every CPU. Training
+(``vared2.models``) and the runtime's stream decoder (``vared2.runtime.video``) both prepare frames with it.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.reformatter import Interpolation
+
+from .errors import InputError
 
 #: The largest clip a model, a dataset or the synthetic generator accepts: generous for video models (they take
 #: 8–64 frames of 112–320 pixels), and a typo such as ``--size 100000`` is named instead of failing inside numpy
@@ -34,7 +34,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".
 StrPath = str | os.PathLike[str]
 
 
-class VideoReadError(ValueError):
+class VideoReadError(InputError):
     """A video that cannot be used: unreadable, not a video, no frames, or too few frames. Carries the path."""
 
     def __init__(self, path: StrPath, reason: str) -> None:
@@ -100,6 +100,14 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(short_side, height * short_side // width), short_side
 
 
+def prepare_frame(frame: av.VideoFrame, size: int, short_side: int) -> np.ndarray:
+    """One decoded frame → the model's RGB uint8 ``[size, size, 3]``: resize the short side, centre crop."""
+    height, width = resized_shape(frame.height, frame.width, short_side)
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation=INTERPOLATION).to_ndarray()
+    top, left = (height - size) // 2, (width - size) // 2
+    return rgb[top : top + size, left : left + size]
+
+
 def resize_short_side_and_center_crop(
     frames: np.ndarray | Sequence[av.VideoFrame], size: int, short_side: int | None = None
 ) -> np.ndarray:
@@ -123,13 +131,7 @@ def resize_short_side_and_center_crop(
         av_frames = frames
     if len(av_frames) == 0:
         raise ValueError("no frames to resize")
-    out = []
-    for frame in av_frames:
-        height, width = resized_shape(frame.height, frame.width, short_side)
-        rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation=INTERPOLATION).to_ndarray()
-        top, left = (height - size) // 2, (width - size) // 2
-        out.append(rgb[top : top + size, left : left + size])
-    return np.stack(out)
+    return np.stack([prepare_frame(frame, size, short_side) for frame in av_frames])
 
 
 def read_clip(path: StrPath, frames: int, size: int, short_side: int | None = None) -> np.ndarray:

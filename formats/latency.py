@@ -1,9 +1,6 @@
-"""Bucket costs from a device's measured latency (``vared2 bench --latency-table``), for fitting the gate to it.
-
-FLOPs are a proxy: on a CPU a narrow channel bucket can run at half its FLOPs' speed, and on a small model a
-reduced bucket can even be slower than the full one (docs/benchmarks.md). A latency table records each bucket
-engine's median latency on one device; ``latency_costs`` turns it into the per-bucket cost fractions the gate fit
-prices buckets by (``vared2.models.calibrate.fit_gate``), so the gate meets a *time* budget on that device.
+"""The latency table (``vared2 bench --latency-table`` writes it): each bucket engine's median latency on one device,
+read back as the per-bucket cost fractions the gate fit prices buckets by (``vared2.models.calibrate.fit_gate``), so
+the gate meets a *time* budget on that device; FLOPs are only a proxy for it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -14,10 +11,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: What ``vared2 bench --latency-table`` writes (``vared2.bench.report.LATENCY_TABLE_FORMAT``; the models cannot
-#: import the bench, which sits above them).
+from .errors import InputError
+
+#: What ``vared2 bench --latency-table`` writes (``vared2.bench.report.BenchReport.latency_table``).
 LATENCY_TABLE_FORMAT = "vared2-latency-table"
 LATENCY_TABLE_VERSION = 1
+
+
+class LatencyTableError(InputError):
+    """A latency table that is not one vared2 wrote, or lacks what the model needs. Names the file and field."""
 
 
 def read_latency_table(path: Path | str) -> dict[str, Any]:
@@ -30,15 +32,15 @@ def read_latency_table(path: Path | str) -> dict[str, Any]:
             f"latency table {path}: no such file (write one with `vared2 bench --latency-table`)"
         ) from None
     except (OSError, ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
-        raise ValueError(f"latency table {path}: not readable as JSON ({err})") from None
+        raise LatencyTableError(f"latency table {path}: not readable as JSON ({err})") from None
     if not isinstance(table, dict) or table.get("format") != LATENCY_TABLE_FORMAT:
-        raise ValueError(f"latency table {path}: field 'format' must be {LATENCY_TABLE_FORMAT!r}")
+        raise LatencyTableError(f"latency table {path}: field 'format' must be {LATENCY_TABLE_FORMAT!r}")
     if table.get("version") != LATENCY_TABLE_VERSION:
-        raise ValueError(
+        raise LatencyTableError(
             f"latency table {path}: version {table.get('version')!r}, this vared2 reads {LATENCY_TABLE_VERSION}"
         )
     if not isinstance(table.get("buckets"), dict):
-        raise ValueError(f"latency table {path}: field 'buckets' must map bucket names to milliseconds")
+        raise LatencyTableError(f"latency table {path}: field 'buckets' must map bucket names to milliseconds")
     return table
 
 
@@ -55,19 +57,21 @@ def bucket_costs(table: dict[str, Any], bucket_names: Sequence[str], path: Path 
     measured: dict[str, Any] = table["buckets"]
     missing = [name for name in bucket_names if name not in measured]
     if missing:
-        raise ValueError(
+        raise LatencyTableError(
             f"latency table {path}: no latency for bucket(s) {', '.join(missing)} of this model "
             f"(the table has {', '.join(measured) or 'none'}; was it measured on this model's engines?)"
         )
     for name in bucket_names:
         value = measured[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"latency table {path}: bucket {name}: expected a positive number of ms, got {value!r}")
+            raise LatencyTableError(
+                f"latency table {path}: bucket {name}: expected a positive number of ms, got {value!r}"
+            )
     full = float(measured[bucket_names[0]])
     costs = [float(measured[name]) / full for name in bucket_names]
     for name, cost in zip(bucket_names, costs, strict=True):
         if not math.isfinite(cost):  # a subnormal full latency: every ratio overflows
-            raise ValueError(
+            raise LatencyTableError(
                 f"latency table {path}: bucket {name}: {measured[name]!r} ms against {bucket_names[0]}'s "
                 f"{measured[bucket_names[0]]!r} ms is not a usable ratio"
             )

@@ -6,14 +6,14 @@ after importing numpy and onnxruntime):
 * ``embedded``  — independent sessions on the exported ONNX files (weights inside each file)
 * ``external``  — sessions on the engine files, ONNX Runtime loading ``weights.bin`` itself (external data)
 * ``external+arena`` — the same, all sessions sharing one CPU arena (``session.use_env_allocators``)
-* ``shared``    — sessions on the engine files with ``vared2.runtime.shared_weights`` (one memory map,
+* ``shared``    — sessions on the engine files with ``vared2.formats.sessions`` (one memory map,
   one ``OrtValue`` per tensor, handed to every session with ``add_initializer``)
 
 Usage::
 
-    python bench/scripts/ort_memory.py --model r2plus1d_18            # full-width r2plus1d_18, random weights
-    python bench/scripts/ort_memory.py --onnx-dir ONNX_DIR [--engine-dir ENGINE_DIR]
-    python bench/scripts/ort_memory.py --toy                          # an onnx.helper stand-in of similar size
+    python experiments/ort_memory.py --model r2plus1d_18            # full-width r2plus1d_18, random weights
+    python experiments/ort_memory.py --onnx-dir ONNX_DIR [--engine-dir ENGINE_DIR]
+    python experiments/ort_memory.py --toy                          # an onnx.helper stand-in of similar size
     ... [--optimization extended] [--levels]                          # --levels: latency per optimisation level
 """
 
@@ -46,16 +46,15 @@ def child(scheme: str, onnx_dir: Path, engine_dir: Path, optimization: str, thre
     import numpy as np
     import onnxruntime as ort
 
-    from vared2.engines.manifest import read_export_spec
-    from vared2.engines.onnxruntime_engine import session_options
-    from vared2.runtime.shared_weights import SharedWeights, register_shared_allocator
+    from vared2.formats.export_spec import read_export_spec
+    from vared2.formats.sessions import SharedWeights, register_shared_allocator, session_options
 
     spec = read_export_spec(onnx_dir)
     files = [spec["gate"]["file"], *(b["file"] for b in spec["buckets"])]
     base = pss_bytes()
 
     def load(file: str) -> ort.InferenceSession:
-        options = session_options(threads=threads, optimization=optimization)
+        options = session_options(optimization, threads, {})
         if scheme == "embedded":
             return ort.InferenceSession(str(onnx_dir / file), options, providers=["CPUExecutionProvider"])
         if scheme.startswith("external"):
@@ -114,15 +113,14 @@ def latency_by_level(onnx_dir: Path, engine_dir: Path, threads: int | None, roun
     import numpy as np
     import onnxruntime as ort
 
-    from vared2.engines.manifest import read_export_spec
-    from vared2.engines.onnxruntime_engine import LEVELS, session_options
-    from vared2.runtime.shared_weights import SharedWeights
+    from vared2.formats.export_spec import read_export_spec
+    from vared2.formats.sessions import LEVELS, SharedWeights, session_options
 
     file = read_export_spec(onnx_dir)["buckets"][0]["file"]
     shared = SharedWeights.open(engine_dir)
     sessions = {}
     for level in LEVELS:
-        options = shared.session_options_for(file, session_options(threads=threads, optimization=level))
+        options = shared.session_options_for(file, session_options(level, threads, {}))
         sessions[level] = ort.InferenceSession(str(engine_dir / file), options, providers=["CPUExecutionProvider"])
     arg = sessions["disabled"].get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in arg.shape]
@@ -164,7 +162,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
     if args.engine_dir:
         return onnx_dir, Path(args.engine_dir), what
     engine_dir = work / "engine"
-    from vared2.engines.manifest import write_engine_dir
+    from vared2.formats.manifest import write_engine_dir
 
     write_engine_dir(engine_dir, lambda tmp: build_onnxruntime(onnx_dir, tmp, optimization=args.optimization))
     return onnx_dir, engine_dir, what

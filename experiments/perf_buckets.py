@@ -1,7 +1,7 @@
 """Per-bucket ONNX Runtime efficiency of r2plus1d_18 before and after the engine builder's graph rewrite, with
 each bucket's convolution-only ceiling and a plain torchvision export as references — all timed interleaved.
 
-    .venv/bin/python bench/scripts/perf_buckets.py --work /tmp/perf [--threads 1] [--reps 15] [--frames 8 --size 112]
+    .venv/bin/python experiments/perf_buckets.py --work /tmp/perf [--threads 1] [--reps 15] [--frames 8 --size 112]
 
 1. Exports ``r2plus1d_18`` (full width, random weights; BatchNorm statistics and cheap-op parameters randomised
    too, so every shift and filter is non-trivial) with ``vared2.export.export_model`` to ``WORK/onnx``.
@@ -39,9 +39,9 @@ import torch
 from vared2.bench.ceiling import conv_layers, conv_only_model
 from vared2.bench.timing import measure_interleaved
 from vared2.engines.build import build_engines, write_engine_dir
-from vared2.engines.manifest import Manifest
 from vared2.engines.onnxruntime_engine import build_onnxruntime
 from vared2.export.onnx_export import export_model
+from vared2.formats.manifest import Manifest
 from vared2.models import VaRed2VideoResNet, r2plus1d_18
 from vared2.runtime.backends import OrtBackend, OrtEngine
 

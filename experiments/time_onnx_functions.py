@@ -1,6 +1,6 @@
 """Time the ONNX function bodies on ONNX Runtime's CPU kernels against alternative formulations.
 
-    .venv/bin/python plugins/scripts/time_onnx_functions.py [--threads 2] [--repeat 50]
+    .venv/bin/python experiments/time_onnx_functions.py [--threads 2] [--repeat 50]
 
 The alternatives are plain graphs that know the static channel counts (a function body does not), so they
 show what the chosen bodies cost next to the formulations the function cannot express. The numbers in

@@ -23,7 +23,7 @@ own input, no reconstruction, activation or mask), so a bucket's efficiency and 
 
 Time them with ``bench/scripts/perf_ab.py OUT/chain_current.onnx@all OUT/chain_stacked.onnx@all --threads 2``.
 
-    .venv/bin/python bench/scripts/stacked_layout_probe.py --out /tmp/stacked [--units 4] [--computed 40,16]
+    .venv/bin/python experiments/stacked_layout_probe.py --out /tmp/stacked [--units 4] [--computed 40,16]
 """
 
 from __future__ import annotations
