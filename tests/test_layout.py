@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["formats", "models", "plugins", "export", "engines", "runtime", "bench"]
+STAGES = ["formats", "models", "plugins", "export", "engines", "runtime", "bench", "serve"]
 
 # What each stage may import from the others (DESIGN.md §1). "engines.manifest" is the import-light
 # manifest schema; the engine builders may use the plugins.
@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "engines.manifest": {"formats"},
     "runtime": {"engines.manifest", "runtime", "formats"},
     "bench": {"runtime", "engines.manifest", "bench", "formats"},
+    "serve": {"runtime", "engines.manifest", "serve", "formats"},
 }
 
 
@@ -113,19 +114,21 @@ def test_the_source_tree_imports_without_an_install(tmp_path: Path) -> None:
         assert Path(line).resolve().parent == ROOT / stage
 
 
-def test_runtime_never_imports_torch() -> None:
-    modules = sorted(f"vared2.runtime.{p.stem}" for p in (ROOT / "runtime").glob("*.py") if p.stem != "__init__")
+@pytest.mark.parametrize("stage", ["runtime", "serve"])
+def test_runtime_never_imports_torch(stage: str) -> None:
+    """Nor does serving (DESIGN.md §10): the server tier's environment has no torch."""
+    modules = sorted(f"vared2.{stage}.{p.stem}" for p in (ROOT / stage).glob("*.py") if p.stem != "__init__")
     if (ROOT / "engines" / "manifest.py").exists():
         modules.append("vared2.engines.manifest")
     code = (
         "import importlib, sys\n"
-        f"for name in ['vared2.runtime', *{modules!r}]:\n"
+        f"for name in ['vared2.{stage}', *{modules!r}]:\n"
         "    importlib.import_module(name)\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'triton', 'tensorrt') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"vared2.runtime pulled in: {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"vared2.{stage} pulled in: {out.stdout.strip()}"
 
 
 def test_nothing_imports_the_cli() -> None:
