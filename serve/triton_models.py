@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from vared2.engines.manifest import MANIFEST_NAME, Manifest
 from vared2.runtime import Result, Runtime
 from vared2.runtime.backends import BackendError, GateOutput, ort_engine_loader
 
-from .repository import GATE, INPUT, PARAMETERS, bucket_model
+from .repository import GATE, INPUT, OUTPUTS, PARAMETERS, bucket_model
 
 
 def _pb() -> Any:
@@ -55,26 +55,28 @@ class _BlsSession:
     def __init__(self, tensorrt: bool) -> None:
         self.tensorrt = tensorrt
 
-    def _call(self, model: str, name: str, value: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    def _call(self, model: str, value: Any, outputs: Sequence[str]) -> Any:
+        """One BLS request; the response's output tensors by name (left in the Python backend's shared memory)."""
         pb = _pb()
         kwargs: dict[str, Any] = {}
         if self.tensorrt and hasattr(pb, "PreferredMemory"):  # TensorRT's outputs come back to the host
             kwargs["preferred_memory"] = pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)
-        request = pb.InferenceRequest(
-            model_name=model, inputs=[pb.Tensor(name, value)], requested_output_names=list(outputs), **kwargs
-        )
+        request = pb.InferenceRequest(model_name=model, inputs=[value], requested_output_names=list(outputs), **kwargs)
         response = request.exec()
         if response.has_error():
             raise BackendError(f"model {model!r}: {response.error().message()}")
-        return {out: pb.get_output_tensor_by_name(response, out).as_numpy() for out in outputs}
+        return {out: pb.get_output_tensor_by_name(response, out) for out in outputs}
 
     def run_gate(self, clip: np.ndarray) -> GateOutput:
-        out = self._call(GATE, "clip", clip, ["features", "bucket_logits"])
-        return GateOutput(batch=clip.shape[0], bucket_logits=out["bucket_logits"], features=out["features"])
+        out = self._call(GATE, _pb().Tensor("clip", clip), ["features", "bucket_logits"])
+        # features stay the gate's output tensor: a bucket that takes every row gets it as it is, with no copy.
+        return GateOutput(batch=clip.shape[0], bucket_logits=out["bucket_logits"].as_numpy(), features=out["features"])
 
     def run_bucket(self, bucket: int, gate: GateOutput, rows: np.ndarray) -> np.ndarray:
-        features = np.ascontiguousarray(gate.features[rows])
-        return self._call(bucket_model(bucket), "features", features, ["logits"])["logits"]
+        features = gate.features
+        if len(rows) != gate.batch:
+            features = _pb().Tensor("features", np.ascontiguousarray(features.as_numpy()[rows]))
+        return self._call(bucket_model(bucket), features, ["logits"])["logits"].as_numpy()
 
 
 class _BlsBackend:
@@ -113,7 +115,6 @@ class RouterModel:
         # TensorRT repositories keep only the manifest here (the plans are the engine models'): read, not loaded.
         manifest = Manifest.from_dict(json.loads((directory / MANIFEST_NAME).read_text()))
         self.runtime = Runtime(directory, manifest, _BlsBackend(manifest.backend == "tensorrt"))
-        self.labels = np.array(manifest.model.labels, dtype=object)
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         pb = _pb()
@@ -143,22 +144,25 @@ class RouterModel:
             assert isinstance(results, list)
             begin = 0
             for i, clip in members:
-                responses[i] = pb.InferenceResponse(output_tensors=self._tensors(results[begin : begin + len(clip)]))
+                wanted = set(requests[i].requested_output_names()) or set(OUTPUTS)
+                tensors = self._tensors(results[begin : begin + len(clip)], wanted)
+                responses[i] = pb.InferenceResponse(output_tensors=tensors)
                 begin += len(clip)
         return responses
 
-    def _tensors(self, results: list[Result]) -> list[Any]:
+    def _tensors(self, results: list[Result], wanted: set[str]) -> list[Any]:
+        """The outputs the request asked for (Triton asks for all when the client names none)."""
         pb = _pb()
-        index = np.array([self.runtime.labels.index(r.label) for r in results], dtype=np.int32)
-        return [
-            pb.Tensor("label_index", index),
-            pb.Tensor("label", np.array([r.label.encode() for r in results], dtype=np.object_)),
-            pb.Tensor("score", np.array([r.score for r in results], dtype=np.float64)),
-            pb.Tensor("bucket", np.array([r.bucket for r in results], dtype=np.int32)),
-            pb.Tensor("bucket_name", np.array([r.bucket_name.encode() for r in results], dtype=np.object_)),
-            pb.Tensor("gflops", np.array([r.gflops for r in results], dtype=np.float64)),
-            pb.Tensor("probabilities", np.stack([r.probabilities for r in results]).astype(np.float64)),
-        ]
+        make: dict[str, Callable[[], np.ndarray]] = {
+            "label_index": lambda: np.array([self.runtime.labels.index(r.label) for r in results], dtype=np.int32),
+            "label": lambda: np.array([r.label.encode() for r in results], dtype=np.object_),
+            "score": lambda: np.array([r.score for r in results], dtype=np.float64),
+            "bucket": lambda: np.array([r.bucket for r in results], dtype=np.int32),
+            "bucket_name": lambda: np.array([r.bucket_name.encode() for r in results], dtype=np.object_),
+            "gflops": lambda: np.array([r.gflops for r in results], dtype=np.float64),
+            "probabilities": lambda: np.stack([r.probabilities for r in results]).astype(np.float64),
+        }
+        return [pb.Tensor(name, make[name]()) for name in OUTPUTS if name in wanted]
 
     def finalize(self) -> None:
         self.runtime.close()

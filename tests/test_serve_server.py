@@ -8,7 +8,12 @@ with the reason. The engines are toy ones built here (onnx + onnxruntime), or ``
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +181,24 @@ def test_budget_and_forced_bucket_are_honoured(
     assert np.all(served["gflops"] <= budget)
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_only_the_requested_outputs_come_back(
+    server: TritonServer, runtime: Runtime, clips: np.ndarray, protocol: str
+) -> None:
+    module, client = _client(protocol, server)
+    try:
+        tensor = module.InferInput("clip", list(clips[:3].shape), "UINT8")
+        tensor.set_data_from_numpy(clips[:3])
+        outputs = [module.InferRequestedOutput(name) for name in ("bucket", "label")]
+        result = client.infer("vared2", [tensor], outputs=outputs)
+    finally:
+        client.close()
+    want = expected(runtime, clips[:3])
+    assert [b.decode() for b in result.as_numpy("label")[:, 0]] == [r.label for r in want]
+    assert result.as_numpy("bucket")[:, 0].tolist() == [r.bucket for r in want]
+    assert result.as_numpy("score") is None and result.as_numpy("probabilities") is None
+
+
 def test_bad_requests_get_errors_naming_the_input_and_the_server_goes_on(
     server: TritonServer, runtime: Runtime, clips: np.ndarray
 ) -> None:
@@ -261,3 +284,60 @@ def test_a_failing_start_reports_the_end_of_the_server_log(tmp_path: Path) -> No
     with pytest.raises(TritonServerError, match="no_such_backend"):
         server.start(timeout=60)
     assert server.process is None
+
+
+def _free_port_block(size: int = 3) -> int:
+    """A port P with P … P + size - 1 all free on 127.0.0.1 now (``vared2 serve`` uses P, P+1, P+2)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + size > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + size):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
+
+
+def _tritonservers_on(port: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if f"--http-port={port}".encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def test_vared2_serve_runs_in_the_foreground_and_ctrl_c_stops_it_cleanly(
+    engines: Path, runtime: Runtime, clips: np.ndarray
+) -> None:
+    port = _free_port_block()
+    before = shm_regions()
+    folders = set(Path(tempfile.gettempdir()).glob("vared2-serve-*"))
+    command = [sys.executable, "-m", "vared2", "serve", str(engines), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the server is ready
+        assert f"HTTP 127.0.0.1:{port}, gRPC 127.0.0.1:{port + 1}" in line, line + process.stdout.read()
+        server = TritonServer(engines, http_port=port, grpc_port=port + 1)  # only for its addresses
+        assert_equal(infer("grpc", server, clips[:3]), expected(runtime, clips[:3]), runtime.labels)
+        assert _tritonservers_on(port)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert process.wait(timeout=60) == 0
+        assert "stopping tritonserver" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not _tritonservers_on(port), "tritonserver outlived vared2 serve"
+    assert not (shm_regions() - before)
+    assert set(Path(tempfile.gettempdir()).glob("vared2-serve-*")) <= folders, "the temporary repository is left"
