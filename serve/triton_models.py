@@ -127,6 +127,9 @@ class RouterModel:
                 responses[i] = _error(str(error))
                 continue
             clip = pb.get_input_tensor_by_name(request, INPUT).as_numpy()
+            if len(clip) == 0:  # alone, the runtime would refuse it; batched with others it must not reach them
+                responses[i] = _error(f"input {INPUT!r}: empty batch (shape {list(clip.shape)}); send 1 or more clips")
+                continue
             groups.setdefault(key, []).append((i, clip))
         for (budget, bucket), members in groups.items():
             batch = np.concatenate([clip for _, clip in members])

@@ -211,6 +211,7 @@ def test_bad_requests_get_errors_naming_the_input_and_the_server_goes_on(
         ("float clips", clip.astype(np.float32), "FP32", {}, ["clip", "UINT8"]),
         ("wrong frame size", clip[:, :, :-1], "UINT8", {}, ["clip", "shape"]),
         ("batch over the maximum", too_many, "UINT8", {}, ["batch"]),
+        ("empty batch", clip[:0], "UINT8", {}, ["clip"]),  # Triton: "input byte size mismatch for input 'clip'"
         ("unknown bucket", clip, "UINT8", {"bucket": "no-such-bucket"}, ["bucket", "no-such-bucket"]),
         ("bucket id out of range", clip, "UINT8", {"bucket": 99}, ["bucket", "99"]),
         ("budget below every bucket", clip, "UINT8", {"max_gflops": cheapest / 2}, ["max_gflops", "below"]),

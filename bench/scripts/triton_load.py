@@ -45,15 +45,18 @@ WORKLOADS = ("runtime", "dynamic", "full")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU time of every live process in group ``pgid`` (the server and its stubs)."""
-    total = 0
+def group_cpu_seconds(pgid: int) -> dict[str, float]:
+    """User + system CPU seconds of the live processes in group ``pgid``, by role: ``tritonserver`` and, for the
+    Python backend's stubs, their model's name (a stub's first argument is its ``model.py``)."""
+    total: Counter[str] = Counter()
     for pid in _group_members(pgid):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, IndexError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            role = "tritonserver" if argv[0].endswith(b"tritonserver") else Path(argv[1].decode()).parent.parent.name
+            total[role] += (int(fields[11]) + int(fields[12])) / TICKS
+    return dict(total)
 
 
 def model_counts(client: Any) -> dict[str, tuple[int, int]]:
@@ -167,7 +170,7 @@ def main() -> None:
             rng.shuffle(order)
             for workload, c in order:
                 counts = model_counts(pool[0])
-                cpu0 = group_cpu_seconds(server.process.pid) if server and server.process else 0.0
+                cpu0 = group_cpu_seconds(server.process.pid) if server and server.process else {}
                 client0 = time.process_time()
                 cell = run_cell(calls[workload], c, args.duration)
                 client_cpu = time.process_time() - client0
@@ -175,8 +178,10 @@ def main() -> None:
                     cell["cpu_ms_per_clip"] = client_cpu * 1e3 / cell["clips"]
                 else:
                     if server and server.process:
-                        cpu = group_cpu_seconds(server.process.pid) - cpu0
-                        cell["cpu_ms_per_clip"] = cpu * 1e3 / cell["clips"]
+                        cpu = group_cpu_seconds(server.process.pid)
+                        by_role = {k: (v - cpu0.get(k, 0.0)) * 1e3 / cell["clips"] for k, v in sorted(cpu.items())}
+                        cell["cpu_ms_per_clip"] = sum(by_role.values())
+                        cell["cpu_ms_per_clip_by_process"] = by_role
                     cell["client_cpu_ms_per_clip"] = client_cpu * 1e3 / cell["clips"]
                     after = model_counts(pool[0])
                     cell["mean_batch"] = {
@@ -225,6 +230,13 @@ def report(cells: Cells, concurrency: list[int], args: argparse.Namespace) -> No
             mix = ", ".join(f"bucket {b}: {100 * n / total:.0f} %" for b, n in sorted(histogram.items()))
             client = statistics.median([r["client_cpu_ms_per_clip"] for r in runs])
             print(f"{workload:8s} C={c}: {batches}; {mix}; client CPU {client:.2f} ms/clip")
+            roles = sorted({k for r in runs for k in r.get("cpu_ms_per_clip_by_process", {})})
+            if roles:
+                parts = [
+                    f"{k} {statistics.median([r['cpu_ms_per_clip_by_process'].get(k, 0.0) for r in runs]):.2f}"
+                    for k in roles
+                ]
+                print(f"{'':8s}       server CPU ms/clip by process: {', '.join(parts)}")
 
     def rate(workload: str, c: int) -> float:
         return statistics.median([r["clips_per_s"] for r in cells[(workload, c)]])
