@@ -48,15 +48,15 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def group_cpu_seconds(pgid: int) -> dict[str, float]:
     """User + system CPU seconds of the live processes in group ``pgid``, by role: ``tritonserver`` and, for the
     Python backend's stubs, their model's name (a stub's first argument is its ``model.py``)."""
-    total: Counter[str] = Counter()
+    total: dict[str, float] = {}
     for pid in _group_members(pgid):
         with contextlib.suppress(OSError, IndexError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             role = "tritonserver" if argv[0].endswith(b"tritonserver") else Path(argv[1].decode()).parent.parent.name
-            total[role] += (int(fields[11]) + int(fields[12])) / TICKS
-    return dict(total)
+            total[role] = total.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def model_counts(client: Any) -> dict[str, tuple[int, int]]:
