@@ -2,7 +2,8 @@
 in-process runtime, for a shared, noisy machine.
 
     .venv-triton/bin/python bench/scripts/triton_load.py ENGINE_DIR --data DATA_DIR \\
-        [--clients 1,2,4,8] [--duration 10] [--rounds 3] [--instances 2] [--threads 1] [--json FILE]
+        [--clients 1,2,4,8] [--duration 10] [--rounds 3] [--instances 2] [--router-instances N] [--threads 1]
+        [--max-queue-delay-us U] [--json FILE]
 
 Three workloads at each concurrency C, one clip a call, C callers for ``--duration`` seconds:
 
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--instances", type=int, default=2, help="instances of each engine model")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per session (both sides)")
+    parser.add_argument("--router-instances", type=int, default=None, help="default: 2 x --instances")
     parser.add_argument("--max-queue-delay-us", type=int, default=0)
     parser.add_argument("--server", help="a running server's gRPC HOST:PORT (model vared2 of these engines)")
     parser.add_argument("--json", type=Path)
@@ -137,7 +139,10 @@ def main() -> None:
         if url is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vared2-load-")))
             options = RepositoryOptions(
-                instances=args.instances, threads=args.threads, max_queue_delay_us=args.max_queue_delay_us
+                instances=args.instances,
+                router_instances=args.router_instances,
+                threads=args.threads,
+                max_queue_delay_us=args.max_queue_delay_us,
             )
             repo = write_repository(args.engine_dir, work / "repo", options)
             server = stack.enter_context(TritonServer(repo))
