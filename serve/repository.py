@@ -1,16 +1,11 @@
 """``vared2 triton``: a Triton Inference Server model repository written from an engine directory's manifest.
 
-Layout (DESIGN.md §10)::
-
-    REPO/vared2-repository.json     what wrote it (the marker that lets a later run replace REPO)
-    REPO/vared2/config.pbtxt        the router: Python backend, BLS — the gate, then each clip's bucket model
-    REPO/vared2/1/model.py
-    REPO/vared2/engines/            the engine directory (ONNX Runtime: every file; TensorRT: the manifest)
-    REPO/gate/, REPO/bucket_<id>/   one model per engine, dynamic batching, an instance group
-
-ONNX Runtime engines run as Python-backend models over vared2's sessions, all reading ``vared2/engines`` (one
-memory-mapped weights file for every instance process); TensorRT engines are native ``tensorrt_plan`` models
-(``1/model.plan``). Paths inside are relative, so the repository can be moved or mounted anywhere.
+``REPO/vared2`` is the router (Python backend, BLS: the gate, then each clip's bucket model) and holds the engine
+directory in ``vared2/engines``; ``REPO/gate`` and ``REPO/bucket_<id>`` are one model per engine, with dynamic
+batching and an instance group: Python-backend models over vared2's sessions for ONNX Runtime engines (one
+memory-mapped weights file for every instance process), native ``tensorrt_plan`` models for TensorRT.
+``REPO/vared2-repository.json`` records what wrote it. Paths inside are relative: the folder can move
+(docs/serving.md).
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""The ``tritonserver`` that ``nvidia-pytriton`` ships, run on a model repository and stopped leaving nothing behind.
+"""The ``tritonserver`` that ``nvidia-pytriton`` ships (2.51, Python backend only), run on a model repository.
 
-That wheel carries a real Triton Inference Server (2.51 for ``nvidia-pytriton==0.7.0``) with the Python backend
-only. It needs: a backend folder ``python/`` holding the backend library, ``triton_python_backend_utils.py`` and
-the stub built for this Python; this environment's ``bin`` first on ``PATH`` (the stub finds its packages that
-way); ``LD_LIBRARY_PATH`` starting with Python's ``LIBDIR`` (else the stub can load another libpython); and
-``numpy<2`` in the environment (numpy 2 makes that stub pass empty tensors).
-
-:class:`TritonServer` binds HTTP, gRPC and metrics to 127.0.0.1 (free ports unless given), runs the server in its
-own process group, waits for ``/v2/health/ready``, and stops it with SIGTERM, then SIGKILL to the group; the
-Python backend's shared-memory regions its processes had open are removed if they outlived it.
+:class:`TritonServer` gives it what it needs (docs/serving.md): a backend folder linking the wheel's Python backend
+and the stub for this Python, this environment's ``bin`` first on ``PATH`` and Python's ``LIBDIR`` on
+``LD_LIBRARY_PATH``. It binds HTTP, gRPC and metrics to 127.0.0.1 (free ports unless given), runs the server in
+its own process group, waits for ``/v2/health/ready``, and stops it with SIGTERM, then SIGKILL to the group,
+removing the Python backend's shared-memory regions that outlived it. The stub needs numpy<2 (checked).
 """
 
 from __future__ import annotations
@@ -105,7 +101,7 @@ def _shm_regions_of(pids: set[int]) -> set[str]:
     return names
 
 
-def _group_members(pgid: int) -> set[int]:
+def group_members(pgid: int) -> set[int]:
     """The processes of process group ``pgid`` (the server and its Python-backend stubs)."""
     members = set()
     for entry in Path("/proc").iterdir():
@@ -226,7 +222,7 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
-        self._regions |= _shm_regions_of(_group_members(self.process.pid))
+        self._regions |= _shm_regions_of(group_members(self.process.pid))
         return self
 
     def log_tail(self, lines: int = 40) -> str:
@@ -269,7 +265,7 @@ class TritonServer:
         process, self.process = self.process, None
         if process is not None:
             pgid = process.pid
-            self._regions |= _shm_regions_of(_group_members(pgid))
+            self._regions |= _shm_regions_of(group_members(pgid))
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGTERM)
@@ -279,7 +275,7 @@ class TritonServer:
                 os.killpg(pgid, signal.SIGKILL)
             process.wait()
             deadline = time.monotonic() + 5
-            while _group_members(pgid) and time.monotonic() < deadline:
+            while group_members(pgid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         for name in self._regions:
             with contextlib.suppress(FileNotFoundError):

@@ -1,13 +1,11 @@
-"""The models of a vared2 repository as Triton's Python backend runs them (``model.py`` imports these).
+"""The models of a vared2 repository as Triton's Python backend runs them (each ``model.py`` imports one).
 
-* :class:`RouterModel` (``vared2``): a :class:`~vared2.runtime.Runtime` whose backend calls the ``gate`` and
-  ``bucket_<id>`` models through BLS, so the choice of bucket, the budget, the forced bucket, grouping by bucket
-  and the softmax are exactly ``Runtime.classify``'s. Requests the dynamic batcher hands over together are
-  classified as one batch per (budget, bucket) pair.
-* :class:`EngineModel` (``gate``, ``bucket_<id>`` for ONNX Runtime engines): one vared2 engine session, fed the
-  concatenated rows of a batch of requests.
-
-A bad request gets an error response naming the input or parameter; no request can stop the server.
+:class:`RouterModel` (``vared2``) is a :class:`~vared2.runtime.Runtime` whose backend calls the ``gate`` and
+``bucket_<id>`` models through BLS, so bucket choice, budget, forced bucket, grouping and softmax are
+``Runtime.classify``'s; the requests a batch hands over are classified together per (budget, bucket) pair.
+:class:`EngineModel` (``gate``, ``bucket_<id>`` of ONNX Runtime engines) runs one vared2 engine session on the
+concatenated rows of its requests. A bad request gets an error naming the input or parameter; none stops the
+server.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import pytest
 
 from vared2.runtime import Result, Runtime
 from vared2.serve import RepositoryOptions, TritonServer, write_repository
-from vared2.serve.server import SHM_PREFIX, _group_members
+from vared2.serve.server import SHM_PREFIX, group_members
 
 pytestmark = pytest.mark.server
 
@@ -100,7 +100,7 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     pgid = s.process.pid if s.process else -1
     yield s
     s.stop()
-    assert not _group_members(pgid), "processes of the server's group outlived stop()"
+    assert not group_members(pgid), "processes of the server's group outlived stop()"
     stopped_cleanly(s, before)
 
 
@@ -267,7 +267,7 @@ def test_a_restarted_server_serves_the_same_answers(
             answers.append(infer("http", server, clips[: runtime.manifest.max_batch]))
         finally:
             server.stop()
-        assert not _group_members(pgid), f"run {run}: processes of the server's group outlived stop()"
+        assert not group_members(pgid), f"run {run}: processes of the server's group outlived stop()"
         stopped_cleanly(server, before)
     assert_equal(answers[1], expected(runtime, clips[: runtime.manifest.max_batch]), runtime.labels)
     for name in ("label", "bucket", "score"):

@@ -40,7 +40,7 @@ from vared2.bench.dynamic import load_clips
 from vared2.bench.stats import percentile
 from vared2.runtime import Result, Runtime
 from vared2.serve import RepositoryOptions, TritonServer, write_repository
-from vared2.serve.server import _group_members
+from vared2.serve.server import group_members
 
 WORKLOADS = ("runtime", "dynamic", "full")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -50,7 +50,7 @@ def group_cpu_seconds(pgid: int) -> dict[str, float]:
     """User + system CPU seconds of the live processes in group ``pgid``, by role: ``tritonserver`` and, for the
     Python backend's stubs, their model's name (a stub's first argument is its ``model.py``)."""
     total: dict[str, float] = {}
-    for pid in _group_members(pgid):
+    for pid in group_members(pgid):
         with contextlib.suppress(OSError, IndexError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
