@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from vared2.engines.manifest import MANIFEST_NAME, Manifest
-from vared2.runtime import Result, Runtime
-from vared2.runtime.backends import BackendError, GateOutput, ort_engine_loader
+from vared2.runtime import BackendError, Result, Runtime
+from vared2.runtime.backends import GateOutput, ort_engine_loader
 
 from .repository import GATE, INPUT, OUTPUTS, PARAMETERS, bucket_model
 
