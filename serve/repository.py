@@ -47,8 +47,9 @@ class RepositoryOptions:
     ``instances``: instances of each engine model (processes for ONNX Runtime, execution contexts on the GPU for
     TensorRT); ``router_instances``: of the router (None: twice ``instances``, so the engines have work queued while
     a router waits on one); ``max_batch``: the largest batch a model takes (None: the manifest's); ``threads``:
-    ONNX Runtime intra-op threads per instance; ``max_queue_delay_us``: how long the dynamic batchers wait to
-    grow a batch (0: they take what is queued).
+    ONNX Runtime intra-op threads per instance; ``max_queue_delay_us``: how long the router's dynamic batcher
+    waits to grow a batch (0: it takes what is queued). The engine models' batchers take what is queued: a router
+    batch reaches them whole.
     """
 
     instances: int = 1
@@ -179,7 +180,7 @@ def _write(work: Path, engine_dir: Path, manifest: Manifest, options: Repository
                 max_batch=batch,
                 instances=options.instances,
                 kind="KIND_GPU",
-                max_queue_delay_us=delay,
+                max_queue_delay_us=0,
             )
             (work / name / "config.pbtxt").write_text(config)
     else:
@@ -198,7 +199,7 @@ def _write(work: Path, engine_dir: Path, manifest: Manifest, options: Repository
                 outputs=outputs,
                 instances=options.instances,
                 kind="KIND_CPU",
-                max_queue_delay_us=delay,
+                max_queue_delay_us=0,  # the router's batch arrives whole; waiting here only adds latency
                 parameters={**common, "engine": engine},
             )
             (work / name / "1").mkdir(parents=True, exist_ok=True)

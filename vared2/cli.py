@@ -493,7 +493,7 @@ def bench(
 @click.option("--instances", default=1, show_default=True, help="Instances of each engine model.")
 @click.option("--router-instances", type=int, default=None, help="Instances of the router [default: 2 x instances].")
 @click.option("--max-batch", type=int, default=None, help="Largest batch a model takes [default: the engines'].")
-@click.option("--max-queue-delay-us", default=0, show_default=True, help="How long a dynamic batcher may wait.")
+@click.option("--max-queue-delay-us", default=0, show_default=True, help="How long the router may wait for a batch.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads per engine instance (ONNX Runtime).")
 def triton(
     engine_dir: Path,
