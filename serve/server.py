@@ -113,6 +113,14 @@ def group_members(pgid: int) -> set[int]:
     return members
 
 
+def process_role(pid: int) -> str:
+    """``tritonserver``, or the model a Python-backend stub serves (its first argument is the model's ``model.py``)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if argv[0].endswith(b"tritonserver") or len(argv) < 2:
+        return Path(argv[0].decode(errors="replace")).name
+    return Path(argv[1].decode(errors="replace")).parent.parent.name
+
+
 class TritonServer:
     """One ``tritonserver`` on ``repository``. Use as a context manager, or ``start()``/``stop()``.
 

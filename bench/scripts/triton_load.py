@@ -40,22 +40,20 @@ from vared2.bench.dynamic import load_clips
 from vared2.bench.stats import percentile
 from vared2.runtime import Result, Runtime
 from vared2.serve import RepositoryOptions, TritonServer, write_repository
-from vared2.serve.server import group_members
+from vared2.serve.server import group_members, process_role
 
 WORKLOADS = ("runtime", "dynamic", "full")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def group_cpu_seconds(pgid: int) -> dict[str, float]:
-    """User + system CPU seconds of the live processes in group ``pgid``, by role: ``tritonserver`` and, for the
-    Python backend's stubs, their model's name (a stub's first argument is its ``model.py``)."""
+    """User + system CPU seconds of the live processes in group ``pgid``, by ``process_role``."""
     total: dict[str, float] = {}
     for pid in group_members(pgid):
         with contextlib.suppress(OSError, IndexError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            role = "tritonserver" if argv[0].endswith(b"tritonserver") else Path(argv[1].decode()).parent.parent.name
+            role = process_role(pid)
             total[role] = total.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
     return total
 
