@@ -5,13 +5,17 @@
 #       --backend onnxruntime|tensorrt   --fp16 (TensorRT)   --max-batch N (default 8)
 #       --out DIR         ONNX in DIR/onnx/NAME, engines in DIR/engines/NAME (default: artifacts)
 #       --name NAME       the deployment's folder name (default: the checkpoint's)   --skip-bench
-#   ./build.sh test [PYTEST ARGS]   lint, type-check and the whole test suite (what CI runs)
+#   ./build.sh test [PYTEST ARGS]   lint, type-check and the whole test suite, then (without PYTEST ARGS) the
+#                                   server tier (what CI runs)
+#   ./build.sh triton-test [PYTEST ARGS]   the server tier: a real tritonserver on 127.0.0.1, in .venv-triton
 #   ./build.sh gpu-check [--clips N]   the GPU acceptance: GPU tests, the demo on TensorRT in fp32, fp16, int8
-# It creates its own virtual environment in .venv (or $VARED2_VENV, with $PYTHON) and installs everything there.
+# It creates its own virtual environment in .venv (or $VARED2_VENV, with $PYTHON) and installs everything there;
+# the server tier gets its own, .venv-triton (or $VARED2_TRITON_VENV): its Triton Python backend needs numpy<2.
 # Relative paths in the options are taken from the directory you run it in.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
 VENV=${VARED2_VENV:-$ROOT/.venv}
+TRITON_VENV=${VARED2_TRITON_VENV:-$ROOT/.venv-triton}
 PY=${PYTHON:-python3}
 
 say() {  # bold only on a terminal: CI logs and redirected output get plain text
@@ -19,20 +23,25 @@ say() {  # bold only on a terminal: CI logs and redirected output get plain text
 }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
 
-ensure_venv() {
-    if [ ! -x "$VENV/bin/python" ]; then
-        say "creating the virtual environment in $VENV"
-        "$PY" -m venv "$VENV" || die "could not create a virtual environment with $PY (is python3-venv installed?)"
+make_venv() {  # DIR WHAT PIP-ARGS…: create DIR and install PIP-ARGS there, again only when pyproject.toml changed
+    local venv=$1 what=$2 stamp want
+    shift 2
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating the virtual environment in $venv"
+        "$PY" -m venv "$venv" || die "could not create a virtual environment with $PY (is python3-venv installed?)"
     fi
-    # Reinstall only when the project's declared dependencies changed.
-    local stamp="$VENV/.vared2-installed" want
+    stamp="$venv/.vared2-installed"
     want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        say "installing vared2 and its dependencies (torch 2.14.1, torchvision 0.29.1, onnxruntime, …)"
-        "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+        say "installing $what"
+        "$venv/bin/python" -m pip install --quiet --upgrade pip
+        "$venv/bin/python" -m pip install --quiet "$@"
         echo "$want" > "$stamp"
     fi
+}
+
+ensure_venv() {
+    make_venv "$VENV" "vared2 and its dependencies (torch 2.14.1, torchvision 0.29.1, onnxruntime, …)" -e "$ROOT[dev]"
 }
 
 ensure_test_tools() {
@@ -73,19 +82,34 @@ run_tests() {
     "$VENV/bin/python" -m pytest "$@"
 }
 
+ensure_triton_venv() {
+    # No torch here: the tests build toy engines with onnx + onnxruntime (vared2.engines.ort_toy).
+    make_venv "$TRITON_VENV" "the server tier (nvidia-pytriton 0.7.0's tritonserver, tritonclient, numpy<2)" \
+        -e "$ROOT[triton]" "pytest>=8" "onnx>=1.16"
+}
+
+run_triton_tests() {
+    cd "$ROOT"
+    say "server tier (tritonserver on 127.0.0.1)"
+    "$TRITON_VENV/bin/python" -m pytest -m server tests/test_serve_server.py "$@"
+}
+
 main_job() {
     "$VENV/bin/python" -m vared2.pipeline "$@"
 }
 
 cmd=${1:-}
 case "$cmd" in
-    test) shift; ensure_venv; ensure_test_tools; run_tests "$@" ;;
+    test)
+        shift; ensure_venv; ensure_test_tools; run_tests "$@"
+        if [ $# -eq 0 ]; then ensure_triton_venv; run_triton_tests; fi ;;
+    triton-test) shift; ensure_triton_venv; run_triton_tests "$@" ;;
     gpu-check)
         shift
         # Said before minutes of installing: vared2.gpu_check repeats this and also checks TensorRT.
         command -v nvidia-smi >/dev/null ||
             die "gpu-check: cannot run: no NVIDIA GPU on this machine (nvidia-smi not found). Nothing was checked."
         ensure_venv; "$VENV/bin/python" -m vared2.gpu_check "$@" ;;
-    -h|--help|help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) ensure_venv; main_job "$@" ;;
 esac

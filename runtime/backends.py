@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +200,45 @@ class OrtEngine:
         return dict(zip(names, values, strict=True))
 
 
+def ort_engine_loader(
+    directory: Path | str,
+    manifest: Manifest,
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    shared_thread_pool: bool = False,
+) -> Callable[[str], OrtEngine]:
+    """A function that opens one engine file of an ONNX Runtime engine directory as :class:`OrtBackend` does:
+    the manifest's optimisation level and session config, initializers from the shared weights file. Checks the
+    ONNX Runtime version first. Also used where a process serves one engine only (``vared2.serve``)."""
+    import onnxruntime as ort
+
+    from vared2.formats.sessions import LEVELS, SharedWeights
+
+    check_backend_version(manifest, ort.__version__, exact=2)
+    directory = Path(directory)
+    level = manifest.build_options.get("optimization", "all")
+    if level not in LEVELS:
+        raise ManifestError(f"build_options.optimization: expected one of {', '.join(LEVELS)}, got {level!r}")
+    config = manifest.build_options.get("ort_session_config", {})
+    if not isinstance(config, dict):
+        raise ManifestError(f"build_options.ort_session_config: expected an object, got {config!r}")
+    weights = None if manifest.weights is None else SharedWeights.open(directory, manifest.weights.file)
+
+    def load(rel: str) -> OrtEngine:
+        return OrtEngine(
+            directory / rel,
+            threads=threads,
+            providers=providers,
+            graph_optimization=level,
+            session_config=config,
+            weights=weights,
+            shared_thread_pool=shared_thread_pool,
+        )
+
+    return load
+
+
 class OrtBackend:
     """The gate and bucket sessions of an ONNX Runtime engine directory.
 
@@ -218,31 +257,9 @@ class OrtBackend:
         providers: Sequence[str] | None = None,
         shared_thread_pool: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
-        from vared2.formats.sessions import LEVELS, SharedWeights
-
-        check_backend_version(manifest, ort.__version__, exact=2)
-        directory = Path(directory)
-        level = manifest.build_options.get("optimization", "all")
-        if level not in LEVELS:
-            raise ManifestError(f"build_options.optimization: expected one of {', '.join(LEVELS)}, got {level!r}")
-        config = manifest.build_options.get("ort_session_config", {})
-        if not isinstance(config, dict):
-            raise ManifestError(f"build_options.ort_session_config: expected an object, got {config!r}")
-        weights = None if manifest.weights is None else SharedWeights.open(directory, manifest.weights.file)
-
-        def load(rel: str) -> OrtEngine:
-            return OrtEngine(
-                directory / rel,
-                threads=threads,
-                providers=providers,
-                graph_optimization=level,
-                session_config=config,
-                weights=weights,
-                shared_thread_pool=shared_thread_pool,
-            )
-
+        load = ort_engine_loader(
+            directory, manifest, threads=threads, providers=providers, shared_thread_pool=shared_thread_pool
+        )
         self.gate = load(manifest.gate.file)
         self.buckets = [load(b.file) for b in manifest.buckets]
         self._check_interface(manifest)

@@ -1,4 +1,5 @@
-"""Shared test setup: GPU tests skip with the reason when there is no GPU or no TensorRT."""
+"""Shared test setup: GPU tests skip with the reason when there is no GPU or no TensorRT, and server-tier tests
+when this environment has no usable tritonserver."""
 
 from __future__ import annotations
 
@@ -17,10 +18,22 @@ def gpu_unavailable_reason() -> str | None:
     return None
 
 
+def server_unavailable_reason() -> str | None:
+    """Why the server tier cannot run in this environment (it has its own: ./build.sh triton-test)."""
+    from vared2.serve import TritonNotInstalled, find_tritonserver
+
+    try:
+        find_tritonserver()
+    except TritonNotInstalled as error:
+        return str(error)
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = gpu_unavailable_reason()
-    if reason is None:
-        return
+    reasons = {"gpu": gpu_unavailable_reason()}
+    if any("server" in item.keywords for item in items):
+        reasons["server"] = server_unavailable_reason()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        for marker, reason in reasons.items():
+            if reason is not None and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["formats", "models", "plugins", "export", "engines", "runtime", "bench"]
+STAGES = ["formats", "models", "plugins", "export", "engines", "runtime", "bench", "serve"]
 
 # What each stage may import from the others (DESIGN.md §1). Every stage may import the torch-free formats layer,
 # which imports no stage; the engine builders may use the plugins.
@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "engines": {"plugins", "formats"},
     "runtime": {"formats"},
     "bench": {"runtime", "formats"},
+    "serve": {"runtime", "formats"},
 }
 #: The third-party packages the formats layer may import (it is the runtime's too: no torch, no onnx).
 FORMATS_THIRD_PARTY = {"numpy", "onnxruntime", "av"}
@@ -124,22 +125,19 @@ def test_the_source_tree_imports_without_an_install(tmp_path: Path) -> None:
         assert Path(line).resolve().parent == ROOT / stage
 
 
-def test_runtime_never_imports_torch() -> None:
-    modules = sorted(
-        f"vared2.{stage}.{p.stem}"
-        for stage in ("runtime", "formats")
-        for p in (ROOT / stage).glob("*.py")
-        if p.stem != "__init__"
-    )
+@pytest.mark.parametrize("stage", ["runtime", "formats", "serve"])
+def test_runtime_never_imports_torch(stage: str) -> None:
+    """Nor do the formats layer under it and serving above it (DESIGN.md §10: the server tier has no torch)."""
+    modules = sorted(f"vared2.{stage}.{p.stem}" for p in (ROOT / stage).glob("*.py") if p.stem != "__init__")
     code = (
         "import importlib, sys\n"
-        f"for name in ['vared2.runtime', *{modules!r}]:\n"
+        f"for name in ['vared2.{stage}', *{modules!r}]:\n"
         "    importlib.import_module(name)\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'triton', 'tensorrt') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"vared2.runtime pulled in: {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"vared2.{stage} pulled in: {out.stdout.strip()}"
 
 
 def test_nothing_imports_the_cli() -> None:

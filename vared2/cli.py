@@ -487,6 +487,47 @@ def bench(
     )
 
 
+@cli.command()
+@click.argument("engine_dir", type=existing_dir)
+@click.option("--out", "out", type=out_dir, required=True, help="Model repository directory to write.")
+@click.option("--instances", default=1, show_default=True, help="Instances of each engine model.")
+@click.option("--router-instances", type=int, default=None, help="Instances of the router [default: 2 x instances].")
+@click.option("--max-batch", type=int, default=None, help="Largest batch a model takes [default: the engines'].")
+@click.option("--max-queue-delay-us", default=0, show_default=True, help="How long the router may wait for a batch.")
+@click.option("--threads", default=1, show_default=True, help="CPU threads per engine instance (ONNX Runtime).")
+def triton(
+    engine_dir: Path,
+    out: Path,
+    instances: int,
+    router_instances: int | None,
+    max_batch: int | None,
+    max_queue_delay_us: int,
+    threads: int,
+) -> None:
+    """Write a Triton Inference Server model repository for ENGINE_DIR (docs/serving.md)."""
+    from vared2.serve import RepositoryOptions, write_repository
+
+    options = RepositoryOptions(instances, router_instances, max_batch, threads, max_queue_delay_us)
+    path = run_stage(lambda: write_repository(engine_dir, out, options))
+    click.echo(f"model repository: {path} (tritonserver --model-repository {path}; the model is 'vared2')")
+
+
+@cli.command()
+@click.argument("engine_dir", type=existing_dir)
+@click.option("--port", default=8000, show_default=True, help="HTTP port; gRPC on PORT+1, metrics on PORT+2.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
+@click.option("--instances", default=1, show_default=True, help="Instances of each engine model.")
+@click.option("--threads", default=1, show_default=True, help="CPU threads per engine instance (ONNX Runtime).")
+@click.option("--log", type=click.Path(dir_okay=False, path_type=Path), help="Write the server's log here.")
+def serve(engine_dir: Path, port: int, address: str, instances: int, threads: int, log: Path | None) -> None:
+    """Serve ENGINE_DIR with tritonserver over HTTP and gRPC until Ctrl-C (the server tier's environment)."""
+    from vared2.serve import RepositoryOptions
+    from vared2.serve.run import serve as run_serve
+
+    options = RepositoryOptions(instances=instances, threads=threads)
+    run_stage(lambda: run_serve(engine_dir, port=port, address=address, options=options, log=log, echo=click.echo))
+
+
 def main() -> None:
     cli(prog_name="vared2")
 
