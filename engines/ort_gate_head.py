@@ -1,25 +1,11 @@
-"""A build-time rewrite of the gate's descriptor for ONNX Runtime's CPU kernels (docs/performance.md, "The gate").
+"""Gate pass: the gate's descriptor on blocked kernels (docs/performance.md, "The gate").
 
-The gate's head (``SoftModulationGate.descriptor``) summarises the stem features ``F [N, C, T, H, W]`` per channel:
-the mean, and the mean absolute difference between consecutive frames. Exported, the difference is two ``Slice``
-copies of ``F``, a ``Sub``, an ``Abs`` and two ``ReduceMean`` — five passes over the largest tensor of the gate,
-all on plain NCHW kernels behind a reorder out of the blocked layout the stem's convolution wrote. With
-r2plus1d_18 at 8×112×112 that was a quarter of the gate's time.
-
-``motion_head_for_ort`` computes the same numbers on a 4-D view of the features in which every frame is a block of
-rows: the stacked tensor ``[N, C, T·period, W]`` of ``ort_stacked`` where the stem ran on stacked frames, else
-``[N, C, T, H·W]`` (one row per frame, the view the temporal conv run as 2-D writes, its ReLU moved before the
-reshape by ``ort_specialize.temporal_convs_as_2d``). All with ops ONNX Runtime runs blocked:
-
-* frame means ``m_t``: one ``AveragePool`` over a frame's rows, stepping ``period`` rows; the mean is their
-  ``GlobalAveragePool``;
-* ``|d| = 2·ReLU(d) - d`` for ``d = F[t+1] - F[t]``: one depthwise ``2×1`` convolution with weights ``(-2, 2)``,
-  dilated by ``period``, its ReLU fused, averaged frame by frame and then over the ``T-1`` pairs; the mean of ``d``
-  itself telescopes to ``(m_{T-1} - m_0) / (T-1)``, a depthwise ``T×1`` convolution of the frame means.
-
-One pass over the features for the frame means and one for the differences (the earlier ``ReLU(d) + ReLU(-d)``
-took two convolutions and three pools). Sums are regrouped, so results match to float rounding; the build's
-parity check still compares against the unrewritten graph.
+The gate's head summarises the stem features ``F [N, C, T, H, W]`` per channel: the mean and the mean absolute
+difference between consecutive frames, exported as two ``Slice`` copies, ``Sub``, ``Abs`` and two ``ReduceMean`` on
+plain NCHW kernels. ``motion_head_for_ort`` computes the same numbers on a 4-D view in which every frame is a block of
+rows (``ort_stacked``'s stacked tensor, else ``[N, C, T, H·W]``): frame means by one ``AveragePool``; ``|d| =
+2·ReLU(d) - d`` for ``d = F[t+1] - F[t]`` by one depthwise ``2×1`` convolution with weights ``(-2, 2)`` and fused ReLU;
+the mean of ``d`` telescopes to ``(m_{T-1} - m_0) / (T-1)``. Sums are regrouped, so results match to rounding.
 """
 
 from __future__ import annotations
@@ -27,22 +13,19 @@ from __future__ import annotations
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from .ort_specialize import (
+from .ort_graph import (
     SPECIALIZED_SUFFIX,
-    _analyse,
-    _attribute,
-    _attribute_int,
-    _Graph,
-    _int64,
-    _replace_nodes,
+    Graph,
+    analyse,
+    attribute_int,
+    attribute_ints,
+    copy_model,
+    int64_constant,
+    splice,
 )
 from .ort_stacked import StackedFrames, stacked_source
 
 ALL_BUT_BATCH_AND_CHANNEL = [2, 3, 4]
-
-
-def _producer(model: ModelProto, name: str) -> NodeProto | None:
-    return next((n for n in model.graph.node if name in n.output), None)
 
 
 def _is_mean_over_clip(node: NodeProto | None) -> bool:
@@ -51,12 +34,12 @@ def _is_mean_over_clip(node: NodeProto | None) -> bool:
         and node.op_type == "ReduceMean"
         and node.domain == ""
         and len(node.input) == 1
-        and _attribute(node, "axes", []) == ALL_BUT_BATCH_AND_CHANNEL
-        and _attribute_int(node, "keepdims") == 0
+        and attribute_ints(node, "axes", []) == ALL_BUT_BATCH_AND_CHANNEL
+        and attribute_int(node, "keepdims") == 0
     )
 
 
-def _time_slice(node: NodeProto | None, graph: _Graph, frames: int) -> tuple[str, int, int] | None:
+def _time_slice(node: NodeProto | None, graph: Graph, frames: int) -> tuple[str, int, int] | None:
     """``(input, start, stop)`` of a unit-step ``Slice`` along axis 2 with constant bounds, clamped to ``frames``."""
     if node is None or node.op_type != "Slice" or node.domain != "" or len(node.input) < 4:
         return None
@@ -70,11 +53,11 @@ def _time_slice(node: NodeProto | None, graph: _Graph, frames: int) -> tuple[str
     return node.input[0], max(0, min(start, frames)), max(0, min(stop, frames))
 
 
-def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[NodeProto], str] | None:
+def _match(graph: Graph, concat: NodeProto) -> tuple[list[NodeProto], str] | None:
     """The nodes of the exported descriptor feeding ``concat``, and the features they read; ``None`` otherwise."""
-    if concat.op_type != "Concat" or len(concat.input) != 2 or _attribute_int(concat, "axis") != 1:
+    if concat.op_type != "Concat" or len(concat.input) != 2 or attribute_int(concat, "axis") != 1:
         return None
-    mean, motion = (_producer(model, name) for name in concat.input)
+    mean, motion = (graph.producers.get(name) for name in concat.input)
     if not (_is_mean_over_clip(mean) and _is_mean_over_clip(motion)):
         return None
     assert mean is not None and motion is not None
@@ -83,41 +66,39 @@ def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[No
     if shape is None or len(shape) != 5 or None in shape[1:]:
         return None
     frames = int(shape[2])  # type: ignore[arg-type]
-    absolute = _producer(model, motion.input[0])
-    sub = _producer(model, absolute.input[0]) if absolute is not None and absolute.op_type == "Abs" else None
+    absolute = graph.producers.get(motion.input[0])
+    sub = graph.producers.get(absolute.input[0]) if absolute is not None and absolute.op_type == "Abs" else None
     if sub is None or sub.op_type != "Sub" or absolute is None:
         return None
-    later, earlier = (_time_slice(_producer(model, name), graph, frames) for name in sub.input)
+    later, earlier = (_time_slice(graph.producers.get(name), graph, frames) for name in sub.input)
     if later != (features, 1, frames) or earlier != (features, 0, frames - 1) or frames < 2:
         return None
-    slices = [node for name in sub.input if (node := _producer(model, name)) is not None]  # both exist: matched
+    slices = [node for name in sub.input if (node := graph.producers.get(name)) is not None]  # both exist: matched
     exclusive = [absolute, sub, *slices]
     if any(len(graph.consumers.get(n.output[0], [])) != 1 for n in exclusive):
         return None
     return [mean, motion, *exclusive], features
 
 
-def _frames_view(
-    graph: _Graph, model: ModelProto, features: str, prefix: str
-) -> tuple[list[NodeProto], str, StackedFrames]:
+def _frames_view(graph: Graph, features: str, prefix: str) -> tuple[list[NodeProto], str, StackedFrames]:
     """(nodes to add, name, layout) of a 4-D view of the features in which every frame is a block of rows.
 
     The stacked tensor of ``ort_stacked.stack_frames`` if the features were cut from one; else the
     ``[N, C, T, H·W]`` view (one row per frame) that the temporal conv run as 2-D already produces (its ReLU
     moved before the reshape by ``ort_specialize.temporal_convs_as_2d``); else a reshape of the features to it."""
-    stacked = stacked_source(model, graph, features)
+    stacked = stacked_source(graph, features)
     if stacked is not None:
         return [], *stacked
     shape = graph.shapes[features]
     c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
     layout = StackedFrames(frames=t, period=1, rows=1, width=h * w)
-    reshape = _producer(model, features)
+    reshape = graph.producers.get(features)
     view = [shape[0], c, t, h * w]
     if reshape is not None and reshape.op_type == "Reshape" and graph.shapes.get(reshape.input[0]) == view:
         return [], reshape.input[0], layout
     return (
         [
-            _int64(f"{prefix}.shape4", [-1, c, t, h * w]),
+            int64_constant(f"{prefix}.shape4", [-1, c, t, h * w]),
             helper.make_node("Reshape", [features, f"{prefix}.shape4"], [f"{prefix}.f4"]),
         ],
         f"{prefix}.f4",
@@ -169,16 +150,15 @@ def _head(
 
 def motion_head_for_ort(model: ModelProto) -> ModelProto:
     """A copy of a gate graph with its descriptor rewritten (module docstring); unchanged if none matches."""
-    result = ModelProto()
-    result.CopyFrom(model)
-    graph = _analyse(result)
+    result = copy_model(model)
+    graph = analyse(result)
     for concat in result.graph.node:
-        found = _match(result, graph, concat)
+        found = _match(graph, concat)
         if found is None:
             continue
         old, features = found
         prefix = f"{features}{SPECIALIZED_SUFFIX}.head"
-        added, view, layout = _frames_view(graph, result, features, prefix)
+        added, view, layout = _frames_view(graph, features, prefix)
         channels = int(graph.shapes[features][1])  # type: ignore[arg-type]
         head, weights = _head(view, layout, channels, old[0].output[0], old[1].output[0], prefix)
         removed = {n.output[0] for n in old}  # nodes by their (unique) first output
@@ -188,6 +168,6 @@ def motion_head_for_ort(model: ModelProto) -> ModelProto:
                 nodes += [*added, *head]
             if node.output[0] not in removed:
                 nodes.append(node)
-        _replace_nodes(result, nodes, weights)
+        splice(result, nodes, weights)
         return result
     return result

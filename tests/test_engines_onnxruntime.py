@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from ort_toy import write_toy_onnx_dir
 
 from vared2.engines import build as build_module
 from vared2.engines import onnxruntime_engine as ort_engine
 from vared2.engines.build import build_engines
 from vared2.engines.manifest import ChecksumError, Manifest
-from vared2.engines.ort_toy import write_toy_onnx_dir
 from vared2.runtime import shared_weights
 from vared2.runtime.shared_weights import SharedWeights, read_index
 

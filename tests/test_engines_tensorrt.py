@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from ort_toy import write_toy_onnx_dir
 
 from vared2.engines import tensorrt_engine as trt_engine
 from vared2.engines.build import build_engines, build_key, source_digest, up_to_date
 from vared2.engines.manifest import Manifest, read_export_spec
-from vared2.engines.ort_toy import write_toy_onnx_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A small stand-in for an exported VA-RED2 model, written with ``onnx.helper`` and numpy only.
+"""A test fixture: a small stand-in for an exported VA-RED2 model, written with ``onnx.helper`` and numpy only.
 
 It has the shape of the real exporter's output (DESIGN.md §4) where the engine builders care: a
 ``gate.onnx`` (uint8 clip → ``features``, ``bucket_logits``), one ``bucket_<id>.onnx`` per bucket whose
