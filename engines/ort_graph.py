@@ -1,10 +1,10 @@
 """The graph helpers every ONNX Runtime build-time pass shares (``vared2.engines.ort_passes``).
 
-A pass reads a model through ``analyse`` (shapes, constants, producers, consumers), builds its replacement nodes
-with ``int64_constant`` / ``make_function``, and ends with ``splice``: the new node list, its initializers, the
-pruning of what nothing reads any more, the shapes it invalidated dropped, and ``onnx.checker``. Names added by a
-pass are ``<value>.ort.<part>`` so the weights packer keeps them inside the engine file
-(``is_specialized_initializer``).
+The graph API is onnx-ir with onnxscript's rewriter (docs/design.md): ``to_ir`` / ``from_ir`` bracket a pass
+written with it, ``ir_constant`` reads a constant input. Passes not yet ported read the protobuf through
+``analyse`` (shapes, constants, producers, consumers). Every pass ends with ``splice`` (``from_ir`` calls it): the
+new node list, its initializers, the pruning of what nothing reads any more, the recorded shapes it vouches for,
+``onnx.checker``. Initializers a pass adds are ``<value>.ort.<part>``: kept inside the engine file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx_ir.passes.common import ShapeInferencePass
 
 #: Domain of the specialised functions the passes add; ONNX Runtime inlines them at load.
 SPECIALIZED_DOMAIN = "vared2.ort"
@@ -191,3 +193,43 @@ def splice(
     del model.graph.value_info[:]
     model.graph.value_info.extend(info)
     onnx.checker.check_model(model)
+
+
+def to_ir(model: ModelProto) -> ir.Model:
+    """An onnx-ir copy of ``model`` (the input is left as it was) with its main graph's shapes inferred the way
+    ``analyse`` infers them (on top of the recorded ``value_info``)."""
+    result = ir.serde.deserialize_model(copy_model(model))
+    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)(result)
+    return result
+
+
+def from_ir(model: ir.Model, *, keep_shapes: Iterable[str] | None = None) -> ModelProto:
+    """``model`` back as a protobuf, through the ending every pass shares (``splice``): pruned, checked, and no
+    recorded shapes but ``keep_shapes`` (the shapes ``to_ir`` inferred change how ONNX Runtime fuses)."""
+    result = ir.serde.serialize_model(model)
+    splice(result, list(result.graph.node), keep_shapes=keep_shapes)
+    return result
+
+
+def ir_constant(value: ir.Value | None) -> np.ndarray | None:
+    """The constant behind ``value`` (an initializer, a ``Constant`` node, or an ``Identity`` of either), else
+    ``None``: what ``Graph.constants`` answers for the protobuf passes."""
+    while value is not None and value.const_value is None:
+        producer = value.producer()
+        if producer is None or producer.domain != "" or producer.op_type not in ("Identity", "Constant"):
+            return None
+        if producer.op_type == "Constant":
+            tensor = ir.convenience.get_const_tensor(value)
+            return None if tensor is None else tensor.numpy()
+        value = producer.inputs[0]
+    return None if value is None or value.const_value is None else value.const_value.numpy()
+
+
+def ir_static_5d(value: ir.Value) -> tuple[int, int, int, int] | None:
+    """``(C, T, H, W)`` of a ``[N, C, T, H, W]`` value whose axes other than the batch are static."""
+    shape = value.shape
+    dims = [d for d in shape[1:] if isinstance(d, int) and d >= 1] if shape is not None and len(shape) == 5 else []
+    if len(dims) != 4:
+        return None
+    c, t, h, w = dims
+    return c, t, h, w

@@ -21,9 +21,10 @@ from vared2.formats.errors import InputError
 from .ort_frames import skip_unread_frames
 from .ort_gate_head import motion_head_for_ort
 from .ort_graph import OPSET
+from .ort_pad import pad_conv_pairs
 from .ort_phases import split_temporal_phases
 from .ort_specialize import specialize_reconstructions
-from .ort_stem import pad_conv_pairs, stem_over_frames
+from .ort_stem import stem_over_frames
 from .ort_temporal2d import temporal_convs_as_2d
 
 GATE = "gate"

@@ -1,72 +1,24 @@
-"""Gate passes on the stem (docs/performance.md, "The gate"): where the gate's time goes.
+"""Gate pass on the stem (docs/performance.md, "The gate"): where the gate's time goes.
 
-* ``pad_conv_pairs``: ``Conv → Relu → Conv`` whose middle channel count is not a multiple of 16 (r2plus1d's stem
-  has 45) gets zero filters up to the next multiple and zero weights for them in the second convolution: the same
-  sums, and the second convolution then runs on ONNX Runtime's blocked NCHWc kernels.
-* ``stem_over_frames``: a uint8 clip transposed, cast and normalised into a frame-wise convolution
-  (``ort_frame_conv``) runs as a 2-D convolution: on frames stacked along the rows where few rows go unused
-  (``ort_stacked``), else over the ``N·T`` frames as a batch with one transpose back to ``[N, C, T, H, W]``.
+``stem_over_frames``: a uint8 clip transposed, cast and normalised into a frame-wise convolution
+(``ort_frame_conv``) runs as a 2-D convolution: on frames stacked along the rows where few rows go unused
+(``ort_stacked``), else over the ``N·T`` frames as a batch with one transpose back to ``[N, C, T, H, W]``.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from .ort_frame_conv import FrameConv, conv_weight, match_frame_conv
+from .ort_frame_conv import FrameConv, match_frame_conv
 from .ort_graph import (
     SPECIALIZED_SUFFIX,
     analyse,
     copy_model,
     int64_constant,
-    sole_consumer,
     splice,
 )
+from .ort_pad import pad_conv_pairs
 from .ort_stacked import MAX_UNUSED_ROWS, stack_frames
-
-#: ONNX Runtime's widest NCHWc block (AVX-512); a multiple of it is also one of the AVX2 block of 8.
-CHANNEL_BLOCK = 16
-#: Padding is worth it only while the extra zero filters stay cheap against the faster kernel.
-MAX_PADDING_GROWTH = 0.125
-
-
-def _padded(name: str, array: np.ndarray, axis: int, size: int) -> TensorProto:
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, size - array.shape[axis])
-    return numpy_helper.from_array(np.pad(array, widths).astype(np.float32), f"{name}{SPECIALIZED_SUFFIX}.pad")
-
-
-def pad_conv_pairs(model: ModelProto) -> ModelProto:
-    """A copy of ``model`` with the middle channels of every ``Conv → Relu → Conv`` chain padded to a multiple of
-    ``CHANNEL_BLOCK`` (zero filters, zero weights; module docstring); unchanged if none needs it cheaply."""
-    result = copy_model(model)
-    graph = analyse(result)
-    added: list[TensorProto] = []
-    for first in result.graph.node:
-        w1 = conv_weight(first, graph)
-        relu = sole_consumer(graph, first.output[0], "Relu") if w1 is not None else None
-        second = sole_consumer(graph, relu.output[0], "Conv") if relu is not None else None
-        if w1 is None or relu is None or second is None or second.input[0] != relu.output[0]:
-            continue
-        w2 = conv_weight(second, graph)
-        if w2 is None:
-            continue
-        channels = int(w1.shape[0])
-        padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
-        if padded == channels or padded > channels * (1 + MAX_PADDING_GROWTH):
-            continue
-        bias = graph.constants(first.input[2]) if len(first.input) > 2 and first.input[2] else None
-        if len(first.input) > 2 and first.input[2] and bias is None:
-            continue
-        tensors = [_padded(first.input[1], w1, 0, padded), _padded(second.input[1], w2, 1, padded)]
-        first.input[1], second.input[1] = tensors[0].name, tensors[1].name
-        if bias is not None:
-            tensors.append(_padded(first.input[2], bias, 0, padded))
-            first.input[2] = tensors[2].name
-        added += tensors
-    if added:
-        splice(result, list(result.graph.node), added)  # the padded convolutions' shapes changed: forget them all
-    return result
 
 
 def stem_over_frames(model: ModelProto, max_unused_rows: float = MAX_UNUSED_ROWS) -> ModelProto:

@@ -11,9 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 from ort_levels import LEVELS, run_at_level
 
 from vared2.engines.ort_graph import is_specialized_initializer
+from vared2.engines.ort_pad import pad_conv_pairs
 from vared2.engines.ort_specialize import specialize
 from vared2.engines.ort_stacked import MAX_UNUSED_ROWS, stacked_rows
-from vared2.engines.ort_stem import pad_conv_pairs, stem_for_ort, stem_over_frames
+from vared2.engines.ort_stem import stem_for_ort, stem_over_frames
 from vared2.export.graphs import GateGraph
 from vared2.export.onnx_export import to_onnx
 from vared2.models import mc3_18, r2plus1d_18, r3d_18
