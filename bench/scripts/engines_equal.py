@@ -3,10 +3,10 @@ passes must leave the engines as they were).
 
     .venv/bin/python bench/scripts/engines_equal.py OLD_ENGINE_DIR NEW_ENGINE_DIR [--batch 2] [--tolerance 1e-6]
 
-Every engine file the manifests list runs in both directories at the runtime's optimisation level on one seeded
-input (a uint8 clip for the gate, ``max(N(0,1), 0)`` features for the buckets); prints the max abs difference of
-every output, whether the files are byte-identical and whether their top-level op counts agree. Exit 1 beyond
-the tolerance.
+Every engine file the manifests list runs in both directories at the build's optimisation level on one seeded
+input (``perf_ab.feeds``: a uint8 clip for the gate, ``max(N(0,1), 0)`` features for the buckets); prints the
+max abs difference of every output, whether the files are byte-identical and whether their top-level op counts
+agree. Exit 1 beyond the tolerance.
 """
 
 from __future__ import annotations
@@ -19,29 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-
-
-def session(path: Path, level: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def feed(sess: ort.InferenceSession, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    out = {}
-    for arg in sess.get_inputs():
-        shape = [d if isinstance(d, int) else batch for d in arg.shape]
-        if arg.type == "tensor(uint8)":
-            out[arg.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        else:
-            out[arg.name] = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
-    return out
+from perf_ab import feeds, session  # this folder's interleaved A/B: the runtime's session options, its inputs
 
 
 def ops(path: Path) -> Counter[str]:
@@ -60,8 +38,8 @@ def main() -> None:
     files = [manifest["gate"]["file"], *(b["file"] for b in manifest["buckets"])]
     worst = 0.0
     for file in files:
-        old, new = session(args.old / file, level), session(args.new / file, level)
-        inputs = feed(old, args.batch, np.random.default_rng(0))
+        old, new = session(str(args.old / file), level, 1), session(str(args.new / file), level, 1)
+        inputs = feeds(old, args.batch)
         diff = max(
             float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
             for a, b in zip(old.run(None, inputs), new.run(None, inputs), strict=True)

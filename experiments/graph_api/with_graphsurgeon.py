@@ -1,7 +1,7 @@
 """Prototype: the same two ONNX Runtime passes written with NVIDIA's onnx-graphsurgeon (issue 23 item 1).
 
 GraphSurgeon has no pattern language: both passes walk ``graph.nodes`` and rewire ``gs.Variable`` / ``gs.Constant``
-objects by hand, then ``cleanup()`` and ``toposort()``. Compared with ``with_onnx_ir.py`` by ``compare.py``.
+objects by hand, then ``cleanup()`` and ``toposort()``. Compared with the engines' onnx-ir passes by ``compare.py``.
 """
 
 from __future__ import annotations
@@ -72,9 +72,8 @@ def temporal_conv_2d(model: onnx.ModelProto) -> onnx.ModelProto:
             y4 = r
             relu.outputs.clear()
         node.outputs.clear()
-        new.append(
-            gs.Node("Reshape", inputs=[y4, _constant(f"{prefix}.yshape", [0, c_out, out[1], h, width])], outputs=[output])
-        )
+        shape = _constant(f"{prefix}.yshape", [0, c_out, out[1], h, width])
+        new.append(gs.Node("Reshape", inputs=[y4, shape], outputs=[output]))
         graph.nodes.extend(new)
     graph.cleanup().toposort()
     return gs.export_onnx(graph)
