@@ -115,7 +115,7 @@ def stack_frames(
         int64_constant(f"{prefix}.by_frame", [-1, channels, t, period, w_out]),
     ]
     # The last replaced output keeps its name and shape [N, C, T, H, W]: what reads it is unchanged. A Split
-    # drops the unused rows with one contiguous copy per frame and channel (Slice measured 3 % slower on the gate).
+    # drops the unused rows with one contiguous copy per frame and channel (a Slice was slower: docs/performance.md).
     if period == h_out:
         new.append(helper.make_node("Reshape", [last, f"{prefix}.by_frame"], [old[-1].output[0]]))
     else:
