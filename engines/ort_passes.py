@@ -1,8 +1,8 @@
 """The ONNX Runtime build-time graph passes, declared as data: which run, on what, in which order.
 
 Every pass has one signature, ``run(model) -> model``: it returns a new model and leaves its input as it was; a
-pass whose pattern is absent returns an unchanged copy. A pass reads shapes from ``ort_graph.analyse`` (inference
-on top of the model's recorded ``value_info``) and keeps only the recorded shapes it vouches for
+pass whose pattern is absent returns an unchanged copy. A pass reads shapes by inference on top of the model's
+recorded ``value_info`` (``ort_graph.analyse`` or ``to_ir``) and keeps only the recorded shapes it vouches for
 (``ort_graph.splice``): the exporter's shapes of the ``vared2`` nodes' outputs survive the passes that leave them
 valid, and no pass relies on another having run. ``passes_for(kind, precision, skip)`` is the list the builder
 runs (``GATE_PASSES`` or ``BUCKET_PASSES``, in order); ``run_passes`` runs one.
@@ -63,35 +63,40 @@ class GraphPass:
         return self.run(model)
 
 
-def _declare(name: str, kind: str, run: Callable[[ModelProto], ModelProto], matches: str, emits: str) -> GraphPass:
-    return GraphPass(name, frozenset({kind}), FP32, run, matches, emits)
+def _declare(
+    name: str, kinds: set[str], run: Callable[[ModelProto], ModelProto], matches: str, emits: str
+) -> GraphPass:
+    return GraphPass(name, frozenset(kinds), FP32, run, matches, emits)
+
+
+TEMPORAL_CONV_2D = _declare(
+    "temporal-conv-2d",
+    {GATE, BUCKET},
+    temporal_convs_as_2d,
+    "3-D Conv with spatial kernel and stride 1 [→ Relu]",
+    "Reshape → 2-D Conv [→ Relu] → Reshape over [N, C, T, H·W]",
+)
 
 
 GATE_PASSES: tuple[GraphPass, ...] = (
     _declare(
         "pad-conv-pairs",
-        GATE,
+        {GATE},
         pad_conv_pairs,
         "Conv → Relu → Conv with middle channels not a multiple of 16 (≤ 12.5 % growth)",
         "zero-padded filters and weights (blocked NCHWc kernels for the second Conv)",
     ),
     _declare(
         "stem-over-frames",
-        GATE,
+        {GATE},
         stem_over_frames,
         "uint8 clip → Transpose → Cast → Mul → Add → frame-wise 3-D Conv [→ Relu → temporal Conv]",
         "2-D Conv on frames stacked along rows (temporal Conv dilated), or over N·T frames + one Transpose",
     ),
-    _declare(
-        "temporal-conv-2d",
-        GATE,
-        temporal_convs_as_2d,
-        "3-D Conv with spatial kernel and stride 1 [→ Relu]",
-        "Reshape → 2-D Conv [→ Relu] → Reshape over [N, C, T, H·W]",
-    ),
+    TEMPORAL_CONV_2D,
     _declare(
         "motion-head",
-        GATE,
+        {GATE},
         motion_head_for_ort,
         "the descriptor: ReduceMean and Slice/Sub/Abs/ReduceMean feeding a Concat",
         "AveragePool frame means + depthwise (-2, 2) Conv with ReLU, pooled",
@@ -101,32 +106,26 @@ GATE_PASSES: tuple[GraphPass, ...] = (
 BUCKET_PASSES: tuple[GraphPass, ...] = (
     _declare(
         "skip-unread-frames",
-        BUCKET,
+        {BUCKET},
         skip_unread_frames,
         "frames no output reads (ϕt feeding temporal-stride readers)",
         "ϕt dropped, frame-wise ops on kept frames, adjusted strides, strided Slice",
     ),
     _declare(
         "split-temporal-phases",
-        BUCKET,
+        {BUCKET},
         split_temporal_phases,
         "ϕt (R = 2) → Relu → temporal Conv (kernel 3, padding 1, even stride)",
         "depthwise even/odd function + two 2-D Convs (kernels 1 and 2) + Add",
     ),
     _declare(
         "specialize-reconstructions",
-        BUCKET,
+        {BUCKET},
         specialize_reconstructions,
         "vared2::TemporalReconstruct / ChannelReconstruct [+ scale Mul, shift Add, Relu]",
         "vared2.ort functions: Mul + Add (ϕt); 2-D depthwise Conv blocks + Concat (ϕs)",
     ),
-    _declare(
-        "temporal-conv-2d",
-        BUCKET,
-        temporal_convs_as_2d,
-        "3-D Conv with spatial kernel and stride 1 [→ Relu]",
-        "Reshape → 2-D Conv [→ Relu] → Reshape over [N, C, T, H·W]",
-    ),
+    TEMPORAL_CONV_2D,
 )
 
 _DECLARED = {GATE: GATE_PASSES, BUCKET: BUCKET_PASSES}
