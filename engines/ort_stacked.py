@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from onnx import NodeProto, TensorProto, helper
 
 from .ort_frame_conv import FrameConv, activated, conv_weight
-from .ort_graph import Graph, attribute_int, attribute_ints, int64_constant, sole_consumer
+from .ort_graph import Graph, attribute_ints, int64_constant, sole_consumer
 
 #: Measured on r2plus1d_18's stem (docs/performance.md, "The gate on stacked frames").
 MAX_UNUSED_ROWS = 0.05
@@ -130,27 +129,3 @@ def stack_frames(
             ),
         ]
     return old, new, tensors
-
-
-def stacked_source(graph: Graph, features: str) -> tuple[str, StackedFrames] | None:
-    """The stacked 4-D tensor that ``features [N, C, T, H, W]`` was cut from by ``stack_frames``, and its layout;
-    ``None`` if the features were made some other way."""
-    producers = graph.producers
-    node = producers.get(features)
-    rows: int | None = None
-    if node is not None and node.op_type == "Split" and attribute_int(node, "axis") == 3 and len(node.input) == 2:
-        sizes = graph.constants(node.input[1])
-        if sizes is not None and np.size(sizes) == 2 and node.output[0] == features:
-            rows = int(np.ravel(sizes)[0])
-            node = producers.get(node.input[0])
-    framed = graph.shapes.get(node.output[0]) if node is not None and node.op_type == "Reshape" else None
-    source = graph.shapes.get(node.input[0]) if node is not None and framed is not None else None
-    if node is None or framed is None or source is None or len(framed) != 5 or len(source) != 4:
-        return None
-    if None in framed[1:] or None in source[1:]:
-        return None
-    channels, frames, period, width = (int(d) for d in framed[1:])  # type: ignore[arg-type]
-    rows = period if rows is None else rows
-    if list(source[1:]) != [channels, frames * period, width] or not 0 < rows <= period:
-        return None
-    return node.input[0], StackedFrames(frames, period, rows, width)
