@@ -1,7 +1,8 @@
 """The graph-API comparison of issue 23: the onnx-graphsurgeon prototypes of ``pad-conv-pairs`` and
 ``temporal-conv-2d`` against the engines' own (onnx-ir) passes, on an exported model's gate and one bucket, at the
 point of the pass list where each runs; prints max abs output differences (ONNX Runtime, level all), node counts
-and times. (The protobuf versions they replaced are in git history, commit c3c8898.)
+and times. (The protobuf versions they replaced are in git history, commit c3c8898.) Needs onnx-graphsurgeon,
+which is no project dependency: ``pip install onnx-graphsurgeon==0.6.1``.
 
     PYTHONPATH=$PWD:$PWD/bench/scripts .venv/bin/python experiments/graph_api/compare.py ONNX_DIR [BUCKET_FILE]
 """
