@@ -21,6 +21,8 @@ from typing import Any
 from tqdm import tqdm
 
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
+from vared2.engines.ort_passes import check_skip
+from vared2.formats.errors import InputError
 from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
 from vared2.formats.manifest import MANIFEST_NAME, Manifest, ManifestError, sha256_file, write_engine_dir
 from vared2.formats.paths import check_output_dir
@@ -162,13 +164,15 @@ def build_engines(
     use_plugins: bool = True,
     force: bool = False,
     progress: bool = True,
+    skip_passes: tuple[str, ...] | list[str] = (),
 ) -> Path:
     """Build (or reuse) the engine directory ``out_dir`` for ``onnx_dir``; returns ``out_dir``.
 
     ONNX Runtime options: ``threads`` (recorded as the default session thread count), ``optimization``
     (the graph optimisation level sessions use). TensorRT options: ``fp16``, ``opt_batch``, ``timing_cache``,
     ``use_plugins``. ``max_batch`` is recorded for both (TensorRT's profile maximum). ``force`` rebuilds even
-    when the directory is up to date.
+    when the directory is up to date. ``skip_passes`` (ONNX Runtime) names declared graph passes to build without
+    (``vared2.engines.ort_passes``; an unknown name is an ``InputError`` listing the known ones).
 
     ``out_dir`` is replaced as a whole, so it must be absent, empty, or a previous engine directory (it has
     ``manifest.json``); anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``)
@@ -183,6 +187,9 @@ def build_engines(
         timing_cache=timing_cache,
         use_plugins=use_plugins,
     )
+    skip = check_skip(skip_passes)
+    if skip and backend != "onnxruntime":
+        raise InputError(f"--skip-pass {', '.join(skip)}: the graph passes are ONNX Runtime's; {backend} has none")
     spec = read_export_spec(onnx_dir)  # a clear error for a missing or malformed export before anything else
     check_output_dir(
         out_dir, marker=MANIFEST_NAME, kind="an engine directory", source=onnx_dir, source_kind="ONNX directory"
@@ -191,6 +198,8 @@ def build_engines(
     options: dict[str, Any]
     if backend == "onnxruntime":
         options = {"max_batch": max_batch, "threads": threads, "optimization": optimization, "rewrite": GRAPH_REWRITE}
+        if skip:  # only then: an unchanged default build keeps its build key
+            options["skip_passes"] = list(skip)
     else:
         options = {"max_batch": max_batch, "fp16": fp16, "opt_batch": opt_batch, "use_plugins": use_plugins}
     sources = source_digest(onnx_dir, spec)  # hashed once: the reference model's ONNX files are 440 MB
@@ -227,6 +236,7 @@ def build_engines(
                 max_batch=max_batch,
                 name=out_dir.name,
                 progress=step,
+                skip_passes=skip,
             )
         else:
             from vared2.engines.tensorrt_engine import build_tensorrt

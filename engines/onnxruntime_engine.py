@@ -23,11 +23,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
-from vared2.engines.ort_frames import skip_unread_frames
-from vared2.engines.ort_gate_head import motion_head_for_ort
-from vared2.engines.ort_phases import split_temporal_phases
-from vared2.engines.ort_specialize import is_specialized_initializer, specialize
-from vared2.engines.ort_stem import stem_for_ort
+from vared2.engines.ort_graph import is_specialized_initializer
+from vared2.engines.ort_passes import BUCKET, GATE, check_skip, passes_for, run_passes
 from vared2.formats.export_spec import model_spec, read_export_spec
 from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, WeightsEntry, sha256_file
 from vared2.formats.sessions import (
@@ -159,19 +156,18 @@ def build_onnxruntime(
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
     rewrite: bool = True,
+    skip_passes: tuple[str, ...] | list[str] = (),
 ) -> Manifest:
     """Write the ONNX Runtime engines of ``onnx_dir`` into ``out_dir`` (an empty working directory) and
     return their manifest (not written: ``vared2.engines.build`` does that, atomically).
 
     Every engine is run against its source ONNX on the same seeded input; a difference beyond
     ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
-    each bucket's custom nodes are specialised for ONNX Runtime first (``vared2.engines.ort_specialize``, after
-    ``vared2.engines.ort_frames`` dropped the reconstructed frames nothing reads and ``vared2.engines.ort_phases``
-    split the temporal convolutions that read ϕt into even and odd frames; the
-    gate's stem by ``vared2.engines.ort_stem``, its descriptor by ``vared2.engines.ort_gate_head``), so the parity
-    check also checks the rewrites against the exported graphs.
+    the gate and every bucket first go through their declared graph passes (``vared2.engines.ort_passes``) but
+    those named in ``skip_passes``, so the parity check also checks the passes against the exported graphs.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    skip = check_skip(skip_passes)  # unknown names refused before any work
     spec = read_export_spec(onnx_dir)
     check_level(optimization)  # both validated before any work
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -180,12 +176,12 @@ def build_onnxruntime(
     gate_file = spec["gate"]["file"]
     files = [gate_file, *(b["file"] for b in spec["buckets"])]
     models = {file: _load_exported(onnx_dir / file) for file in files}
+    ran = {kind: [p.name for p in passes_for(kind, skip=skip)] if rewrite else [] for kind in (GATE, BUCKET)}
     if rewrite:
         models = {
-            file: motion_head_for_ort(specialize(stem_for_ort(m)))
-            if file == gate_file
-            else specialize(split_temporal_phases(skip_unread_frames(m)))
+            file: run_passes(m, kind, passes_for(kind, skip=skip))
             for file, m in models.items()
+            for kind in [GATE if file == gate_file else BUCKET]
         }
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)
     for file, model in models.items():
@@ -229,6 +225,8 @@ def build_onnxruntime(
             "threads": threads,
             "optimization": optimization,
             "graph_rewrite": GRAPH_REWRITE if rewrite else None,
+            # The declared passes run on the gate and on every bucket, in order (vared2.engines.ort_passes).
+            "graph_passes": ran,
             # Sessions share one CPU arena (registered by vared2.formats.sessions): docs/engines.md.
             "ort_session_config": dict(ENGINE_SESSION_CONFIG),
             "weights_alignment": ALIGNMENT,

@@ -1,10 +1,9 @@
-"""The pattern the gate-stem rewrites start from: a uint8 clip normalised straight into a frame-wise convolution.
+"""The pattern the gate's stem passes start from: a uint8 clip normalised straight into a frame-wise convolution.
 
-A gate exported from ``vared2.export`` reads ``clip`` uint8 ``[N, T, H, W, 3]``, transposes it to ``[N, 3, T, H, W]``,
-casts, scales and shifts it (the checkpoint's normalisation) and feeds a convolution. When that convolution's
-temporal kernel, stride and padding are 1/1/0 (r(2+1)d's ``1×7×7`` stem), it treats every frame alone, so ONNX
-Runtime can run it as a 2-D convolution; how the frames are laid out for that is ``ort_stem``'s and
-``ort_stacked``'s business. This module only finds the pattern.
+An exported gate reads ``clip`` uint8 ``[N, T, H, W, 3]``, transposes it to ``[N, 3, T, H, W]``, casts, scales and
+shifts it and feeds a convolution. When that convolution's temporal kernel, stride and padding are 1/1/0 (r(2+1)d's
+``1×7×7`` stem) it treats every frame alone and can run as a 2-D one; how the frames are laid out for that is
+``ort_stem``'s and ``ort_stacked``'s business. This module only finds the pattern (``match_frame_conv``).
 """
 
 from __future__ import annotations
@@ -14,17 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
-from .ort_specialize import _attribute, _attribute_int, _Graph, _int64, _sole_consumer
+from .ort_graph import Graph, attribute_int, attribute_ints, int64_constant, sole_consumer
 
 
-def conv_weight(node: NodeProto, graph: _Graph) -> np.ndarray | None:
+def conv_weight(node: NodeProto, graph: Graph) -> np.ndarray | None:
     """The constant weight of a plain (ungrouped, undilated) default-domain ``Conv``, else ``None``."""
     if node.op_type != "Conv" or node.domain != "" or len(node.input) < 2:
         return None
-    if _attribute_int(node, "group", 1) != 1:
+    if attribute_int(node, "group", 1) != 1:
         return None
     weight = graph.constants(node.input[1])
-    if weight is None or _attribute(node, "dilations", [1] * (weight.ndim - 2)) != [1] * (weight.ndim - 2):
+    if weight is None or attribute_ints(node, "dilations", [1] * (weight.ndim - 2)) != [1] * (weight.ndim - 2):
         return None
     return weight
 
@@ -34,7 +33,7 @@ def activated(relu: NodeProto | None, value: str) -> list[NodeProto]:
     return [helper.make_node("Relu", [f"{value}.pre"], [value])] if relu is not None else []
 
 
-def _constant_input(node: NodeProto, graph: _Graph, value: str) -> np.ndarray | None:
+def _constant_input(node: NodeProto, graph: Graph, value: str) -> np.ndarray | None:
     """The constant operand of a binary ``node`` whose other operand is ``value``."""
     if len(node.input) != 2 or value not in node.input:
         return None
@@ -83,7 +82,7 @@ class FrameConv:
         ``<prefix>.y``; the weight stays the shared initializer, reshaped (ONNX Runtime folds that at load)."""
         y = f"{prefix}.y"
         return [
-            _int64(f"{prefix}.wshape", [self.out[0], self.clip[3], *self.kernel[1:]]),
+            int64_constant(f"{prefix}.wshape", [self.out[0], self.clip[3], *self.kernel[1:]]),
             helper.make_node("Reshape", [self.conv.input[1], f"{prefix}.wshape"], [f"{prefix}.w"]),
             helper.make_node(
                 "Conv",
@@ -98,19 +97,19 @@ class FrameConv:
         ]
 
 
-def match_frame_conv(transpose: NodeProto, graph: _Graph) -> FrameConv | None:
+def match_frame_conv(transpose: NodeProto, graph: Graph) -> FrameConv | None:
     """The frame-wise stem convolution a ``Transpose`` of the uint8 clip (a graph input) leads to, or ``None`` if
     the pattern does not hold."""
-    if transpose.op_type != "Transpose" or _attribute(transpose, "perm", []) != [0, 4, 1, 2, 3]:
+    if transpose.op_type != "Transpose" or attribute_ints(transpose, "perm", []) != [0, 4, 1, 2, 3]:
         return None
     clip_shape = graph.shapes.get(transpose.input[0])
     if clip_shape is None or len(clip_shape) != 5 or any(d is None for d in clip_shape[1:]):
         return None
     t, h, w, c = (int(d) for d in clip_shape[1:])  # type: ignore[arg-type]
-    cast = _sole_consumer(graph, transpose.output[0], "Cast")
-    mul = _sole_consumer(graph, cast.output[0], "Mul") if cast is not None else None
-    add = _sole_consumer(graph, mul.output[0], "Add") if mul is not None else None
-    conv = _sole_consumer(graph, add.output[0], "Conv") if add is not None else None
+    cast = sole_consumer(graph, transpose.output[0], "Cast")
+    mul = sole_consumer(graph, cast.output[0], "Mul") if cast is not None else None
+    add = sole_consumer(graph, mul.output[0], "Add") if mul is not None else None
+    conv = sole_consumer(graph, add.output[0], "Conv") if add is not None else None
     if cast is None or mul is None or add is None or conv is None or conv.input[0] != add.output[0]:
         return None
     scale, offset = _constant_input(mul, graph, cast.output[0]), _constant_input(add, graph, mul.output[0])
@@ -123,13 +122,13 @@ def match_frame_conv(transpose: NodeProto, graph: _Graph) -> FrameConv | None:
         return None
     if len(out_shape) != 5 or None in out_shape[1:]:
         return None
-    kernel = _attribute(conv, "kernel_shape", list(weight.shape[2:]))
-    strides = _attribute(conv, "strides", [1, 1, 1])
-    pads = _attribute(conv, "pads", [0] * 6)
+    kernel = attribute_ints(conv, "kernel_shape", list(weight.shape[2:]))
+    strides = attribute_ints(conv, "strides", [1, 1, 1])
+    pads = attribute_ints(conv, "pads", [0] * 6)
     if kernel[0] != 1 or strides[0] != 1 or pads[0] != 0 or pads[3] != 0:
         return None
     if any(a.name == "auto_pad" for a in conv.attribute):
         return None
-    relu = _sole_consumer(graph, conv.output[0], "Relu")  # fused into the convolution by ONNX Runtime
+    relu = sole_consumer(graph, conv.output[0], "Relu")  # fused into the convolution by ONNX Runtime
     out = (int(weight.shape[0]), int(out_shape[3]), int(out_shape[4]))  # type: ignore[arg-type]
     return FrameConv(transpose, cast, mul, add, conv, relu, (t, h, w, c), scale, offset, kernel, strides, pads, out)

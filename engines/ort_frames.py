@@ -1,26 +1,11 @@
-"""Build-time thinning of frames nothing reads (docs/performance.md, "Frames nothing reads").
+"""Bucket pass: compute only the frames a bucket's outputs read (docs/performance.md, "Frames nothing reads").
 
-ϕt (``vared2::TemporalReconstruct``, factor ``R``) turns the partial convolution's ``T/R`` frames into ``T``: frame
-``R·k`` is computed frame ``k`` itself (``a[0] = 1``, ``b[0] = 0``, DESIGN.md §2) and the ``R - 1`` frames after it
-are rebuilt. A convolution with a temporal kernel of 1, no temporal padding and temporal stride ``s`` reads only
-frames ``0, s, 2s, …`` of its input; r(2+1)d's spatial halves in a temporally reduced stage have ``s = R``, and so
-do the shortcut projections of a stage that halves time. Whatever reaches such readers only through ops that treat
-every frame alike (``ReLU``, a per-channel ``Add`` or ``Mul``, the residual ``Add``, ϕs) is needed only at those
-frames.
-
-``skip_unread_frames`` works out, backwards from the outputs, the stride ``m`` at which each value is needed, and
-keeps only frames ``0, m, 2m, …`` of it:
-
-* a ϕt node whose output is needed at a multiple of ``R`` is dropped — its output *is* its input at stride ``m/R``;
-* ops that treat frames alike run on the kept frames only;
-* a convolution's temporal stride becomes ``s·m_out / m_in`` (kernel 1: fewer frames read; otherwise fewer frames
-  written);
-* an input needed more thinly than it is kept (the graph input, say) is thinned by a strided ``Slice``.
-
-In r2plus1d_18's t-buckets, whose stages 1–3 halve time, that drops the middle ϕt of every block and, where the
-next stage is also reduced, the last ϕt of every block too: those stages' residual streams then run on half the
-frames. Exact (the same numbers reach every reader). The exported files keep their nodes (DESIGN.md §4); only the
-ONNX Runtime engine changes, and the build's parity check compares the engine with the exported graph.
+ϕt (factor ``R``) rebuilds ``T`` frames from ``T/R``, frame ``R·k`` being computed frame ``k`` itself. A
+convolution with temporal kernel 1, no temporal padding and temporal stride ``s`` reads only frames ``0, s, 2s, …``.
+``skip_unread_frames`` works out backwards from the outputs the stride each value is needed at and keeps only those
+frames: a ϕt whose output is needed at a multiple of ``R`` is dropped, ops that treat frames alike run on the kept
+frames, convolution strides are adjusted, and an input needed more thinly than it is kept gets a strided ``Slice``.
+Exact; the exported files keep their nodes, only the ONNX Runtime engine changes.
 """
 
 from __future__ import annotations
@@ -34,12 +19,12 @@ from onnx import ModelProto, NodeProto
 
 from vared2.plugins import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 
-from .ort_specialize import _analyse, _attribute, _Graph, _int64, _prune
+from .ort_graph import Graph, analyse, attribute_ints, copy_model, int64_constant, splice
 
 
 @dataclass(frozen=True)
-class _TimeConv:
-    """The temporal geometry of a 3-D ``Conv``."""
+class TimeConv:
+    """The temporal geometry of a 3-D ``Conv`` (``time_conv``)."""
 
     kernel: int
     stride: int
@@ -53,18 +38,19 @@ class _TimeConv:
         return (frames_in + sum(self.pads) - self.kernel) // stride + 1
 
 
-def _time_conv(node: NodeProto, graph: _Graph) -> _TimeConv | None:
+def time_conv(node: NodeProto, graph: Graph) -> TimeConv | None:
+    """The temporal geometry of a plain default-domain 3-D ``Conv`` with a constant weight, else ``None``."""
     if node.op_type != "Conv" or node.domain != "" or any(a.name == "auto_pad" for a in node.attribute):
         return None
     weight = graph.constants(node.input[1]) if len(node.input) > 1 else None
-    if weight is None or weight.ndim != 5 or _attribute(node, "dilations", [1, 1, 1])[0] != 1:
+    if weight is None or weight.ndim != 5 or attribute_ints(node, "dilations", [1, 1, 1])[0] != 1:
         return None
-    pads = _attribute(node, "pads", [0] * 6)
-    kernel = _attribute(node, "kernel_shape", list(weight.shape[2:]))[0]
-    return _TimeConv(kernel, _attribute(node, "strides", [1, 1, 1])[0], (pads[0], pads[3]))
+    pads = attribute_ints(node, "pads", [0] * 6)
+    kernel = attribute_ints(node, "kernel_shape", list(weight.shape[2:]))[0]
+    return TimeConv(kernel, attribute_ints(node, "strides", [1, 1, 1])[0], (pads[0], pads[3]))
 
 
-def _droppable_factor(node: NodeProto, graph: _Graph) -> int | None:
+def droppable_factor(node: NodeProto, graph: Graph) -> int | None:
     """``R`` of a ϕt node whose frame ``R·k`` is its input frame ``k`` (constant coefficients, first row (1, 0))."""
     if node.domain != DOMAIN or node.op_type != TEMPORAL_RECONSTRUCT:
         return None
@@ -74,7 +60,7 @@ def _droppable_factor(node: NodeProto, graph: _Graph) -> int | None:
     return int(scale.shape[0])
 
 
-def _frame_wise_inputs(node: NodeProto, graph: _Graph) -> list[str] | None:
+def _frame_wise_inputs(node: NodeProto, graph: Graph) -> list[str] | None:
     """The time-varying inputs of an op that treats every frame alike, else ``None``."""
     if (node.domain, node.op_type) in {("", "Relu"), (DOMAIN, CHANNEL_RECONSTRUCT)}:
         return [node.input[0]]
@@ -90,15 +76,15 @@ def _frame_wise_inputs(node: NodeProto, graph: _Graph) -> list[str] | None:
     return None
 
 
-def _frame_counts(model: ModelProto, graph: _Graph) -> dict[str, int]:
+def count_frames(model: ModelProto, graph: Graph) -> dict[str, int]:
     """Frame counts of the 5-D values: as inferred, or worked out past the functions shape inference cannot see
     through (ϕt multiplies by ``R``, ops that treat frames alike keep their input's)."""
     frames = {name: int(shape[2]) for name, shape in graph.shapes.items() if len(shape) == 5 and shape[2] is not None}
     for node in model.graph.node:
         if len(node.output) != 1 or node.output[0] in frames:
             continue
-        factor = _droppable_factor(node, graph) if node.input else None
-        conv = _time_conv(node, graph)
+        factor = droppable_factor(node, graph) if node.input else None
+        conv = time_conv(node, graph)
         if conv is not None and node.input[0] in frames:
             frames[node.output[0]] = conv.frames_out(frames[node.input[0]], conv.stride)
         elif factor is not None and node.input[0] in frames:
@@ -108,7 +94,7 @@ def _frame_counts(model: ModelProto, graph: _Graph) -> dict[str, int]:
     return frames
 
 
-def _strides_needed(model: ModelProto, graph: _Graph, frame_counts: dict[str, int]) -> dict[str, int]:
+def _strides_needed(model: ModelProto, graph: Graph, frame_counts: dict[str, int]) -> dict[str, int]:
     """The stride at which each value is kept: the gcd of what its readers need, where its producer can make it so
     (1 for graph inputs, graph outputs and anything not understood)."""
     needs: dict[str, list[int]] = {name: [1] for name in graph.outputs}
@@ -121,7 +107,7 @@ def _strides_needed(model: ModelProto, graph: _Graph, frame_counts: dict[str, in
         out = node.output[0]
         wanted = gcd(*needs.get(out, [1]))
         frames = frame_counts.get(out)
-        conv, factor, frame_wise = _time_conv(node, graph), _droppable_factor(node, graph), None
+        conv, factor, frame_wise = time_conv(node, graph), droppable_factor(node, graph), None
         if conv is None and factor is None:
             frame_wise = _frame_wise_inputs(node, graph)
         able = conv is not None or frame_wise is not None or (factor is not None and wanted % factor == 0)
@@ -154,12 +140,6 @@ def has_temporal_reconstruct(model: ModelProto) -> bool:
     return any(n.domain == DOMAIN and n.op_type == TEMPORAL_RECONSTRUCT for n in model.graph.node)
 
 
-def _copy(model: ModelProto) -> ModelProto:
-    copy = ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
 def _set_time_stride(node: NodeProto, stride: int) -> None:
     strides = next((a for a in node.attribute if a.name == "strides"), None)
     if strides is None:
@@ -171,11 +151,11 @@ def _set_time_stride(node: NodeProto, stride: int) -> None:
 def skip_unread_frames(model: ModelProto) -> ModelProto:
     """A copy of ``model`` computing only the frames its outputs depend on (module docstring); unchanged if every
     frame is read."""
-    result = _copy(model)
+    result = copy_model(model)
     if not has_temporal_reconstruct(result):
         return result
-    graph = _analyse(result)
-    frame_counts = _frame_counts(result, graph)
+    graph = analyse(result)
+    frame_counts = count_frames(result, graph)
     kept = _strides_needed(result, graph, frame_counts)
     if all(stride == 1 for stride in kept.values()):
         return result
@@ -196,10 +176,10 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
             assert frames is not None  # a value needed thinner than kept is 5-D with a static frame count
             nodes.extend(
                 [
-                    _int64(f"{out}.start", [0]),
-                    _int64(f"{out}.end", [frames]),
-                    _int64(f"{out}.axis", [2]),
-                    _int64(f"{out}.step", [step]),
+                    int64_constant(f"{out}.start", [0]),
+                    int64_constant(f"{out}.end", [frames]),
+                    int64_constant(f"{out}.axis", [2]),
+                    int64_constant(f"{out}.step", [step]),
                     onnx.helper.make_node(
                         "Slice", [source, f"{out}.start", f"{out}.end", f"{out}.axis", f"{out}.step"], [out]
                     ),
@@ -214,7 +194,7 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
             nodes.append(node)
             continue
         stride = kept[node.output[0]]
-        conv, factor = _time_conv(node, graph), _droppable_factor(node, graph)
+        conv, factor = time_conv(node, graph), droppable_factor(node, graph)
         if factor is not None and stride > 1:  # dropped: its output is its input, kept at stride / R
             renamed[node.output[0]] = at_stride(node.input[0], stride // factor)
             continue
@@ -228,7 +208,7 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
                 or conv.frames_out(_kept_frames(frames_in, kept[node.input[0]]), new_stride)
                 != _kept_frames(frames_out, stride)
             ):
-                return _copy(model)  # frame counts that do not work out: leave the graph as it was
+                return copy_model(model)  # frame counts that do not work out: leave the graph as it was
             _set_time_stride(node, new_stride)
             node.input[0] = renamed.get(node.input[0], node.input[0])
         elif stride > 1 or any(kept.get(n, 1) > 1 for n in node.input if n):
@@ -238,15 +218,12 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
             node.input[:] = [renamed.get(n, n) for n in node.input]
         nodes.append(node)
 
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    _prune(result)  # the dropped nodes' coefficients
-    # Thinned values carry T/m frames. Keep every other recorded shape: shape inference cannot see through the
-    # generic functions of the remaining vared2 nodes, and the specialisation needs the shapes.
+    # Thinned values carry T/m frames. Every recorded shape is kept (and vouched for): shape inference cannot see
+    # through the generic functions of the remaining vared2 nodes.
     for info in result.graph.value_info:
         stride = kept.get(info.name, 1)
         dims = info.type.tensor_type.shape.dim
         if stride > 1 and len(dims) == 5 and dims[2].HasField("dim_value"):
             dims[2].dim_value = _kept_frames(dims[2].dim_value, stride)
-    onnx.checker.check_model(result)
+    splice(result, nodes, keep_shapes=[v.name for v in result.graph.value_info])
     return result

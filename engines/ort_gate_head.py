@@ -1,193 +1,192 @@
-"""A build-time rewrite of the gate's descriptor for ONNX Runtime's CPU kernels (docs/performance.md, "The gate").
+"""Gate pass: the gate's descriptor on blocked kernels (docs/performance.md, "The gate").
 
-The gate's head (``SoftModulationGate.descriptor``) summarises the stem features ``F [N, C, T, H, W]`` per channel:
-the mean, and the mean absolute difference between consecutive frames. Exported, the difference is two ``Slice``
-copies of ``F``, a ``Sub``, an ``Abs`` and two ``ReduceMean`` — five passes over the largest tensor of the gate,
-all on plain NCHW kernels behind a reorder out of the blocked layout the stem's convolution wrote. With
-r2plus1d_18 at 8×112×112 that was a quarter of the gate's time.
-
-``motion_head_for_ort`` computes the same numbers on a 4-D view of the features in which every frame is a block of
-rows: the stacked tensor ``[N, C, T·period, W]`` of ``ort_stacked`` where the stem ran on stacked frames, else
-``[N, C, T, H·W]`` (one row per frame, the view the temporal conv run as 2-D writes, its ReLU moved before the
-reshape by ``ort_specialize.temporal_convs_as_2d``). All with ops ONNX Runtime runs blocked:
-
-* frame means ``m_t``: one ``AveragePool`` over a frame's rows, stepping ``period`` rows; the mean is their
-  ``GlobalAveragePool``;
-* ``|d| = 2·ReLU(d) - d`` for ``d = F[t+1] - F[t]``: one depthwise ``2×1`` convolution with weights ``(-2, 2)``,
-  dilated by ``period``, its ReLU fused, averaged frame by frame and then over the ``T-1`` pairs; the mean of ``d``
-  itself telescopes to ``(m_{T-1} - m_0) / (T-1)``, a depthwise ``T×1`` convolution of the frame means.
-
-One pass over the features for the frame means and one for the differences (the earlier ``ReLU(d) + ReLU(-d)``
-took two convolutions and three pools). Sums are regrouped, so results match to float rounding; the build's
-parity check still compares against the unrewritten graph.
+The gate's head summarises the stem features ``F [N, C, T, H, W]`` per channel: the mean and the mean absolute
+difference between consecutive frames, exported as two ``Slice`` copies, ``Sub``, ``Abs`` and two ``ReduceMean`` on
+plain NCHW kernels. ``motion_head_for_ort`` computes the same numbers on a 4-D view in which every frame is a block of
+rows (``ort_stacked``'s stacked tensor, else ``[N, C, T, H·W]``): frame means by one ``AveragePool``; ``|d| =
+2·ReLU(d) - d`` for ``d = F[t+1] - F[t]`` by one depthwise ``2×1`` convolution with weights ``(-2, 2)`` and fused ReLU;
+the mean of ``d`` telescopes to ``(m_{T-1} - m_0) / (T-1)``. Sums are regrouped, so results match to rounding.
+Written with onnx-ir.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from typing import Any
 
-from .ort_specialize import (
-    SPECIALIZED_SUFFIX,
-    _analyse,
-    _attribute,
-    _attribute_int,
-    _Graph,
-    _int64,
-    _replace_nodes,
-)
-from .ort_stacked import StackedFrames, stacked_source
+import numpy as np
+import onnx_ir as ir
+from onnx import ModelProto
+
+from .ort_graph import SPECIALIZED_SUFFIX, copy_model, from_ir, ir_constant, to_ir
+from .ort_stacked import StackedFrames
 
 ALL_BUT_BATCH_AND_CHANNEL = [2, 3, 4]
 
 
-def _producer(model: ModelProto, name: str) -> NodeProto | None:
-    return next((n for n in model.graph.node if name in n.output), None)
+def _dims(value: ir.Value | None) -> list[int | None] | None:
+    """``value``'s shape with unknown or symbolic axes as ``None``; ``None`` if its rank is unknown."""
+    if value is None or value.shape is None:
+        return None
+    return [d if isinstance(d, int) else None for d in value.shape]
 
 
-def _is_mean_over_clip(node: NodeProto | None) -> bool:
+def _producer(value: ir.Value | None) -> ir.Node | None:
+    return value.producer() if value is not None else None
+
+
+def _is_mean_over_clip(node: ir.Node | None) -> bool:
     return (
         node is not None
         and node.op_type == "ReduceMean"
         and node.domain == ""
-        and len(node.input) == 1
-        and _attribute(node, "axes", []) == ALL_BUT_BATCH_AND_CHANNEL
-        and _attribute_int(node, "keepdims") == 0
+        and len(node.inputs) == 1
+        and list(node.attributes.get_ints("axes", [])) == ALL_BUT_BATCH_AND_CHANNEL
+        and node.attributes.get_int("keepdims") == 0
     )
 
 
-def _time_slice(node: NodeProto | None, graph: _Graph, frames: int) -> tuple[str, int, int] | None:
+def _time_slice(node: ir.Node | None, frames: int) -> tuple[ir.Value | None, int, int] | None:
     """``(input, start, stop)`` of a unit-step ``Slice`` along axis 2 with constant bounds, clamped to ``frames``."""
-    if node is None or node.op_type != "Slice" or node.domain != "" or len(node.input) < 4:
+    if node is None or node.op_type != "Slice" or node.domain != "" or len(node.inputs) < 4:
         return None
-    bounds = [graph.constants(name) for name in node.input[1:] if name]
+    bounds = [ir_constant(value) for value in node.inputs[1:] if value is not None]
     if any(b is None or np.size(b) != 1 for b in bounds):
         return None
     start, stop, axis, step = [int(np.ravel(b)[0]) for b in bounds if b is not None] + [1] * (4 - len(bounds))
     if axis != 2 or step != 1:
         return None
     start, stop = (v + frames if v < 0 else v for v in (start, stop))
-    return node.input[0], max(0, min(start, frames)), max(0, min(stop, frames))
+    return node.inputs[0], max(0, min(start, frames)), max(0, min(stop, frames))
 
 
-def _match(model: ModelProto, graph: _Graph, concat: NodeProto) -> tuple[list[NodeProto], str] | None:
-    """The nodes of the exported descriptor feeding ``concat``, and the features they read; ``None`` otherwise."""
-    if concat.op_type != "Concat" or len(concat.input) != 2 or _attribute_int(concat, "axis") != 1:
+def _match(concat: ir.Node) -> tuple[list[ir.Node], ir.Value] | None:
+    """The nodes of the exported descriptor feeding ``concat`` (the two means first), and the features they read;
+    ``None`` otherwise."""
+    if concat.op_type != "Concat" or len(concat.inputs) != 2 or concat.attributes.get_int("axis") != 1:
         return None
-    mean, motion = (_producer(model, name) for name in concat.input)
-    if not (_is_mean_over_clip(mean) and _is_mean_over_clip(motion)):
+    mean, motion = (_producer(value) for value in concat.inputs)
+    if mean is None or motion is None or not (_is_mean_over_clip(mean) and _is_mean_over_clip(motion)):
         return None
-    assert mean is not None and motion is not None
-    features = mean.input[0]
-    shape = graph.shapes.get(features)
-    if shape is None or len(shape) != 5 or None in shape[1:]:
+    features = mean.inputs[0]
+    shape = _dims(features)
+    if features is None or shape is None or len(shape) != 5 or None in shape[1:]:
         return None
     frames = int(shape[2])  # type: ignore[arg-type]
-    absolute = _producer(model, motion.input[0])
-    sub = _producer(model, absolute.input[0]) if absolute is not None and absolute.op_type == "Abs" else None
+    absolute = _producer(motion.inputs[0])
+    sub = _producer(absolute.inputs[0]) if absolute is not None and absolute.op_type == "Abs" else None
     if sub is None or sub.op_type != "Sub" or absolute is None:
         return None
-    later, earlier = (_time_slice(_producer(model, name), graph, frames) for name in sub.input)
+    later, earlier = (_time_slice(_producer(value), frames) for value in sub.inputs)
     if later != (features, 1, frames) or earlier != (features, 0, frames - 1) or frames < 2:
         return None
-    slices = [node for name in sub.input if (node := _producer(model, name)) is not None]  # both exist: matched
+    slices = [node for value in sub.inputs if (node := _producer(value)) is not None]  # both exist: matched
     exclusive = [absolute, sub, *slices]
-    if any(len(graph.consumers.get(n.output[0], [])) != 1 for n in exclusive):
+    if any(len(n.outputs[0].uses()) != 1 for n in exclusive):
         return None
     return [mean, motion, *exclusive], features
 
 
-def _frames_view(
-    graph: _Graph, model: ModelProto, features: str, prefix: str
-) -> tuple[list[NodeProto], str, StackedFrames]:
-    """(nodes to add, name, layout) of a 4-D view of the features in which every frame is a block of rows.
+def _stacked_source(features: ir.Value) -> tuple[ir.Value, StackedFrames] | None:
+    """The stacked 4-D tensor that ``features [N, C, T, H, W]`` was cut from by ``ort_stacked.stack_frames``, and
+    its layout; ``None`` if the features were made some other way."""
+    node = features.producer()
+    rows: int | None = None
+    if node is not None and node.op_type == "Split" and node.attributes.get_int("axis") == 3 and len(node.inputs) == 2:
+        sizes = ir_constant(node.inputs[1])
+        if sizes is not None and np.size(sizes) == 2 and node.outputs[0] is features:
+            rows = int(np.ravel(sizes)[0])
+            node = _producer(node.inputs[0])
+    framed = _dims(node.outputs[0]) if node is not None and node.op_type == "Reshape" else None
+    source = _dims(node.inputs[0]) if node is not None and framed is not None else None
+    if node is None or node.inputs[0] is None or framed is None or source is None:
+        return None
+    if len(framed) != 5 or len(source) != 4 or None in framed[1:] or None in source[1:]:
+        return None
+    channels, frames, period, width = (int(d) for d in framed[1:])  # type: ignore[arg-type]
+    rows = period if rows is None else rows
+    if list(source[1:]) != [channels, frames * period, width] or not 0 < rows <= period:
+        return None
+    return node.inputs[0], StackedFrames(frames, period, rows, width)
 
-    The stacked tensor of ``ort_stacked.stack_frames`` if the features were cut from one; else the
-    ``[N, C, T, H·W]`` view (one row per frame) that the temporal conv run as 2-D already produces (its ReLU
-    moved before the reshape by ``ort_specialize.temporal_convs_as_2d``); else a reshape of the features to it."""
-    stacked = stacked_source(model, graph, features)
+
+def _node(op_type: str, inputs: list[ir.Value], output: str, **attributes: Any) -> ir.Node:
+    """A default-domain node with one output named ``output``."""
+    node = ir.node(op_type, inputs, attributes=attributes)
+    node.outputs[0].name = output
+    return node
+
+
+def _frames_view(features: ir.Value, prefix: str) -> tuple[list[ir.Node], ir.Value, StackedFrames]:
+    """(nodes to add, value, layout) of a 4-D view of the features in which every frame is a block of rows: the
+    stacked tensor they were cut from; else the ``[N, C, T, H·W]`` view the temporal conv run as 2-D already wrote
+    (``temporal-conv-2d``); else a reshape of the features to it."""
+    stacked = _stacked_source(features)
     if stacked is not None:
         return [], *stacked
-    shape = graph.shapes[features]
+    shape = _dims(features)
+    assert shape is not None  # matched: static but the batch
     c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
     layout = StackedFrames(frames=t, period=1, rows=1, width=h * w)
-    reshape = _producer(model, features)
-    view = [shape[0], c, t, h * w]
-    if reshape is not None and reshape.op_type == "Reshape" and graph.shapes.get(reshape.input[0]) == view:
-        return [], reshape.input[0], layout
-    return (
-        [
-            _int64(f"{prefix}.shape4", [-1, c, t, h * w]),
-            helper.make_node("Reshape", [features, f"{prefix}.shape4"], [f"{prefix}.f4"]),
-        ],
-        f"{prefix}.f4",
-        layout,
-    )
+    reshape = features.producer()
+    if reshape is not None and reshape.op_type == "Reshape" and _dims(reshape.inputs[0]) == [shape[0], c, t, h * w]:
+        return [], reshape.inputs[0], layout  # type: ignore[return-value]
+    target = _node("Constant", [], f"{prefix}.shape4", value_ints=[-1, c, t, h * w])
+    view = _node("Reshape", [features, target.outputs[0]], f"{prefix}.f4")
+    return [target, view], view.outputs[0], layout
 
 
 def _head(
-    view: str, layout: StackedFrames, channels: int, mean_out: str, motion_out: str, prefix: str
-) -> tuple[list[NodeProto], list[TensorProto]]:
-    """Mean and mean absolute frame difference of ``view`` (laid out as ``layout``) as ``[N, C]`` each (module
-    docstring)."""
+    graph: ir.Graph, view: ir.Value, layout: StackedFrames, channels: int, prefix: str
+) -> tuple[list[ir.Node], ir.Value, ir.Value]:
+    """(nodes, mean, motion): the mean and mean absolute frame difference of ``view`` (laid out as ``layout``) as
+    ``[N, C]`` each (module docstring); its two weights become initializers of ``graph``."""
     frames, period = layout.frames, layout.period
     window, step = [layout.rows, layout.width], [period, 1]  # one frame's rows, frame after frame
     rising = np.zeros((channels, 1, 2, 1), np.float32)
     rising[:, 0, 0, 0], rising[:, 0, 1, 0] = -2.0, 2.0
     drift = np.zeros((channels, 1, frames, 1), np.float32)
     drift[:, 0, 0, 0], drift[:, 0, -1, 0] = 1.0 / (frames - 1), -1.0 / (frames - 1)
-    weights = [numpy_helper.from_array(rising, f"{prefix}_rising"), numpy_helper.from_array(drift, f"{prefix}_drift")]
-    nodes = [
-        helper.make_node("AveragePool", [view], [f"{prefix}.frame_means"], kernel_shape=window, strides=step),
-        helper.make_node("GlobalAveragePool", [f"{prefix}.frame_means"], [f"{prefix}.mean4"]),
-        helper.make_node("Flatten", [f"{prefix}.mean4"], [mean_out], axis=1),
-        helper.make_node(
-            "Conv",
-            [view, weights[0].name],
-            [f"{prefix}.rising"],
-            group=channels,
-            kernel_shape=[2, 1],
-            dilations=[period, 1],
-        ),
-        helper.make_node("Relu", [f"{prefix}.rising"], [f"{prefix}.rising.relu"]),
-        helper.make_node(
-            "AveragePool", [f"{prefix}.rising.relu"], [f"{prefix}.rising.frames"], kernel_shape=window, strides=step
-        ),
-        helper.make_node("GlobalAveragePool", [f"{prefix}.rising.frames"], [f"{prefix}.rising.mean"]),
-        helper.make_node(
-            "Conv",
-            [f"{prefix}.frame_means", weights[1].name],
-            [f"{prefix}.drift"],
-            group=channels,
-            kernel_shape=[frames, 1],
-        ),
-        helper.make_node("Add", [f"{prefix}.rising.mean", f"{prefix}.drift"], [f"{prefix}.motion4"]),
-        helper.make_node("Flatten", [f"{prefix}.motion4"], [motion_out], axis=1),
-    ]
-    return nodes, weights
+    weights = []
+    for name, array in ((f"{prefix}_rising", rising), (f"{prefix}_drift", drift)):
+        weights.append(ir.Value(name=name, const_value=ir.tensor(array, name=name)))
+        graph.register_initializer(weights[-1])
+    frame_means = _node("AveragePool", [view], f"{prefix}.frame_means", kernel_shape=window, strides=step)
+    mean4 = _node("GlobalAveragePool", [frame_means.outputs[0]], f"{prefix}.mean4")
+    mean = _node("Flatten", [mean4.outputs[0]], f"{prefix}.mean", axis=1)
+    rise = _node(
+        "Conv", [view, weights[0]], f"{prefix}.rising", group=channels, kernel_shape=[2, 1], dilations=[period, 1]
+    )
+    relu = _node("Relu", [rise.outputs[0]], f"{prefix}.rising.relu")
+    rise_frames = _node("AveragePool", [relu.outputs[0]], f"{prefix}.rising.frames", kernel_shape=window, strides=step)
+    rise_mean = _node("GlobalAveragePool", [rise_frames.outputs[0]], f"{prefix}.rising.mean")
+    drift_conv = _node(
+        "Conv", [frame_means.outputs[0], weights[1]], f"{prefix}.drift", group=channels, kernel_shape=[frames, 1]
+    )
+    motion4 = _node("Add", [rise_mean.outputs[0], drift_conv.outputs[0]], f"{prefix}.motion4")
+    motion = _node("Flatten", [motion4.outputs[0]], f"{prefix}.motion", axis=1)
+    nodes = [frame_means, mean4, mean, rise, relu, rise_frames, rise_mean, drift_conv, motion4, motion]
+    return nodes, mean.outputs[0], motion.outputs[0]
 
 
 def motion_head_for_ort(model: ModelProto) -> ModelProto:
     """A copy of a gate graph with its descriptor rewritten (module docstring); unchanged if none matches."""
-    result = ModelProto()
-    result.CopyFrom(model)
-    graph = _analyse(result)
-    for concat in result.graph.node:
-        found = _match(result, graph, concat)
+    result = to_ir(model)
+    graph = result.graph
+    for concat in list(graph):
+        found = _match(concat)
         if found is None:
             continue
         old, features = found
-        prefix = f"{features}{SPECIALIZED_SUFFIX}.head"
-        added, view, layout = _frames_view(graph, result, features, prefix)
-        channels = int(graph.shapes[features][1])  # type: ignore[arg-type]
-        head, weights = _head(view, layout, channels, old[0].output[0], old[1].output[0], prefix)
-        removed = {n.output[0] for n in old}  # nodes by their (unique) first output
-        nodes: list[NodeProto] = []
-        for node in result.graph.node:
-            if node.output[0] == concat.output[0]:  # the head (and a fallback reshape) go before the Concat
-                nodes += [*added, *head]
-            if node.output[0] not in removed:
-                nodes.append(node)
-        _replace_nodes(result, nodes, weights)
-        return result
-    return result
+        prefix = f"{features.name}{SPECIALIZED_SUFFIX}.head"
+        added, view, layout = _frames_view(features, prefix)
+        channels = _dims(features)[1]  # type: ignore[index]
+        head, mean, motion = _head(graph, view, layout, int(channels), prefix)  # type: ignore[arg-type]
+        graph.insert_before(concat, [*added, *head])  # the head (and a fallback reshape) go before the Concat
+        for before, after in ((old[0].outputs[0], mean), (old[1].outputs[0], motion)):
+            name = before.name
+            ir.convenience.replace_all_uses_with(before, after, replace_graph_outputs=True)
+            before.name = None
+            after.name = name  # the descriptor's halves keep their names
+        graph.remove(old, safe=True)
+        return from_ir(result)
+    return copy_model(model)

@@ -1,35 +1,23 @@
-"""The gate's stem on frames stacked along the rows, for ONNX Runtime's CPU kernels (docs/performance.md, "The gate").
+"""The gate's stem on frames stacked along the rows (docs/performance.md, "The gate on stacked frames").
 
-r(2+1)d's stem is a frame-wise ``1×kh×kw`` convolution and a temporal ``kt×1×1`` one. Run as 2-D convolutions, the
-first wants the frames in the batch (``[N·T, C, H, W]``) and the second wants them as rows (``[N, C, T, H·W]``); in
-between sit a reorder out of ONNX Runtime's blocked NCHWc layout, a transpose and a reorder back in — three passes
-over the stem's largest tensor, a tenth of the gate at 112×112.
-
-Stacking removes them. Every normalised frame gets the convolution's top padding as zero rows above it and enough
-zero rows below (``stacked_rows``) that the frames, one above the other as ``[N, C, T·H', W]``, can be convolved
-as one image: with ``H' = stride · period``, output rows ``t·period …`` are frame ``t``'s and read only frame
-``t`` and zeros. The temporal convolution then reads frame ``t ± 1`` exactly ``period`` rows away — a ``kt×1``
-convolution dilated by ``period`` — on the same blocked tensor. The ``period - H_out`` rows after each frame's
-output rows belong to no frame: computed and never read. The features are that tensor reshaped to
-``[N, C, T, period, W]`` with the unused rows split off; the gate's head (``ort_gate_head``) reads the stacked
-tensor directly, frame by frame.
-
-The unused rows cost ``period / H_out - 1`` more convolution work (3.6 % at 112×112, 7.1 % at 56×56), so the
-stem is stacked only while that stays within ``MAX_UNUSED_ROWS``; otherwise ``ort_stem`` transposes.
+Run as 2-D convolutions, r(2+1)d's frame-wise stem convolution wants the frames in the batch and its temporal one
+wants them as rows, with reorders and a transpose between. Stacking every normalised frame, zero-padded, one above
+the other as ``[N, C, T·period, W]`` lets the first convolve them as one image and the second read frame ``t ± 1``
+``period`` rows away (a ``kt×1`` convolution dilated by ``period``) on the same blocked tensor. The ``period -
+H_out`` rows after each frame's output are computed and never read, so ``ort_stem`` stacks only while their share
+stays within ``MAX_UNUSED_ROWS``; the gate head (``ort_gate_head``) reads the stacked tensor frame by frame.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper
+from onnx import NodeProto, TensorProto, helper
 
 from .ort_frame_conv import FrameConv, activated, conv_weight
-from .ort_specialize import _attribute, _attribute_int, _Graph, _int64, _sole_consumer
+from .ort_graph import Graph, attribute_ints, int64_constant, sole_consumer
 
-#: Measured (r2plus1d_18's stem, docs/performance.md): at 3.6 % unused rows stacking made the gate 9 % faster, at
-#: 7.1 % 6 % slower — the transposes it saves are memory passes, the unused rows convolution work.
+#: Measured on r2plus1d_18's stem (docs/performance.md, "The gate on stacked frames").
 MAX_UNUSED_ROWS = 0.05
 
 
@@ -56,16 +44,16 @@ def stacked_rows(height: int, kernel: int, stride: int, pad_top: int, out_rows: 
     return (below, period) if period >= out_rows else None
 
 
-def _temporal_after(graph: _Graph, value: str) -> tuple[NodeProto, int, int, int] | None:
+def _temporal_after(graph: Graph, value: str) -> tuple[NodeProto, int, int, int] | None:
     """``(conv, kernel, padding, output channels)`` of the sole consumer of ``value`` if it is a 3-D convolution
     over time only (spatial kernel and stride 1, no spatial padding, stride 1) that keeps the number of frames."""
-    conv = _sole_consumer(graph, value, "Conv")
+    conv = sole_consumer(graph, value, "Conv")
     weight = conv_weight(conv, graph) if conv is not None else None
     if conv is None or weight is None or weight.ndim != 5 or conv.input[0] != value:
         return None
-    kernel = _attribute(conv, "kernel_shape", list(weight.shape[2:]))
-    strides = _attribute(conv, "strides", [1, 1, 1])
-    pads = _attribute(conv, "pads", [0] * 6)
+    kernel = attribute_ints(conv, "kernel_shape", list(weight.shape[2:]))
+    strides = attribute_ints(conv, "strides", [1, 1, 1])
+    pads = attribute_ints(conv, "pads", [0] * 6)
     same_frames = kernel[0] == 2 * pads[0] + 1 and pads[0] == pads[3]
     if kernel[1:] != [1, 1] or strides != [1, 1, 1] or pads[1:3] + pads[4:] != [0] * 4 or not same_frames:
         return None
@@ -75,7 +63,7 @@ def _temporal_after(graph: _Graph, value: str) -> tuple[NodeProto, int, int, int
 
 
 def stack_frames(
-    stem: FrameConv, graph: _Graph, prefix: str, max_unused_rows: float = MAX_UNUSED_ROWS
+    stem: FrameConv, graph: Graph, prefix: str, max_unused_rows: float = MAX_UNUSED_ROWS
 ) -> tuple[list[NodeProto], list[NodeProto], list[TensorProto]] | None:
     """``(replaced nodes, new nodes, new initializers)`` running ``stem`` — and the temporal convolution after it,
     if there is one — on stacked frames (module docstring); ``None`` if the rows do not line up or too many of them
@@ -88,7 +76,7 @@ def stack_frames(
         return None
     below, period = rows
     temporal = _temporal_after(graph, stem.relu.output[0]) if stem.relu is not None else None
-    relu2 = _sole_consumer(graph, temporal[0].output[0], "Relu") if temporal is not None else None
+    relu2 = sole_consumer(graph, temporal[0].output[0], "Relu") if temporal is not None else None
     old = stem.nodes + ([temporal[0], *([relu2] if relu2 is not None else [])] if temporal is not None else [])
     normalise, tensors = stem.normalise(f"{prefix}.f", 5, prefix)
     y = f"{prefix}.y"
@@ -97,9 +85,9 @@ def stack_frames(
         helper.make_node("Cast", [f"{prefix}.u8"], [f"{prefix}.f"], to=TensorProto.FLOAT),
         *normalise,
         # Zeros of the normalised input, as the convolution's own padding would be, above and below every frame.
-        _int64(f"{prefix}.rows", [0, 0, 0, pads[1], 0, 0, 0, 0, below, 0]),
+        int64_constant(f"{prefix}.rows", [0, 0, 0, pads[1], 0, 0, 0, 0, below, 0]),
         helper.make_node("Pad", [f"{prefix}.normalised", f"{prefix}.rows"], [f"{prefix}.padded"]),
-        _int64(f"{prefix}.stack_shape", [-1, c, t * (pads[1] + h + below), w]),
+        int64_constant(f"{prefix}.stack_shape", [-1, c, t * (pads[1] + h + below), w]),
         helper.make_node("Reshape", [f"{prefix}.padded", f"{prefix}.stack_shape"], [f"{prefix}.x"]),
         # The bottom padding only feeds the last frame's unused rows.
         *stem.as_2d(f"{prefix}.x", [0, pads[2], max(0, kernel[1] - strides[1]), pads[5]], prefix),
@@ -109,7 +97,7 @@ def stack_frames(
         t_conv, t_kernel, t_pad, channels = temporal
         last = f"{prefix}.z"
         new += [
-            _int64(f"{prefix}.zwshape", [channels, stem.out[0], t_kernel, 1]),
+            int64_constant(f"{prefix}.zwshape", [channels, stem.out[0], t_kernel, 1]),
             helper.make_node("Reshape", [t_conv.input[1], f"{prefix}.zwshape"], [f"{prefix}.zw"]),
             helper.make_node(  # a frame's row r lies `period` rows below the previous frame's row r
                 "Conv",
@@ -123,16 +111,16 @@ def stack_frames(
             *activated(relu2, last),
         ]
     new += [
-        _int64(f"{prefix}.by_frame", [-1, channels, t, period, w_out]),
+        int64_constant(f"{prefix}.by_frame", [-1, channels, t, period, w_out]),
     ]
     # The last replaced output keeps its name and shape [N, C, T, H, W]: what reads it is unchanged. A Split
-    # drops the unused rows with one contiguous copy per frame and channel (Slice measured 3 % slower on the gate).
+    # drops the unused rows with one contiguous copy per frame and channel (a Slice was slower: docs/performance.md).
     if period == h_out:
         new.append(helper.make_node("Reshape", [last, f"{prefix}.by_frame"], [old[-1].output[0]]))
     else:
         new += [
             helper.make_node("Reshape", [last, f"{prefix}.by_frame"], [f"{prefix}.framed"]),
-            _int64(f"{prefix}.split_rows", [h_out, period - h_out]),
+            int64_constant(f"{prefix}.split_rows", [h_out, period - h_out]),
             helper.make_node(
                 "Split",
                 [f"{prefix}.framed", f"{prefix}.split_rows"],
@@ -141,27 +129,3 @@ def stack_frames(
             ),
         ]
     return old, new, tensors
-
-
-def stacked_source(model: ModelProto, graph: _Graph, features: str) -> tuple[str, StackedFrames] | None:
-    """The stacked 4-D tensor that ``features [N, C, T, H, W]`` was cut from by ``stack_frames``, and its layout;
-    ``None`` if the features were made some other way."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    node = producers.get(features)
-    rows: int | None = None
-    if node is not None and node.op_type == "Split" and _attribute_int(node, "axis") == 3 and len(node.input) == 2:
-        sizes = graph.constants(node.input[1])
-        if sizes is not None and np.size(sizes) == 2 and node.output[0] == features:
-            rows = int(np.ravel(sizes)[0])
-            node = producers.get(node.input[0])
-    framed = graph.shapes.get(node.output[0]) if node is not None and node.op_type == "Reshape" else None
-    source = graph.shapes.get(node.input[0]) if node is not None and framed is not None else None
-    if node is None or framed is None or source is None or len(framed) != 5 or len(source) != 4:
-        return None
-    if None in framed[1:] or None in source[1:]:
-        return None
-    channels, frames, period, width = (int(d) for d in framed[1:])  # type: ignore[arg-type]
-    rows = period if rows is None else rows
-    if list(source[1:]) != [channels, frames * period, width] or not 0 < rows <= period:
-        return None
-    return node.input[0], StackedFrames(frames, period, rows, width)

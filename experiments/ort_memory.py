@@ -142,7 +142,8 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]:
     if args.onnx_dir:
         onnx_dir, what = Path(args.onnx_dir), str(args.onnx_dir)
     elif args.toy:
-        from vared2.engines.ort_toy import write_toy_onnx_dir
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the toy model is a test fixture
+        from ort_toy import write_toy_onnx_dir
 
         fractions = [(1, 1, 1, 1), (1, 1, 0.5, 0.5), (1, 0.5, 0.5, 0.5), (0.5, 0.5, 0.5, 0.25), (0.5, 0.5, 0.25, 0.25)]
         onnx_dir = write_toy_onnx_dir(work / "onnx", widths=(64, 256, 512, 768, 768), fractions=fractions, size=8)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from ort_toy import write_toy_onnx_dir
 
 from vared2.bench import (
     Stats,
@@ -37,7 +38,6 @@ from vared2.bench.stats import fmt, perf_string
 from vared2.bench.stem import stem_only_model
 from vared2.bench.timing import measure_interleaved
 from vared2.engines.build import build_engines
-from vared2.engines.ort_toy import write_toy_onnx_dir
 
 FRAMES, SIZE = 8, 32
 SHORT = {"warmup_ms": 10.0, "iterations": 3, "duration_s": 0.05}

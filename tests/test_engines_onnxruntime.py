@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from ort_toy import write_toy_onnx_dir
 
 from vared2.engines import build as build_module
 from vared2.engines import onnxruntime_engine as ort_engine
 from vared2.engines.build import build_engines
-from vared2.engines.ort_toy import write_toy_onnx_dir
 from vared2.formats.manifest import ChecksumError, Manifest
 from vared2.formats.sessions import SharedWeights, open_session
 from vared2.formats.weights import read_index

@@ -13,8 +13,9 @@ from ort_levels import LEVELS, run_at_level
 from tiny_buckets import export_tiny
 
 from vared2.engines.ort_frames import skip_unread_frames
+from vared2.engines.ort_graph import SPECIALIZED_DOMAIN
 from vared2.engines.ort_phases import PHASES, split_temporal_phases
-from vared2.engines.ort_specialize import SPECIALIZED_DOMAIN, specialize
+from vared2.engines.ort_specialize import specialize
 from vared2.models import mc3_18, r2plus1d_18, r3d_18
 
 

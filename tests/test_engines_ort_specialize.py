@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ort_levels import LEVELS, run_at_level
 from tiny_buckets import export_tiny
 
-from vared2.engines.ort_specialize import SPECIALIZED_DOMAIN, is_specialized_initializer, specialize
+from vared2.engines.ort_graph import SPECIALIZED_DOMAIN, is_specialized_initializer
+from vared2.engines.ort_specialize import specialize
 from vared2.plugins import DOMAIN, reference
 from vared2.plugins.onnx_functions import OPSET, PLUGIN_ATTRIBUTES, attach_functions
 
@@ -181,7 +182,7 @@ def test_exported_buckets_keep_their_outputs(tmp_path: Path) -> None:
 def test_temporal_convs_run_as_2d_convs_with_the_same_result(
     kernel: list[int], strides: list[int], pads: list[int], rewritten: bool
 ) -> None:
-    from vared2.engines.ort_specialize import temporal_convs_as_2d
+    from vared2.engines.ort_temporal2d import temporal_convs_as_2d
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((6, 5, *kernel)).astype(np.float32)
@@ -199,7 +200,10 @@ def test_temporal_convs_run_as_2d_convs_with_the_same_result(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     before = onnx.ModelProto()
     before.CopyFrom(model)
-    assert temporal_convs_as_2d(model) == int(rewritten)
+    result = temporal_convs_as_2d(model)
+    assert model == before  # a pass returns a new model
+    assert (result != model) == rewritten
+    model = result
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     kernels = [len(next(a for a in c.attribute if a.name == "kernel_shape").ints) for c in convs]
     assert kernels == [2 if rewritten else 3]

@@ -10,9 +10,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from ort_levels import LEVELS, run_at_level
 
-from vared2.engines.ort_specialize import is_specialized_initializer, specialize
+from vared2.engines.ort_graph import is_specialized_initializer
+from vared2.engines.ort_pad import pad_conv_pairs
+from vared2.engines.ort_specialize import specialize
 from vared2.engines.ort_stacked import MAX_UNUSED_ROWS, stacked_rows
-from vared2.engines.ort_stem import pad_conv_pairs, stem_for_ort, stem_over_frames
+from vared2.engines.ort_stem import stem_for_ort, stem_over_frames
 from vared2.export.graphs import GateGraph
 from vared2.export.onnx_export import to_onnx
 from vared2.models import mc3_18, r2plus1d_18, r3d_18
@@ -44,10 +46,9 @@ def test_gate_stem_rewrite_matches_pytorch(width: float, padded: int, stacked: b
     clip = torch.randint(0, 256, (3, 4, 32, 32, 3), dtype=torch.uint8)
     exported = to_onnx(gate, (clip[:2],), ["clip"], ["features", "bucket_logits"])
     allowed = 1.0 if stacked else 0.0  # at 32×32, 2 of every 18 rows go unused: over the default limit
-    work = onnx.ModelProto()
-    work.CopyFrom(exported)
-    assert pad_conv_pairs(work) == padded
-    assert stem_over_frames(work, allowed) == 1
+    work = pad_conv_pairs(exported)
+    assert (work != exported) == bool(padded)
+    assert stem_over_frames(work, allowed) != work
     rewritten = specialize(stem_for_ort(exported, allowed))  # what the builder runs
     assert _conv_kernels(rewritten) == [[7, 7], [3, 1]]  # frame-wise 2-D stem conv, then the temporal one as 2-D
     _, second = (n for n in rewritten.graph.node if n.op_type == "Conv")
@@ -94,7 +95,7 @@ def test_stems_with_a_temporal_kernel_are_left_alone(build) -> None:  # type: ig
     exported = to_onnx(
         gate, (torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8),), ["clip"], ["features", "bucket_logits"]
     )
-    assert stem_over_frames(exported) == 0
+    assert stem_over_frames(exported) == exported
     assert _conv_kernels(exported)[0] == [3, 7, 7]
 
 
@@ -125,7 +126,10 @@ def test_conv_pairs_are_padded_only_when_cheap_and_exact(mid: int, between: str,
     model = _pair(mid, between)
     before = onnx.ModelProto()
     before.CopyFrom(model)
-    assert pad_conv_pairs(model) == (padded_to is not None)
+    rewritten = pad_conv_pairs(model)
+    assert model == before  # a pass returns a new model
+    assert (rewritten != model) == (padded_to is not None)
+    model = rewritten
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
     first, second = (n for n in model.graph.node if n.op_type == "Conv")
     assert weights[first.input[1]][0] == (padded_to or mid) and weights[second.input[1]][1] == (padded_to or mid)

@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from ort_toy import write_toy_onnx_dir
 
 from vared2.engines import tensorrt_engine as trt_engine
 from vared2.engines.build import build_engines, build_key, source_digest, up_to_date
-from vared2.engines.ort_toy import write_toy_onnx_dir
 from vared2.formats.errors import InputError
 from vared2.formats.export_spec import read_export_spec
 from vared2.formats.manifest import Manifest

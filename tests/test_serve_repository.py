@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ort_toy import write_toy_onnx_dir
 from test_runtime_models import BUCKETS, fill_engine_dir
 from test_runtime_tensorrt import trt_manifest
 
 from vared2.cli import cli
 from vared2.engines.build import build_engines
-from vared2.engines.ort_toy import write_toy_onnx_dir
 from vared2.formats.errors import InputError
 from vared2.formats.manifest import Manifest, sha256_file, write_engine_dir
 from vared2.serve import RepositoryOptions, TritonServer, write_repository

@@ -37,12 +37,13 @@ def shm_regions() -> set[str]:
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Toy ONNX Runtime engines with three buckets (``vared2.engines.ort_toy``), unless the environment names some."""
+    """Toy ONNX Runtime engines with three buckets (``tests/ort_toy.py``), unless the environment names some."""
     given = os.environ.get("VARED2_SERVE_ENGINES")
     if given:
         return Path(given)
+    from ort_toy import write_toy_onnx_dir
+
     from vared2.engines.build import build_engines
-    from vared2.engines.ort_toy import write_toy_onnx_dir
 
     root = tmp_path_factory.mktemp("serve-engines")
     write_toy_onnx_dir(root / "onnx", frames=4, size=16)

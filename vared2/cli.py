@@ -365,6 +365,13 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT timing cache file.")
 @click.option("--no-plugins", is_flag=True, help="TensorRT: parse the ONNX local functions instead of the plugins.")
 @click.option("--force", is_flag=True, help="Rebuild even when the engine directory is up to date.")
+@click.option(
+    "--skip-pass",
+    "skip_pass",
+    multiple=True,
+    metavar="NAME",
+    help="Build without this ONNX Runtime graph pass (repeatable; to measure its gain).",
+)
 def build(
     onnx_dir: Path,
     out: Path,
@@ -376,6 +383,7 @@ def build(
     timing_cache: Path | None,
     no_plugins: bool,
     force: bool,
+    skip_pass: tuple[str, ...],
 ) -> None:
     """Build one engine per bucket (and one for the gate) from the ONNX files in ONNX_DIR."""
     from vared2.engines.build import build_engines
@@ -392,6 +400,7 @@ def build(
             timing_cache=timing_cache,
             use_plugins=not no_plugins,
             force=force,
+            skip_passes=skip_pass,
         )
     )
     click.echo(f"engines: {path}")

@@ -1,6 +1,7 @@
 """Interleaved A/B latency of ONNX files in ONNX Runtime, for a shared, noisy machine.
 
     .venv/bin/python bench/scripts/perf_ab.py A.onnx B.onnx@all C.onnx [--threads 1] [--reps 15] [--batch 1]
+        [--clock wall|cpu]
 
 Each argument is an ONNX file, optionally ``@level`` (disabled|basic|extended|all; default extended). Every
 repetition runs each variant once, in a fresh random order, so load spikes hit all variants alike; the table
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import onnxruntime as ort
 
 from vared2.bench.timing import measure_interleaved
 from vared2.formats.sessions import DEFAULT_SESSION_CONFIG, session_options
+
+CLOCK_HELP = "wall: elapsed time; cpu: the calling thread's CPU time (--threads 1), blind to other processes"
 
 
 def session(path: str, level: str, threads: int) -> ort.InferenceSession:
@@ -41,14 +46,16 @@ def feeds(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np
 
 
 def time_interleaved(
-    variants: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray]]], reps: int
+    variants: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray]]],
+    reps: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Milliseconds per run of every variant: one warm-up round, then ``reps`` rounds in a shuffled order
-    (``vared2.bench.timing.measure_interleaved``)."""
+    (``vared2.bench.timing.measure_interleaved``), on ``clock``."""
     steps = [partial(sess.run, None, feed) for sess, feed in variants.values()]
     for step in steps:
         step()
-    traces = measure_interleaved(steps, warmup_ms=0, iterations=reps, duration_s=0)
+    traces = measure_interleaved(steps, warmup_ms=0, iterations=reps, duration_s=0, clock=clock)
     return {name: trace.samples["latency"] for name, trace in zip(variants, traces, strict=True)}
 
 
@@ -66,14 +73,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help=CLOCK_HELP)
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures the calling thread only: it needs --threads 1")
     variants = {}
     for spec in args.models:
         path, _, level = spec.partition("@")
         level = level or "extended"
         sess = session(path, level, args.threads)
         variants[f"{Path(path).parent.name}/{Path(path).name}@{level}"] = (sess, feeds(sess, args.batch))
-    report(time_interleaved(variants, args.reps))
+    report(time_interleaved(variants, args.reps, time.thread_time if args.clock == "cpu" else time.perf_counter))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A small stand-in for an exported VA-RED2 model, written with ``onnx.helper`` and numpy only.
+"""A test fixture: a small stand-in for an exported VA-RED2 model, written with ``onnx.helper`` and numpy only.
 
 It has the shape of the real exporter's output (DESIGN.md §4) where the engine builders care: a
 ``gate.onnx`` (uint8 clip → ``features``, ``bucket_logits``), one ``bucket_<id>.onnx`` per bucket whose
@@ -191,7 +191,7 @@ def write_toy_onnx_dir(
         },
         "gate": {"file": "gate.onnx", "gflops": 1e-3, "features_shape": features_shape},
         "buckets": entries,
-        "exporter": {"toy": "vared2.engines.ort_toy", "seed": seed},
+        "exporter": {"toy": "tests/ort_toy.py", "seed": seed},
     }
     (out / "export.json").write_text(json.dumps(spec, indent=2) + "\n")
     return out
