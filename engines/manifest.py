@@ -27,7 +27,7 @@ MANIFEST_NAME = "manifest.json"
 EXPORT_JSON = "export.json"
 EXPORT_FORMAT = "vared2-onnx"
 BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 #: How TensorRT realised the custom ops of an engine: the AOT plugin, or the ONNX local functions as plain layers.
 OP_PATHS = ("plugin", "local-functions")
 

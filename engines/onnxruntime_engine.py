@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
+from vared2.engines.calibration import ClipSet
 from vared2.engines.manifest import (
     BucketEntry,
     GateEntry,
@@ -42,6 +43,7 @@ from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_phases import split_temporal_phases
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
+from vared2.engines.quantize import MIN_AGREEMENT, check_agreement, measure_agreement, quantize_engines
 
 # The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
 # import the builders and vice versa, so the few constants live in both and a test checks they agree).
@@ -65,6 +67,8 @@ LEVELS = {
 DEFAULT_LEVEL = "all"
 #: Version of the build-time graph rewrite (part of the build key: a new rewrite rebuilds existing engines).
 GRAPH_REWRITE = "ort-specialize-10"
+#: ``session.disable_prepacking`` per precision (docs/performance.md: prepacking measured on and off for both).
+PREPACKING = {"fp32": {"session.disable_prepacking": "1"}, "int8": {"session.disable_prepacking": "0"}}
 #: Parity between an engine and the ONNX file it was built from (same input, fp32).
 TOLERANCE = 1e-4
 
@@ -277,6 +281,26 @@ def check_parity(
     return worst
 
 
+def int8_parity(
+    onnx_dir: Path,
+    engine_dir: Path,
+    spec: dict[str, Any],
+    files: Iterable[str],
+    validation: ClipSet,
+    min_agreement: float,
+    optimization: str,
+) -> dict[str, Any]:
+    """Top-1 agreement of the int8 engines ``files`` (shared weights, as the runtime runs them) with the exported
+    fp32 buckets on ``validation``'s gate features; ``AgreementError`` below the bar. The manifest's figures."""
+    plain = {"providers": ["CPUExecutionProvider"]}
+    gate = ort.InferenceSession(str(onnx_dir / spec["gate"]["file"]), **plain)
+    reference = {f: ort.InferenceSession(str(onnx_dir / f), **plain) for f in files}
+    candidate = {f: shared_session(engine_dir, f, session_options(optimization=optimization)) for f in files}
+    figures = measure_agreement(gate, reference, candidate, validation)
+    check_agreement(figures, min_agreement, validation.source)
+    return {"min_agreement": min_agreement, "validation_clips": len(validation.names), "int8_parity": figures}
+
+
 # --- the builder ---------------------------------------------------------------------------------------------
 
 
@@ -317,6 +341,10 @@ def build_onnxruntime(
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
     rewrite: bool = True,
+    precision: str = "fp32",
+    calibration: ClipSet | None = None,
+    validation: ClipSet | None = None,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> Manifest:
     """Write the ONNX Runtime engines of ``onnx_dir`` into ``out_dir`` (an empty working directory) and
     return their manifest (not written: ``vared2.engines.build`` does that, atomically).
@@ -328,10 +356,18 @@ def build_onnxruntime(
     split the temporal convolutions that read ϕt into even and odd frames; the
     gate's stem by ``vared2.engines.ort_stem``, its descriptor by ``vared2.engines.ort_gate_head``), so the parity
     check also checks the rewrites against the exported graphs.
+
+    ``precision="int8"`` quantizes the bucket graphs after the rewrites (``vared2.engines.quantize``; the gate stays
+    fp32), calibrated on the gate features of ``calibration``; their parity is top-1 agreement with the exported
+    fp32 buckets on ``validation`` (>= ``min_agreement``, accuracy within a point), else ``AgreementError``.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     spec = read_export_spec(onnx_dir)
     session_options(threads=threads, optimization=optimization)  # validates both before any work
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision: expected fp32 or int8 for ONNX Runtime, got {precision!r}")
+    if precision == "int8" and (calibration is None or validation is None):
+        raise ValueError("precision int8: needs calibration and validation clips (vared2 build --calib DATA_DIR)")
     out_dir.mkdir(parents=True, exist_ok=True)
     gate_file = spec["gate"]["file"]
     files = [gate_file, *(b["file"] for b in spec["buckets"])]
@@ -343,6 +379,11 @@ def build_onnxruntime(
             else specialize(split_temporal_phases(skip_unread_frames(m)))
             for file, m in models.items()
         }
+    int8 = None
+    if precision == "int8":
+        assert calibration is not None
+        int8 = quantize_engines(onnx_dir, spec, models, calibration, threads=threads)
+        models = {**models, **int8.models}
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)
     for file, model in models.items():
         # save_model would re-externalise by its own rules; the tensors already point into weights.bin.
@@ -366,7 +407,19 @@ def build_onnxruntime(
                 if features is not None and inputs == ["features"]
                 else _example_feed(session, rng)
             )
-        worst[file] = check_parity(onnx_dir / file, out_dir, file, feed, optimization=optimization)
+        if int8 is None or file not in int8.models:
+            worst[file] = check_parity(onnx_dir / file, out_dir, file, feed, optimization=optimization)
+    extra: dict[str, Any] = {}
+    if int8 is not None:
+        assert calibration is not None and validation is not None
+        extra = int8_parity(onnx_dir, out_dir, spec, int8.models, validation, min_agreement, optimization)
+        extra["calibration"] = {
+            "path": calibration.source,
+            "clips": len(calibration.names),
+            "clip_list_sha256": calibration.digest(),
+            "method": int8.method,
+        }
+        extra["int8_weights_shared"] = int8.shared_weights
 
     gate = GateEntry(file=gate_file, sha256=sha256_file(out_dir / gate_file), gflops=float(spec["gate"]["gflops"]))
     buckets = tuple(BucketEntry.from_export(b, b["file"], sha256_file(out_dir / b["file"])) for b in spec["buckets"])
@@ -374,7 +427,7 @@ def build_onnxruntime(
         name=name or out_dir.name,
         backend="onnxruntime",
         backend_version=ort.__version__,
-        precision="fp32",
+        precision=precision,
         device={"type": "cpu", "providers": ["CPUExecutionProvider"]},
         max_batch=max_batch,
         model=model_spec(spec),
@@ -386,10 +439,11 @@ def build_onnxruntime(
             "optimization": optimization,
             "graph_rewrite": GRAPH_REWRITE if rewrite else None,
             # Sessions share one CPU arena (registered by vared2.runtime.shared_weights): docs/engines.md.
-            "ort_session_config": {"session.use_env_allocators": "1", "session.disable_prepacking": "1"},
+            "ort_session_config": {"session.use_env_allocators": "1", **PREPACKING[precision]},
             "weights_alignment": ALIGNMENT,
             "weights_stored_bytes": stats.stored_bytes,
             "weights_referenced_bytes": stats.referenced_bytes,
             "parity_max_abs": worst,
+            **extra,
         },
     )

@@ -175,9 +175,10 @@ class OrtEngine:
         if "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")
         config = {**DEFAULT_SESSION_CONFIG, **(session_config or {})}
-        if shared_initializers:
+        if shared_initializers and "session.disable_prepacking" not in (session_config or {}):
             # Weights owned by the caller (a memory map shared by every session): ORT uses them in place.
-            # A prepacked weight would be a per-session copy, so prepacking is off.
+            # A prepacked weight would be a per-session copy, so prepacking is off unless the manifest says
+            # otherwise (int8 engines ask for it: their speed needs it, docs/performance.md).
             config["session.disable_prepacking"] = "1"
         options = session_options(graph_optimization, threads, config)
         if shared_thread_pool:  # the process's pool, created (or checked against threads) here

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from vared2 import __version__
-from vared2.stages import check_parity, run_stage
+from vared2.stages import check_parity, read_clip_set, run_stage
 
 
 class _RecordingGroup(click.Group):
@@ -365,6 +365,28 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="TensorRT timing cache file.")
 @click.option("--no-plugins", is_flag=True, help="TensorRT: parse the ONNX local functions instead of the plugins.")
 @click.option("--force", is_flag=True, help="Rebuild even when the engine directory is up to date.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="int8: quantized bucket engines (ONNX Runtime), calibrated on --calib; the gate stays fp32.",
+)
+@click.option(
+    "--calib",
+    type=existing_dir,
+    default=None,
+    help="int8: a data directory (train/val split): calibrate on training clips, check agreement on validation.",
+)
+@click.option("--calib-clips", type=int, default=32, show_default=True, help="int8: training clips to calibrate on.")
+@click.option("--val-clips", type=int, default=None, help="int8: validation clips to check on (default: all).")
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=0.985,
+    show_default=True,
+    help="int8: the least fraction of validation clips whose top-1 must equal fp32's (lower only for random models).",
+)
 def build(
     onnx_dir: Path,
     out: Path,
@@ -376,10 +398,23 @@ def build(
     timing_cache: Path | None,
     no_plugins: bool,
     force: bool,
+    precision: str,
+    calib: Path | None,
+    calib_clips: int,
+    val_clips: int | None,
+    min_agreement: float,
 ) -> None:
     """Build one engine per bucket (and one for the gate) from the ONNX files in ONNX_DIR."""
-    from vared2.engines.build import build_engines
+    from vared2.engines.build import build_engines, check_build_options
 
+    calibration = validation = None
+    if precision == "int8" or calib is not None:
+        run_stage(
+            lambda: check_build_options(backend, precision=precision, calibration=calib, min_agreement=min_agreement)
+        )
+        assert calib is not None
+        calibration = run_stage(lambda: read_clip_set(calib, "train", onnx_dir, calib_clips))
+        validation = run_stage(lambda: read_clip_set(calib, "val", onnx_dir, val_clips))
     path = run_stage(
         lambda: build_engines(
             onnx_dir,
@@ -392,6 +427,10 @@ def build(
             timing_cache=timing_cache,
             use_plugins=not no_plugins,
             force=force,
+            precision=precision,
+            calibration=calibration,
+            validation=validation,
+            min_agreement=min_agreement,
         )
     )
     click.echo(f"engines: {path}")
