@@ -3,6 +3,8 @@ the runtime opening an int8 directory, and the CLI's exit code 1 when the quanti
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +57,8 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f = model.features(x)
         pooled = model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(f))))).flatten(1)
         weight = torch.randn(CLASSES, pooled.shape[1], generator=torch.Generator().manual_seed(3))
-        weight /= pooled.std(0).clamp_min(1e-6)
+        std = pooled.std(0)
+        weight /= (std + std.mean()) * pooled.shape[1] ** 0.5  # logits of order 1, none dominated by a flat channel
         model.fc.weight.copy_(weight)
         model.fc.bias.copy_(-(weight @ pooled.mean(0)))
         out = tmp_path_factory.mktemp("int8") / "onnx"
@@ -209,3 +212,51 @@ def test_cli_int8_build_reads_the_data_directory_and_exits_1_on_failed_parity(
 def _shrunk(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
     """A deliberately broken calibration: ranges a thousandth of the measured ones saturate every activation."""
     return {k: (lo * 1e-3, hi * 1e-3) for k, (lo, hi) in share_concat_ranges(model, ranges).items()}
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_engines(tiny_onnx, tmp_path_factory.mktemp("fp32eng") / "tiny-fp32", progress=False)
+
+
+def test_bench_against_times_both_directories_interleaved(
+    int8_engine: Path, fp32_engine: Path, real_other_model: Path, tmp_path: Path
+) -> None:
+    from vared2.bench.against import run_against
+    from vared2.bench.dynamic import policy_string
+    from vared2.cli import cli
+
+    manifest = Manifest.load(int8_engine)
+    mix = tmp_path / "mix.json"  # what `vared2 bench --data --json` records of a dynamic workload
+    counts = {policy_string(b.policy): 2 + b.id for b in manifest.buckets}
+    mix.write_text(json.dumps({"dynamic": {"dynamic": {"bucket_counts": counts}}}))
+    report = run_against(
+        int8_engine, fp32_engine, rounds=2, iterations=2, warmup_ms=0, threads=1, replay=mix, out=io.StringIO()
+    )
+    assert (report.precision, report.against_precision) == ("int8", "fp32")
+    names = [r.name for r in report.rows]
+    assert names[0] == "gate" and names[1].startswith("bucket 0") and names[-1] == "dynamic (replayed mix)"
+    assert all(len(r.mine) == len(r.other) == 2 and min(r.mine + r.other) > 0 for r in report.rows)
+    assert len(report.dynamic_vs_static) == 2
+    assert report.efficiency(report.rows[1]) == pytest.approx(1.0)
+
+    runner = CliRunner()
+    out = tmp_path / "against.json"
+    args = ["bench", str(int8_engine), "--against", str(fp32_engine), "--rounds", "1", "--iterations", "1"]
+    result = runner.invoke(cli, [*args, "--warmup", "0", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "int8 ms" in result.output and "fp32 ms" in result.output and "speedup" in result.output
+    assert json.loads(out.read_text())["rows"][0]["name"] == "gate"
+    refused = runner.invoke(cli, [*args, "--data", str(tmp_path)])
+    assert refused.exit_code == 2 and "--data" in refused.output
+    other = runner.invoke(cli, ["bench", str(int8_engine), "--against", str(real_other_model), "--rounds", "1"])
+    assert other.exit_code == 2 and "not the same model" in other.output
+
+
+@pytest.fixture(scope="module")
+def real_other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Engines of a model with another bucket table (the toy model: one bucket)."""
+    from vared2.engines.ort_toy import write_toy_onnx_dir
+
+    onnx_dir = write_toy_onnx_dir(tmp_path_factory.mktemp("toy") / "onnx")
+    return build_engines(onnx_dir, tmp_path_factory.mktemp("toyeng") / "toy", progress=False)

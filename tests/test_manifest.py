@@ -190,7 +190,7 @@ def test_missing_manifest_and_directory(tmp_path: Path) -> None:
     ("change", "message"),
     [
         (lambda d: d["buckets"][2].update(file=7), r"buckets\[2\]\.file: expected a non-empty string, got 7"),
-        (lambda d: d.update(precision="int4"), r"precision: expected one of fp32, fp16, got 'int4'"),
+        (lambda d: d.update(precision="int4"), r"precision: expected one of fp32, fp16, int8, got 'int4'"),
         (lambda d: d.update(backend="openvino"), r"backend: expected one of onnxruntime, tensorrt"),
         (lambda d: d.update(max_batch=0), r"max_batch: expected an integer >= 1, got 0"),
         (lambda d: d.update(max_batch=True), r"max_batch: expected an integer, got True"),

@@ -485,6 +485,14 @@ def infer(
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
 @click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions and the gate's stem alone.")
 @click.option("--shared-thread-pool", is_flag=True, help=POOL_HELP)
+@click.option(
+    "--against",
+    type=existing_dir,
+    default=None,
+    help="A second engine directory of the same model (fp32 for int8, say): both timed in interleaved rounds, "
+    "with a speedup column.",
+)
+@click.option("--rounds", default=5, show_default=True, help="--against: interleaved rounds.")
 def bench(
     engine_dir: Path,
     warmup_ms: float,
@@ -501,9 +509,34 @@ def bench(
     threads: int | None,
     no_ceiling: bool,
     shared_thread_pool: bool,
+    against: Path | None,
+    rounds: int,
 ) -> None:
     """trtexec-style latency per bucket and for the gate, efficiency vs FLOPs, and a dynamic workload."""
     from vared2.bench import run_bench
+
+    if against is not None:
+        from vared2.bench.against import run_against
+
+        others = {"--data": data, "--latency-table": latency_table, "--plot": plot, "--clips": clips}
+        given = [name for name, value in others.items() if value is not None]
+        given += ["--batch"] if batch != 1 else []
+        given += ["--shared-thread-pool"] if shared_thread_pool else []
+        if given:
+            run_stage(lambda: _refuse(f"{', '.join(given)}: not with --against (it times batch 1, --replay mixes)"))
+        run_stage(
+            lambda: run_against(
+                engine_dir,
+                against,
+                rounds=rounds,
+                iterations=iterations,
+                warmup_ms=warmup_ms,
+                threads=threads,
+                replay=replay,
+                json_path=json_path,
+            )
+        )
+        return
 
     run_stage(
         lambda: run_bench(
@@ -524,6 +557,10 @@ def bench(
             shared_thread_pool=shared_thread_pool,
         )
     )
+
+
+def _refuse(reason: str) -> None:
+    raise ValueError(reason)
 
 
 def main() -> None:
