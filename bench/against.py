@@ -115,17 +115,22 @@ class AgainstReport:
         }
 
 
-def _steps(rt: Runtime, session: Any, replay: Sequence[int] | None) -> list[tuple[str, float, Callable[[int], None]]]:
+def _steps(rt: Runtime, session: Any, replay: Sequence[int] | None) -> list[tuple[str, float, Callable[[int], object]]]:
     """(name, GFLOPs, run the step's i-th call) for every step of one directory."""
     m = rt.manifest
     spec = m.model
     clip = np.random.default_rng(SEED).integers(0, 256, (1, spec.frames, spec.size, spec.size, 3), np.uint8)
     gate_out = session.run_gate(clip)
     rows = np.arange(1)
-    steps: list[tuple[str, float, Callable[[int], None]]] = [("gate", m.gate.gflops, lambda i: session.run_gate(clip))]
+    steps: list[tuple[str, float, Callable[[int], object]]] = [
+        ("gate", m.gate.gflops, lambda i: session.run_gate(clip))
+    ]
+
+    def bucket(k: int) -> Callable[[int], object]:
+        return lambda i: session.run_bucket(k, gate_out, rows)
+
     for b in m.buckets:
-        name = f"bucket {b.id} {b.short_name or policy_string(b.policy)}"
-        steps.append((name, b.gflops, lambda i, k=b.id: session.run_bucket(k, gate_out, rows)))
+        steps.append((f"bucket {b.id} {b.short_name or policy_string(b.policy)}", b.gflops, bucket(b.id)))
     full = m.gate.gflops + m.buckets[0].gflops
     steps.append(("static full (gate + bucket 0)", full, lambda i: rt.classify(clip[0], bucket=0)))
     if replay is not None:
@@ -134,7 +139,7 @@ def _steps(rt: Runtime, session: Any, replay: Sequence[int] | None) -> list[tupl
     return steps
 
 
-def _time(step: Callable[[int], None], start: int, iterations: int) -> float:
+def _time(step: Callable[[int], object], start: int, iterations: int) -> float:
     """Median ms of ``iterations`` calls of ``step`` (call numbers from ``start``)."""
     times = []
     for i in range(start, start + iterations):
