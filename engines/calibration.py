@@ -18,6 +18,9 @@ import onnxruntime as ort
 
 from vared2.formats.errors import InputError
 
+#: Ops whose output holds (a subset of) their first input's values: quantized with the input's scale.
+SCALE_PRESERVING = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice")
+
 
 @dataclass(frozen=True)
 class ClipSet:
@@ -112,9 +115,11 @@ def activation_ranges(
 def share_concat_ranges(
     model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]]
 ) -> dict[str, tuple[float, float]]:
-    """``ranges`` with every ``Concat``'s inputs and output given their union range (transitively, when a tensor
-    feeds two Concats), so they quantize with one scale and the Concat runs on int8 directly instead of
-    re-quantizing each input (a DQ → Q pair before it)."""
+    """``ranges`` with every ``Concat``'s inputs and output given their union range, so they quantize with one
+    scale and the Concat runs on int8 directly instead of re-quantizing each input (a DQ → Q pair before it).
+    The union is transitive: through a tensor that feeds two Concats, and through the ops that only move values
+    (``SCALE_PRESERVING``: a Concat input that is a ``Reshape`` of a convolution's output shares the convolution
+    output's scale, else the pair comes back in front of the ``Reshape``)."""
     parent: dict[str, str] = {}
 
     def root(name: str) -> str:
@@ -125,11 +130,16 @@ def share_concat_ranges(
     for node in model.graph.node:
         if node.op_type == "Concat":
             group = [t for t in [*node.input, *node.output] if t in ranges]
-            for t in group[1:]:
-                parent[root(t)] = root(group[0])
+        elif node.op_type in SCALE_PRESERVING and node.input and node.output:
+            group = [t for t in (node.input[0], node.output[0]) if t in ranges]
+        else:
+            continue
+        for t in group[1:]:
+            parent[root(t)] = root(group[0])
+    concats = {root(t) for n in model.graph.node if n.op_type == "Concat" for t in n.output if t in ranges}
     union: dict[str, tuple[float, float]] = {}
     for t in parent:
         r, (low, high) = root(t), ranges[t]
         old = union.get(r, (low, high))
         union[r] = (min(old[0], low), max(old[1], high))
-    return {t: union[root(t)] if t in parent else value for t, value in ranges.items()}
+    return {t: union[root(t)] if t in parent and root(t) in concats else value for t, value in ranges.items()}

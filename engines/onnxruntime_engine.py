@@ -43,7 +43,13 @@ from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_phases import split_temporal_phases
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
-from vared2.engines.quantize import MIN_AGREEMENT, check_agreement, measure_agreement, quantize_engines
+from vared2.engines.quantize import (
+    INT8_SKIPPED_REWRITES,
+    MIN_AGREEMENT,
+    check_agreement,
+    measure_agreement,
+    quantize_engines,
+)
 
 # The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
 # import the builders and vice versa, so the few constants live in both and a test checks they agree).
@@ -372,11 +378,14 @@ def build_onnxruntime(
     gate_file = spec["gate"]["file"]
     files = [gate_file, *(b["file"] for b in spec["buckets"])]
     models = {file: _load_exported(onnx_dir / file) for file in files}
+    skip = INT8_SKIPPED_REWRITES if precision == "int8" else ()
     if rewrite:
         models = {
             file: motion_head_for_ort(specialize(stem_for_ort(m)))
             if file == gate_file
-            else specialize(split_temporal_phases(skip_unread_frames(m)))
+            else specialize(
+                split_temporal_phases(skip_unread_frames(m)), temporal_2d="temporal-convs-as-2d" not in skip
+            )
             for file, m in models.items()
         }
     int8 = None

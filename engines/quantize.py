@@ -37,8 +37,12 @@ MIN_AGREEMENT = 0.985
 MAX_ACCURACY_DELTA = 0.01
 #: Op types never quantized: the classifier, so the logits stay fp32 (quantized logits clip).
 FP32_OPS = ("Gemm",)
-#: Graph rewrites skipped for int8 engines: none yet (the coordinator wires this into the pass list).
-INT8_SKIPPED_REWRITES: tuple[str, ...] = ()
+#: Graph rewrites skipped for int8 bucket engines (the coordinator wires this into the pass list). The temporal
+#: convolutions as 2-D convolutions over ``[N, C, T, H·W]`` views (``ort_specialize``, ``temporal_2d``): in int8
+#: ONNX Runtime runs ``QLinearConv`` in NHWC, and each view's ``Reshape`` then needs a ``Transpose`` pair that
+#: cannot cancel; measured on full-width r2plus1d_18 int8 (1 thread, CPU time, interleaved, docs/performance.md):
+#: full 146.0 → 104.8 ms without it, c2 111.8 → 103.3, t1 93.2 → 86.6, t1c2 79.6 → 83.9.
+INT8_SKIPPED_REWRITES: tuple[str, ...] = ("temporal-convs-as-2d",)
 
 
 class AgreementError(CheckFailed):
@@ -170,7 +174,10 @@ def quantize_engines(
     quantized: dict[str, ModelProto] = {}
     for file in files:
         folded = fold_constants(models[file])
-        ranges = activation_ranges(folded, ({"features": f} for f in features), threads=threads)
+        # One clip per run: every intermediate tensor is an output while calibrating (a batch of 8 full-size
+        # clips would hold gigabytes of them at once).
+        feeds = ({"features": f[i : i + 1]} for f in features for i in range(len(f)))
+        ranges = activation_ranges(folded, feeds, threads=threads)
         quantized[file] = quantize_model(folded, share_concat_ranges(folded, ranges))
     shared = {f: list(share_weight_prefixes(quantized[full], quantized[f])) for f in files if f != full}
     return QuantizedBuckets(models=quantized, shared_weights=shared)
