@@ -18,15 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-MIB = 1 << 20
-
-
-def pss_bytes() -> int:
-    """This process's proportional set size."""
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no Pss line in /proc/self/smaps_rollup")
+from ort_memory import MIB, pss_bytes  # this script's folder is on sys.path
 
 
 def variant(engine_dir: Path, out: Path, disable: str) -> Path:
