@@ -300,9 +300,12 @@ def int8_parity(
     fp32 buckets on ``validation``'s gate features; ``AgreementError`` below the bar. The manifest's figures."""
     plain = {"providers": ["CPUExecutionProvider"]}
     gate = ort.InferenceSession(str(onnx_dir / spec["gate"]["file"]), **plain)
-    reference = {f: ort.InferenceSession(str(onnx_dir / f), **plain) for f in files}
-    candidate = {f: shared_session(engine_dir, f, session_options(optimization=optimization)) for f in files}
-    figures = measure_agreement(gate, reference, candidate, validation)
+
+    def sessions(file: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        candidate = shared_session(engine_dir, file, session_options(optimization=optimization))
+        return ort.InferenceSession(str(onnx_dir / file), **plain), candidate
+
+    figures = measure_agreement(gate, files, sessions, validation)
     check_agreement(figures, min_agreement, validation.source)
     return {"min_agreement": min_agreement, "validation_clips": len(validation.names), "int8_parity": figures}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,20 +190,22 @@ def gate_features(gate: ort.InferenceSession, clips: ClipSet, batch: int = 8) ->
 
 def measure_agreement(
     gate: ort.InferenceSession,
-    reference: Mapping[str, ort.InferenceSession],
-    candidate: Mapping[str, ort.InferenceSession],
+    files: Iterable[str],
+    sessions: Callable[[str], tuple[ort.InferenceSession, ort.InferenceSession]],
     validation: ClipSet,
     batch: int = 8,
 ) -> dict[str, dict[str, Any]]:
     """Per bucket file: on every validation clip (its gate features), how often the candidate's top-1 equals the
-    reference's, and both top-1 accuracies on the labels (None without labels)."""
+    reference's, and both top-1 accuracies on the labels (None without labels). ``sessions(file)`` opens the
+    (reference, candidate) pair of one bucket; one pair is open at a time (full-size buckets are large)."""
     features = gate_features(gate, validation, batch)
     labels = np.asarray(validation.labels)
+    known = labels >= 0
     result: dict[str, dict[str, Any]] = {}
-    for file, session in candidate.items():
-        want = _top1(reference[file], features)
-        got = _top1(session, features)
-        known = labels >= 0
+    for file in files:
+        reference, candidate = sessions(file)
+        want, got = _top1(reference, features), _top1(candidate, features)
+        del reference, candidate
         result[file] = {
             "clips": int(labels.size),
             "agreement": float(np.mean(want == got)),
