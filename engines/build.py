@@ -20,8 +20,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vared2.engines.calibration import ClipSet
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
 from vared2.engines.ort_passes import check_skip
+from vared2.engines.quantize import METHOD, MIN_AGREEMENT
 from vared2.formats.errors import InputError
 from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
 from vared2.formats.manifest import MANIFEST_NAME, Manifest, ManifestError, sha256_file, write_engine_dir
@@ -130,9 +132,13 @@ def check_build_options(
     opt_batch: int = 1,
     timing_cache: Path | str | None = None,
     use_plugins: bool = True,
+    precision: str = "fp32",
+    calibration: ClipSet | Path | None = None,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> None:
     """Refuse options ``build_engines`` cannot honour, and a backend this machine lacks, before any work: the
-    main job calls it before it exports and checks parity, which take minutes on a full-size model."""
+    main job calls it before it exports and checks parity, which take minutes on a full-size model. Of
+    ``calibration`` (the clips, or the directory they will be read from) only whether it is given matters."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime" and fp16:
@@ -141,6 +147,14 @@ def check_build_options(
         raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
         raise ValueError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
+    if precision not in ("fp32", "int8") or (precision == "int8" and backend != "onnxruntime"):
+        raise ValueError(f"precision: expected fp32, or int8 with the onnxruntime backend, got {precision!r}")
+    if precision == "int8" and calibration is None:
+        raise ValueError("precision int8: calibration clips are needed (vared2 build --calib DATA_DIR)")
+    if precision == "fp32" and calibration is not None:
+        raise ValueError("calibration clips (--calib): only int8 engines are calibrated; add --precision int8")
+    if isinstance(min_agreement, bool) or not isinstance(min_agreement, int | float) or not 0 <= min_agreement <= 1:
+        raise ValueError(f"min_agreement: expected a fraction from 0 to 1, got {min_agreement!r}")
     if backend == "onnxruntime":  # said, not silently ignored: the user expected them to do something
         given = [name for name, on in (("opt_batch", opt_batch != 1), ("timing_cache", timing_cache is not None)) if on]
         given += [] if use_plugins else ["use_plugins=False (--no-plugins)"]
@@ -165,14 +179,20 @@ def build_engines(
     force: bool = False,
     progress: bool = True,
     skip_passes: tuple[str, ...] | list[str] = (),
+    precision: str = "fp32",
+    calibration: ClipSet | None = None,
+    validation: ClipSet | None = None,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> Path:
     """Build (or reuse) the engine directory ``out_dir`` for ``onnx_dir``; returns ``out_dir``.
 
     ONNX Runtime options: ``threads`` (recorded as the default session thread count), ``optimization``
     (the graph optimisation level sessions use). TensorRT options: ``fp16``, ``opt_batch``, ``timing_cache``,
-    ``use_plugins``. ``max_batch`` is recorded for both (TensorRT's profile maximum). ``force`` rebuilds even
-    when the directory is up to date. ``skip_passes`` (ONNX Runtime) names declared graph passes to build without
-    (``vared2.engines.ort_passes``; an unknown name is an ``InputError`` listing the known ones).
+    ``use_plugins``. ONNX Runtime int8 (``precision="int8"``): ``calibration`` and ``validation`` clips (held
+    apart) and the agreement bar ``min_agreement`` (``vared2.engines.quantize``). ``max_batch`` is recorded for
+    both (TensorRT's profile maximum). ``force`` rebuilds even when the directory is up to date. ``skip_passes``
+    (ONNX Runtime) names declared graph passes to build without (``vared2.engines.ort_passes``; an unknown name is
+    an ``InputError`` listing the known ones).
 
     ``out_dir`` is replaced as a whole, so it must be absent, empty, or a previous engine directory (it has
     ``manifest.json``); anything else is refused with ``FileExistsError`` before any work, as is (``ValueError``)
@@ -186,6 +206,9 @@ def build_engines(
         opt_batch=opt_batch,
         timing_cache=timing_cache,
         use_plugins=use_plugins,
+        precision=precision,
+        calibration=calibration,
+        min_agreement=min_agreement,
     )
     skip = check_skip(skip_passes)
     if skip and backend != "onnxruntime":
@@ -200,6 +223,14 @@ def build_engines(
         options = {"max_batch": max_batch, "threads": threads, "optimization": optimization, "rewrite": GRAPH_REWRITE}
         if skip:  # only then: an unchanged default build keeps its build key
             options["skip_passes"] = list(skip)
+        if precision == "int8":  # a new key only for int8, so existing fp32 directories stay up to date
+            assert isinstance(calibration, ClipSet)
+            options["int8"] = {
+                "method": METHOD,
+                "calibration": calibration.digest(),
+                "validation": None if validation is None else validation.digest(),
+                "min_agreement": min_agreement,
+            }
     else:
         options = {"max_batch": max_batch, "fp16": fp16, "opt_batch": opt_batch, "use_plugins": use_plugins}
     sources = source_digest(onnx_dir, spec)  # hashed once: the reference model's ONNX files are 440 MB
@@ -237,6 +268,10 @@ def build_engines(
                 name=out_dir.name,
                 progress=step,
                 skip_passes=skip,
+                precision=precision,
+                calibration=calibration,
+                validation=validation,
+                min_agreement=min_agreement,
             )
         else:
             from vared2.engines.tensorrt_engine import build_tensorrt

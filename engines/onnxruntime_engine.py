@@ -15,16 +15,25 @@ holds layouts for the build machine's CPU. ``docs/engines.md`` has the measureme
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
+from vared2.engines.calibration import ClipSet
 from vared2.engines.ort_graph import is_specialized_initializer
 from vared2.engines.ort_passes import BUCKET, GATE, check_skip, passes_for, run_passes
+from vared2.engines.quantize import (
+    MIN_AGREEMENT,
+    check_agreement,
+    measure_agreement,
+    quantize_engines,
+)
+from vared2.formats.errors import InputError
 from vared2.formats.export_spec import model_spec, read_export_spec
 from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, WeightsEntry, sha256_file
 from vared2.formats.sessions import (
@@ -42,6 +51,8 @@ from vared2.formats.weights import ALIGNMENT, WEIGHTS_FILE, PackStats, write_wei
 MIN_EXTERNAL_BYTES = 1024
 #: Version of the build-time graph rewrite (part of the build key: a new rewrite rebuilds existing engines).
 GRAPH_REWRITE = "ort-specialize-10"
+#: ``session.disable_prepacking`` per precision (docs/performance.md: prepacking measured on and off for both).
+PREPACKING = {"fp32": {"session.disable_prepacking": "1"}, "int8": {"session.disable_prepacking": "0"}}
 #: Parity between an engine and the ONNX file it was built from (same input, fp32).
 TOLERANCE = 1e-4
 
@@ -107,7 +118,13 @@ def _example_feed(session: ort.InferenceSession, rng: np.random.Generator, batch
 
 
 def check_parity(
-    source: Path, engine_dir: Path, file: str, feed: dict[str, np.ndarray], *, optimization: str = DEFAULT_LEVEL
+    source: Path,
+    engine_dir: Path,
+    file: str,
+    feed: dict[str, np.ndarray],
+    *,
+    optimization: str = DEFAULT_LEVEL,
+    config: dict[str, str] = ENGINE_SESSION_CONFIG,
 ) -> float:
     """Run the source ONNX and the engine (shared weights) on ``feed``; raise ``ParityError`` beyond tolerance."""
     options = ort.SessionOptions()
@@ -117,7 +134,7 @@ def check_parity(
     # The engine loads exactly as the runtime loads it (vared2.runtime.backends.OrtBackend). Its weights are
     # mapped for this check only, not through the process-wide cache: the directory is renamed after the build.
     weights = SharedWeights(engine_dir / WEIGHTS_FILE)
-    engine = open_session(engine_dir / file, level=optimization, config=ENGINE_SESSION_CONFIG, weights=weights)
+    engine = open_session(engine_dir / file, level=optimization, config=config, weights=weights)
     got = engine.run(None, feed)
     worst = 0.0
     for out, a, b in zip(engine.get_outputs(), expected, got, strict=True):
@@ -132,6 +149,32 @@ def check_parity(
             )
         worst = max(worst, diff)
     return worst
+
+
+def int8_parity(
+    onnx_dir: Path,
+    engine_dir: Path,
+    spec: dict[str, Any],
+    files: Iterable[str],
+    validation: ClipSet,
+    min_agreement: float,
+    optimization: str,
+    config: dict[str, str],
+) -> dict[str, Any]:
+    """Top-1 agreement of the int8 engines ``files`` (shared weights, as the runtime runs them) with the exported
+    fp32 buckets on ``validation``'s gate features; ``AgreementError`` below the bar. The manifest's figures."""
+    plain = {"providers": ["CPUExecutionProvider"]}
+    gate = ort.InferenceSession(str(onnx_dir / spec["gate"]["file"]), **plain)
+
+    weights = SharedWeights(engine_dir / WEIGHTS_FILE)
+
+    def sessions(file: str) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        candidate = open_session(engine_dir / file, level=optimization, config=config, weights=weights)
+        return ort.InferenceSession(str(onnx_dir / file), **plain), candidate
+
+    figures = measure_agreement(gate, files, sessions, validation)
+    check_agreement(figures, min_agreement, validation.source)
+    return {"min_agreement": min_agreement, "validation_clips": len(validation.names), "int8_parity": figures}
 
 
 # --- the builder ---------------------------------------------------------------------------------------------
@@ -157,6 +200,10 @@ def build_onnxruntime(
     seed: int = 0,
     rewrite: bool = True,
     skip_passes: tuple[str, ...] | list[str] = (),
+    precision: str = "fp32",
+    calibration: ClipSet | None = None,
+    validation: ClipSet | None = None,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> Manifest:
     """Write the ONNX Runtime engines of ``onnx_dir`` into ``out_dir`` (an empty working directory) and
     return their manifest (not written: ``vared2.engines.build`` does that, atomically).
@@ -165,6 +212,10 @@ def build_onnxruntime(
     ``TOLERANCE`` raises ``ParityError`` and the caller discards the directory. With ``rewrite`` (the default)
     the gate and every bucket first go through their declared graph passes (``vared2.engines.ort_passes``) but
     those named in ``skip_passes``, so the parity check also checks the passes against the exported graphs.
+
+    ``precision="int8"`` quantizes the bucket graphs after their int8 passes (``vared2.engines.quantize``; the gate
+    stays fp32), calibrated on the gate features of ``calibration``; their parity is top-1 agreement with the
+    exported fp32 buckets on ``validation`` (>= ``min_agreement``, accuracy within a point), else ``AgreementError``.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     skip = check_skip(skip_passes)  # unknown names refused before any work
@@ -172,17 +223,32 @@ def build_onnxruntime(
     check_level(optimization)  # both validated before any work
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads: expected a positive integer or None, got {threads!r}")
+    if precision not in ("fp32", "int8"):
+        raise InputError(f"precision: expected fp32 or int8 for ONNX Runtime, got {precision!r}")
+    if precision == "int8" and (calibration is None or validation is None):
+        raise InputError("precision int8: needs calibration and validation clips (vared2 build --calib DATA_DIR)")
+    # How every session of this directory is opened: by the parity checks here and by the runtime (the manifest).
+    config = {**ENGINE_SESSION_CONFIG, **PREPACKING[precision]}
     out_dir.mkdir(parents=True, exist_ok=True)
     gate_file = spec["gate"]["file"]
     files = [gate_file, *(b["file"] for b in spec["buckets"])]
     models = {file: _load_exported(onnx_dir / file) for file in files}
-    ran = {kind: [p.name for p in passes_for(kind, skip=skip)] if rewrite else [] for kind in (GATE, BUCKET)}
+    # The gate stays fp32 in every engine directory (so int8 never changes a bucket choice).
+    precisions = {GATE: "fp32", BUCKET: precision}
+    ran = {
+        kind: [p.name for p in passes_for(kind, precisions[kind], skip)] if rewrite else [] for kind in (GATE, BUCKET)
+    }
     if rewrite:
         models = {
-            file: run_passes(m, kind, passes_for(kind, skip=skip))
+            file: run_passes(m, kind, passes_for(kind, precisions[kind], skip), precisions[kind])
             for file, m in models.items()
             for kind in [GATE if file == gate_file else BUCKET]
         }
+    int8 = None
+    if precision == "int8":
+        assert calibration is not None
+        int8 = quantize_engines(onnx_dir, spec, models, calibration, threads=threads)
+        models = {**models, **int8.models}
     stats = pack_weights(models, out_dir / WEIGHTS_FILE)
     for file, model in models.items():
         # save_model would re-externalise by its own rules; the tensors already point into weights.bin.
@@ -206,7 +272,19 @@ def build_onnxruntime(
                 if features is not None and inputs == ["features"]
                 else _example_feed(session, rng)
             )
-        worst[file] = check_parity(onnx_dir / file, out_dir, file, feed, optimization=optimization)
+        if int8 is None or file not in int8.models:
+            worst[file] = check_parity(onnx_dir / file, out_dir, file, feed, optimization=optimization, config=config)
+    extra: dict[str, Any] = {}
+    if int8 is not None:
+        assert calibration is not None and validation is not None
+        extra = int8_parity(onnx_dir, out_dir, spec, int8.models, validation, min_agreement, optimization, config)
+        extra["calibration"] = {
+            "path": calibration.source,
+            "clips": len(calibration.names),
+            "clip_list_sha256": calibration.digest(),
+            "method": int8.method,
+        }
+        extra["int8_weights_shared"] = int8.shared_weights
 
     gate = GateEntry(file=gate_file, sha256=sha256_file(out_dir / gate_file), gflops=float(spec["gate"]["gflops"]))
     buckets = tuple(BucketEntry.from_export(b, b["file"], sha256_file(out_dir / b["file"])) for b in spec["buckets"])
@@ -214,7 +292,7 @@ def build_onnxruntime(
         name=name or out_dir.name,
         backend="onnxruntime",
         backend_version=ort.__version__,
-        precision="fp32",
+        precision=precision,
         device={"type": "cpu", "providers": ["CPUExecutionProvider"]},
         max_batch=max_batch,
         model=model_spec(spec),
@@ -228,10 +306,11 @@ def build_onnxruntime(
             # The declared passes run on the gate and on every bucket, in order (vared2.engines.ort_passes).
             "graph_passes": ran,
             # Sessions share one CPU arena (registered by vared2.formats.sessions): docs/engines.md.
-            "ort_session_config": dict(ENGINE_SESSION_CONFIG),
+            "ort_session_config": config,
             "weights_alignment": ALIGNMENT,
             "weights_stored_bytes": stats.stored_bytes,
             "weights_referenced_bytes": stats.referenced_bytes,
             "parity_max_abs": worst,
+            **extra,
         },
     )

@@ -64,9 +64,20 @@ class GraphPass:
 
 
 def _declare(
-    name: str, kinds: set[str], run: Callable[[ModelProto], ModelProto], matches: str, emits: str
+    name: str,
+    kinds: set[str],
+    run: Callable[[ModelProto], ModelProto],
+    matches: str,
+    emits: str,
+    precisions: frozenset[str] = FP32,
 ) -> GraphPass:
-    return GraphPass(name, frozenset(kinds), FP32, run, matches, emits)
+    return GraphPass(name, frozenset(kinds), precisions, run, matches, emits)
+
+
+#: Bucket passes the int8 builder runs before quantizing (its agreement check covers them). ``temporal-conv-2d`` is
+#: not among them: ONNX Runtime runs int8 convolutions in NHWC, and each 2-D view's Reshape then costs a Transpose
+#: pair that cannot cancel (measured slower in int8 on every bucket but t1c2: docs/performance.md).
+FP32_INT8 = frozenset({"fp32", "int8"})
 
 
 TEMPORAL_CONV_2D = _declare(
@@ -110,6 +121,7 @@ BUCKET_PASSES: tuple[GraphPass, ...] = (
         skip_unread_frames,
         "frames no output reads (ϕt feeding temporal-stride readers)",
         "ϕt dropped, frame-wise ops on kept frames, adjusted strides, strided Slice",
+        FP32_INT8,
     ),
     _declare(
         "split-temporal-phases",
@@ -117,6 +129,7 @@ BUCKET_PASSES: tuple[GraphPass, ...] = (
         split_temporal_phases,
         "ϕt (R = 2) → Relu → temporal Conv (kernel 3, padding 1, even stride)",
         "depthwise even/odd function + two 2-D Convs (kernels 1 and 2) + Add",
+        FP32_INT8,
     ),
     _declare(
         "specialize-reconstructions",
@@ -124,6 +137,7 @@ BUCKET_PASSES: tuple[GraphPass, ...] = (
         specialize_reconstructions,
         "vared2::TemporalReconstruct / ChannelReconstruct [+ scale Mul, shift Add, Relu]",
         "vared2.ort functions: Mul + Add (ϕt); 2-D depthwise Conv blocks + Concat (ϕs)",
+        FP32_INT8,
     ),
     TEMPORAL_CONV_2D,
 )

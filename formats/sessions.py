@@ -169,11 +169,12 @@ def open_session(
     configure: Callable[[ort.SessionOptions], None] | None = None,
 ) -> ort.InferenceSession:
     """A session on one engine file as vared2 runs it: ``session_options`` with ``DEFAULT_SESSION_CONFIG`` under
-    ``config``, the file's initializers from ``weights`` (prepacking off), ``configure`` applied last (the runtime's
-    shared thread pool). The build's parity check and the runtime both load engines through here."""
+    ``config``, the file's initializers from ``weights`` (prepacking off unless ``config`` asks for it),
+    ``configure`` applied last (the runtime's shared thread pool). The build's parity check and the runtime both
+    load engines through here."""
     entries = {**DEFAULT_SESSION_CONFIG, **(config or {})}
-    if weights is not None:
-        entries["session.disable_prepacking"] = "1"
+    if weights is not None:  # a prepacked weight is a per-session copy; int8 engines ask for it (their speed needs it)
+        entries.setdefault("session.disable_prepacking", "1")
     if entries.get("session.use_env_allocators") == "1":
         register_shared_allocator()
     options = session_options(level, threads, entries)

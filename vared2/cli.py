@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from vared2 import __version__
-from vared2.stages import check_parity, run_stage
+from vared2.stages import check_parity, read_clip_set, run_stage
 
 
 class _RecordingGroup(click.Group):
@@ -372,6 +372,28 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
     metavar="NAME",
     help="Build without this ONNX Runtime graph pass (repeatable; to measure its gain).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="int8: quantized bucket engines (ONNX Runtime), calibrated on --calib; the gate stays fp32.",
+)
+@click.option(
+    "--calib",
+    type=existing_dir,
+    default=None,
+    help="int8: a data directory (train/val split): calibrate on training clips, check agreement on validation.",
+)
+@click.option("--calib-clips", type=int, default=32, show_default=True, help="int8: training clips to calibrate on.")
+@click.option("--val-clips", type=int, default=None, help="int8: validation clips to check on (default: all).")
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=0.985,
+    show_default=True,
+    help="int8: the least fraction of validation clips whose top-1 must equal fp32's (lower only for random models).",
+)
 def build(
     onnx_dir: Path,
     out: Path,
@@ -384,10 +406,23 @@ def build(
     no_plugins: bool,
     force: bool,
     skip_pass: tuple[str, ...],
+    precision: str,
+    calib: Path | None,
+    calib_clips: int,
+    val_clips: int | None,
+    min_agreement: float,
 ) -> None:
     """Build one engine per bucket (and one for the gate) from the ONNX files in ONNX_DIR."""
-    from vared2.engines.build import build_engines
+    from vared2.engines.build import build_engines, check_build_options
 
+    calibration = validation = None
+    if precision == "int8" or calib is not None:
+        run_stage(
+            lambda: check_build_options(backend, precision=precision, calibration=calib, min_agreement=min_agreement)
+        )
+        assert calib is not None
+        calibration = run_stage(lambda: read_clip_set(calib, "train", onnx_dir, calib_clips))
+        validation = run_stage(lambda: read_clip_set(calib, "val", onnx_dir, val_clips))
     path = run_stage(
         lambda: build_engines(
             onnx_dir,
@@ -401,6 +436,10 @@ def build(
             use_plugins=not no_plugins,
             force=force,
             skip_passes=skip_pass,
+            precision=precision,
+            calibration=calibration,
+            validation=validation,
+            min_agreement=min_agreement,
         )
     )
     click.echo(f"engines: {path}")
@@ -455,6 +494,14 @@ def infer(
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
 @click.option("--no-ceiling", is_flag=True, help="Skip timing each bucket's convolutions and the gate's stem alone.")
 @click.option("--shared-thread-pool", is_flag=True, help=POOL_HELP)
+@click.option(
+    "--against",
+    type=existing_dir,
+    default=None,
+    help="A second engine directory of the same model (fp32 for int8, say): both timed in interleaved rounds, "
+    "with a speedup column.",
+)
+@click.option("--rounds", default=5, show_default=True, help="--against: interleaved rounds.")
 def bench(
     engine_dir: Path,
     warmup_ms: float,
@@ -471,9 +518,34 @@ def bench(
     threads: int | None,
     no_ceiling: bool,
     shared_thread_pool: bool,
+    against: Path | None,
+    rounds: int,
 ) -> None:
     """trtexec-style latency per bucket and for the gate, efficiency vs FLOPs, and a dynamic workload."""
     from vared2.bench import run_bench
+
+    if against is not None:
+        from vared2.bench.against import run_against
+
+        others = {"--data": data, "--latency-table": latency_table, "--plot": plot, "--clips": clips}
+        given = [name for name, value in others.items() if value is not None]
+        given += ["--batch"] if batch != 1 else []
+        given += ["--shared-thread-pool"] if shared_thread_pool else []
+        if given:
+            run_stage(lambda: _refuse(f"{', '.join(given)}: not with --against (it times batch 1, --replay mixes)"))
+        run_stage(
+            lambda: run_against(
+                engine_dir,
+                against,
+                rounds=rounds,
+                iterations=iterations,
+                warmup_ms=warmup_ms,
+                threads=threads,
+                replay=replay,
+                json_path=json_path,
+            )
+        )
+        return
 
     run_stage(
         lambda: run_bench(
@@ -535,6 +607,10 @@ def serve(engine_dir: Path, port: int, address: str, instances: int, threads: in
 
     options = RepositoryOptions(instances=instances, threads=threads)
     run_stage(lambda: run_serve(engine_dir, port=port, address=address, options=options, log=log, echo=click.echo))
+
+
+def _refuse(reason: str) -> None:
+    raise ValueError(reason)
 
 
 def main() -> None:

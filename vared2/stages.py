@@ -7,13 +7,17 @@ A module of its own so that the main job (``vared2.pipeline``) can use them with
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from vared2.engines.calibration import ClipSet
 
 T = TypeVar("T")
 
@@ -73,3 +77,35 @@ def check_parity(onnx_dir: Path, checkpoint: Path) -> None:
     click.echo(report.table())
     if not report.passed:
         raise CheckFailed(f"{onnx_dir} does not match {checkpoint}")
+
+
+def read_clip_set(data: Path, split: str, onnx_dir: Path, limit: int | None = None) -> ClipSet:
+    """Up to ``limit`` clips of ``data``'s ``split`` (evenly spaced through the list), decoded and cropped as
+    ``onnx_dir``'s export.json says, with labels in the model's class order: calibration and validation clips
+    for ``vared2 build --precision int8``. Decoding lives here: the engines layer takes the clips as data."""
+    import numpy as np
+
+    from vared2.engines.calibration import ClipSet
+    from vared2.formats.export_spec import read_export_spec
+    from vared2.models.dataset import read_csv_list, scan_folder
+    from vared2.models.recipe import split_source
+    from vared2.models.video_io import read_clip
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"clip count: expected a positive integer, got {limit}")
+    model = read_export_spec(onnx_dir)["model"]
+    source = split_source(data, split)
+    classes = model.get("labels") or None
+    _, samples = read_csv_list(source, classes) if source.is_file() else scan_folder(source, classes)
+    if not samples:
+        raise ValueError(f"{source}: no clips")
+    if limit is not None and limit < len(samples):
+        samples = [samples[int(i)] for i in np.linspace(0, len(samples) - 1, limit).round()]
+    size = int(model["size"])
+    clips = [read_clip(s.path, int(model["frames"]), size, model.get("short_side")) for s in samples]
+    return ClipSet(
+        clips=clips,
+        labels=[s.label for s in samples],
+        source=str(source),
+        names=[os.path.relpath(s.path, source.parent) for s in samples],
+    )
