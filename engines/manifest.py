@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vared2.formats.errors import InputError, InputExistsError, InputNotADirectoryError, InputNotFoundError
+
 #: The manifest schema this vared2 reads and writes. Bump it when a field changes meaning or becomes required.
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -445,8 +447,8 @@ class Manifest:
             return by_short[0]
         choices = ", ".join(f"{b.id} ({b.name}{f', {b.short_name}' if b.short_name else ''})" for b in self.buckets)
         if by_short:
-            raise ValueError(f"bucket {key!r} is ambiguous in engine {self.name!r}; buckets are: {choices}")
-        raise ValueError(f"no bucket {key!r} in engine {self.name!r}; buckets are: {choices}")
+            raise InputError(f"bucket {key!r} is ambiguous in engine {self.name!r}; buckets are: {choices}")
+        raise InputError(f"no bucket {key!r} in engine {self.name!r}; buckets are: {choices}")
 
     # ---- (de)serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -504,12 +506,12 @@ class Manifest:
         """Read and validate ``directory/manifest.json`` and the files it names (sha256 too unless ``verify=False``)."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
-            raise NotADirectoryError(f"{directory}: a file, not an engine directory")
+            raise InputNotADirectoryError(f"{directory}: a file, not an engine directory")
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such engine directory")
+            raise InputNotFoundError(f"{directory}: no such engine directory")
         path = directory / MANIFEST_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no manifest (is {directory} an engine directory built by vared2?)")
+            raise InputNotFoundError(f"{path}: no manifest (is {directory} an engine directory built by vared2?)")
         data = _read_json(path, ManifestError)
         try:
             manifest = cls.from_dict(data)
@@ -568,20 +570,20 @@ def check_output_dir(
         cwd = None
     if cwd is not None and cwd.is_relative_to(out):
         where = "the current directory" if cwd == out else f"an ancestor of the current directory {cwd}"
-        raise ValueError(f"{name} is {where}, which would be replaced as a whole; choose another --out")
+        raise InputError(f"{name} is {where}, which would be replaced as a whole; choose another --out")
     if source is not None:
         src = Path(source).resolve()
         if out == src:
-            raise ValueError(f"{name} is the {source_kind}, which would be replaced; choose another --out")
+            raise InputError(f"{name} is the {source_kind}, which would be replaced; choose another --out")
         if out.is_relative_to(src):
-            raise ValueError(f"{name} lies inside the {source_kind} {src}; choose another --out")
+            raise InputError(f"{name} lies inside the {source_kind} {src}; choose another --out")
         if src.is_relative_to(out):
-            raise ValueError(f"{name} contains the {source_kind} {src}, which would be replaced; choose another --out")
+            raise InputError(f"{name} contains the {source_kind} {src}, which would be replaced; choose another --out")
     if out.exists():
         if not out.is_dir():
-            raise NotADirectoryError(f"{name} exists and is not a directory; choose another --out")
+            raise InputNotADirectoryError(f"{name} exists and is not a directory; choose another --out")
         if not (out / marker).is_file() and any(out.iterdir()):
-            raise FileExistsError(f"{name} exists and is not {kind} (no {marker}); choose another --out or empty it")
+            raise InputExistsError(f"{name} exists and is not {kind} (no {marker}); choose another --out or empty it")
     return out
 
 
@@ -637,30 +639,30 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
     """``export.json`` of an exported model directory, checked for what the builders and ``vared2 verify`` use."""
     path = Path(onnx_dir) / EXPORT_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
-    spec = _read_json(path, ValueError)
+        raise InputNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
+    spec = _read_json(path, InputError)
     if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
-        raise ValueError(
+        raise InputError(
             f"{path}: format must be {EXPORT_FORMAT!r}, got {spec.get('format') if isinstance(spec, dict) else spec!r}"
         )
     for key in ("model", "gate", "buckets"):
         if key not in spec:
-            raise ValueError(f"{path}: missing field {key!r}")
+            raise InputError(f"{path}: missing field {key!r}")
     if not isinstance(spec["buckets"], list) or not spec["buckets"]:
-        raise ValueError(f"{path}: buckets: expected a list of at least one bucket, got {spec['buckets']!r:.80}")
+        raise InputError(f"{path}: buckets: expected a list of at least one bucket, got {spec['buckets']!r:.80}")
     entries = {"gate": spec["gate"], **{f"buckets[{i}]": b for i, b in enumerate(spec["buckets"])}}
     for field_name, entry in entries.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
-            raise ValueError(f"{path}: {field_name}.file: expected a file name, in an object, got {entry!r:.80}")
+            raise InputError(f"{path}: {field_name}.file: expected a file name, in an object, got {entry!r:.80}")
     _check_export_fields(spec, path)
     files = [entry["file"] for entry in entries.values()]
     for file in files:
         if len(file.encode("utf-8", "replace")) > 255 or "\0" in file:
-            raise ValueError(f"{path}: file {file!r:.80}: not a usable file name")
+            raise InputError(f"{path}: file {file!r:.80}: not a usable file name")
         if Path(file).name != file:
-            raise ValueError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
+            raise InputError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
         if not (Path(onnx_dir) / file).is_file():
-            raise FileNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
+            raise InputNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
     return spec
 
 
@@ -669,7 +671,7 @@ def _check_export_fields(spec: dict[str, Any], path: Path) -> None:
     (and a ``num_classes`` of 10**9 without labels does not build a billion placeholder names)."""
 
     def bad(field_name: str, expected: str, value: Any) -> None:
-        raise ValueError(f"{path}: {field_name}: expected {expected}, got {value!r:.80}")
+        raise InputError(f"{path}: {field_name}: expected {expected}, got {value!r:.80}")
 
     def integer(value: Any, low: int, high: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
