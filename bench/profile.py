@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vared2.engines.manifest import Manifest
+from vared2.formats.errors import InputError
 from vared2.runtime.backends import DEFAULT_SESSION_CONFIG, session_options
 
 SHARED_KEYS = ("session.disable_prepacking", "session.use_env_allocators")
@@ -73,7 +74,7 @@ def profile_bucket(
     engine_dir = Path(engine_dir)
     manifest = Manifest.load(engine_dir)
     if manifest.backend != "onnxruntime":
-        raise ValueError(f"{engine_dir}: ONNX Runtime's profiler needs ONNX Runtime engines, not {manifest.backend}")
+        raise InputError(f"{engine_dir}: ONNX Runtime's profiler needs ONNX Runtime engines, not {manifest.backend}")
     entry = manifest.bucket(bucket)
     level = manifest.build_options.get("optimization", "all")
     with tempfile.TemporaryDirectory(prefix="vared2-profile-") as tmp:

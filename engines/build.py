@@ -31,6 +31,7 @@ from vared2.engines.manifest import (
     write_engine_dir,
 )
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
+from vared2.formats.errors import InputError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -50,7 +51,7 @@ def _graph_io(path: Path) -> dict[str, list[int | str]]:
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
-        raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
+        raise InputError(f"{path}: not a readable ONNX model ({error}); export it again") from error
     return {
         value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         for value in [*graph.input, *graph.output]
@@ -77,12 +78,12 @@ def check_export_graphs(onnx_dir: Path, spec: dict[str, Any]) -> None:
         io = _graph_io(onnx_dir / file)
         for name, shape in tensors.items():
             if name not in io:
-                raise ValueError(f"{onnx_dir / file}: no tensor {name!r} (it has {', '.join(io)}); export it again")
+                raise InputError(f"{onnx_dir / file}: no tensor {name!r} (it has {', '.join(io)}); export it again")
             if shape is None:
                 continue
             got = [d if isinstance(d, int) else "N" for d in io[name]]
             if got != shape:
-                raise ValueError(
+                raise InputError(
                     f"{onnx_dir / file}: tensor {name!r} is {got}, but {onnx_dir / EXPORT_JSON} describes {shape} "
                     "(frames, size, buckets, classes or features_shape); export the model again"
                 )
@@ -139,18 +140,18 @@ def check_build_options(
     """Refuse options ``build_engines`` cannot honour, and a backend this machine lacks, before any work: the
     main job calls it before it exports and checks parity, which take minutes on a full-size model."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime" and fp16:
-        raise ValueError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
+        raise InputError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
+        raise InputError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
     if backend == "onnxruntime":  # said, not silently ignored: the user expected them to do something
         given = [name for name, on in (("opt_batch", opt_batch != 1), ("timing_cache", timing_cache is not None)) if on]
         given += [] if use_plugins else ["use_plugins=False (--no-plugins)"]
         if given:
-            raise ValueError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
+            raise InputError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
     else:
         _backend_version(backend)  # TensorRTUnavailableError, saying what to install, when TensorRT is missing
 

@@ -42,6 +42,7 @@ from vared2.engines.ort_gate_head import motion_head_for_ort
 from vared2.engines.ort_phases import split_temporal_phases
 from vared2.engines.ort_specialize import is_specialized_initializer, specialize
 from vared2.engines.ort_stem import stem_for_ort
+from vared2.formats.errors import CheckFailed, InputError, InputTypeError
 
 # The weights file format (documented in vared2.runtime.shared_weights, which reads it; the runtime cannot
 # import the builders and vice versa, so the few constants live in both and a test checks they agree).
@@ -69,10 +70,8 @@ GRAPH_REWRITE = "ort-specialize-10"
 TOLERANCE = 1e-4
 
 
-class ParityError(RuntimeError):
-    """An engine's output differs from its source ONNX beyond the tolerance: the build fails."""
-
-    failed_check = True  # the CLI's exit code 1
+class ParityError(CheckFailed, RuntimeError):
+    """An engine's output differs from its source ONNX beyond the tolerance: the build fails (exit code 1)."""
 
 
 @dataclass
@@ -102,14 +101,14 @@ def read_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         raw = f.read(HEADER.size)
         if len(raw) != HEADER.size:
-            raise ValueError(f"{path}: too short for a vared2 weights file ({len(raw)} bytes)")
+            raise InputError(f"{path}: too short for a vared2 weights file ({len(raw)} bytes)")
         magic, length = HEADER.unpack(raw)
         if magic != MAGIC:
-            raise ValueError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
+            raise InputError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
         try:
             index: dict[str, Any] = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: the index is not valid JSON ({error})") from error
+            raise InputError(f"{path}: the index is not valid JSON ({error})") from error
     return index
 
 
@@ -209,9 +208,9 @@ def _point_to(tensor: TensorProto, location: str, offset: int, length: int) -> N
 def session_options(*, threads: int | None = None, optimization: str = DEFAULT_LEVEL) -> ort.SessionOptions:
     """The options every vared2 ORT session uses: the optimisation level (applied at load) and thread count."""
     if optimization not in LEVELS:
-        raise ValueError(f"optimization: expected one of {', '.join(LEVELS)}, got {optimization!r}")
+        raise InputError(f"optimization: expected one of {', '.join(LEVELS)}, got {optimization!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads: expected a positive integer or None, got {threads!r}")
+        raise InputError(f"threads: expected a positive integer or None, got {threads!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[optimization]
     if threads is not None:
@@ -248,7 +247,7 @@ def _example_feed(session: ort.InferenceSession, rng: np.random.Generator, batch
         elif arg.type == "tensor(float)":
             feed[arg.name] = rng.standard_normal(shape).astype(np.float32)
         else:
-            raise TypeError(f"input {arg.name!r}: unsupported type {arg.type} (expected uint8 or float tensors)")
+            raise InputTypeError(f"input {arg.name!r}: unsupported type {arg.type} (expected uint8 or float tensors)")
     return feed
 
 
@@ -285,7 +284,7 @@ def _load_exported(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
-        raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
+        raise InputError(f"{path}: not a readable ONNX model ({error}); export it again") from error
 
 
 def model_spec(spec: dict[str, Any]) -> ModelSpec:

@@ -28,6 +28,7 @@ import onnx
 
 from vared2.engines.manifest import BucketEntry, GateEntry, Manifest, read_export_spec, sha256_file
 from vared2.engines.onnxruntime_engine import model_spec
+from vared2.formats.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ CUSTOM_OPS = ("TemporalReconstruct", "ChannelReconstruct")
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 
 
-class TensorRTUnavailableError(ImportError):
+class TensorRTUnavailableError(InputError, ImportError):
     """TensorRT (or Polygraphy's TensorRT backend) is not installed here."""
 
 
@@ -72,7 +73,7 @@ def gpu_info(device: int = 0) -> dict[str, Any]:
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError as error:
-        raise RuntimeError(f"no NVIDIA driver here (libcuda.so.1: {error})") from error
+        raise InputError(f"no NVIDIA driver here (libcuda.so.1: {error})") from error
 
     def check(status: int, call: str) -> None:
         if status != 0:
@@ -154,7 +155,7 @@ def batch_profile_shapes(onnx_path: Path, max_batch: int, opt_batch: int) -> dic
         rest = []
         for i, d in enumerate(dims[1:], start=1):
             if not d.HasField("dim_value"):
-                raise ValueError(f"{onnx_path}: input {value.name!r} axis {i} is dynamic; only the batch axis may be")
+                raise InputError(f"{onnx_path}: input {value.name!r} axis {i} is dynamic; only the batch axis may be")
             rest.append(int(d.dim_value))
         shapes[value.name] = tuple((b, *rest) for b in (1, opt_batch, max_batch))
     return shapes
@@ -236,9 +237,9 @@ def build_tensorrt(
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"opt_batch: expected an integer in 1..{max_batch} (max_batch), got {opt_batch!r}")
+        raise InputError(f"opt_batch: expected an integer in 1..{max_batch} (max_batch), got {opt_batch!r}")
     spec = read_export_spec(onnx_dir)
     trt = import_tensorrt()
     device = gpu_info()

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vared2.formats.errors import InputError, InputNotFoundError
+
 #: What ``vared2 bench --latency-table`` writes (``vared2.bench.report.LATENCY_TABLE_FORMAT``; the models cannot
 #: import the bench, which sits above them).
 LATENCY_TABLE_FORMAT = "vared2-latency-table"
@@ -26,19 +28,19 @@ def read_latency_table(path: Path | str) -> dict[str, Any]:
     try:
         table = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"latency table {path}: no such file (write one with `vared2 bench --latency-table`)"
         ) from None
     except (OSError, ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
-        raise ValueError(f"latency table {path}: not readable as JSON ({err})") from None
+        raise InputError(f"latency table {path}: not readable as JSON ({err})") from None
     if not isinstance(table, dict) or table.get("format") != LATENCY_TABLE_FORMAT:
-        raise ValueError(f"latency table {path}: field 'format' must be {LATENCY_TABLE_FORMAT!r}")
+        raise InputError(f"latency table {path}: field 'format' must be {LATENCY_TABLE_FORMAT!r}")
     if table.get("version") != LATENCY_TABLE_VERSION:
-        raise ValueError(
+        raise InputError(
             f"latency table {path}: version {table.get('version')!r}, this vared2 reads {LATENCY_TABLE_VERSION}"
         )
     if not isinstance(table.get("buckets"), dict):
-        raise ValueError(f"latency table {path}: field 'buckets' must map bucket names to milliseconds")
+        raise InputError(f"latency table {path}: field 'buckets' must map bucket names to milliseconds")
     return table
 
 
@@ -55,19 +57,19 @@ def bucket_costs(table: dict[str, Any], bucket_names: Sequence[str], path: Path 
     measured: dict[str, Any] = table["buckets"]
     missing = [name for name in bucket_names if name not in measured]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"latency table {path}: no latency for bucket(s) {', '.join(missing)} of this model "
             f"(the table has {', '.join(measured) or 'none'}; was it measured on this model's engines?)"
         )
     for name in bucket_names:
         value = measured[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"latency table {path}: bucket {name}: expected a positive number of ms, got {value!r}")
+            raise InputError(f"latency table {path}: bucket {name}: expected a positive number of ms, got {value!r}")
     full = float(measured[bucket_names[0]])
     costs = [float(measured[name]) / full for name in bucket_names]
     for name, cost in zip(bucket_names, costs, strict=True):
         if not math.isfinite(cost):  # a subnormal full latency: every ratio overflows
-            raise ValueError(
+            raise InputError(
                 f"latency table {path}: bucket {name}: {measured[name]!r} ms against {bucket_names[0]}'s "
                 f"{measured[bucket_names[0]]!r} ms is not a usable ratio"
             )

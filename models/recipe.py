@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vared2.formats.errors import InputError, InputExistsError, InputNotADirectoryError, InputNotFoundError
 from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
 from vared2.models.checkpoint import load, save
@@ -36,7 +37,7 @@ def split_source(data: Path, split: str) -> Path:
     for candidate in (data / f"{split}.csv", data / split):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"{data}: no '{split}' split; expected {data / f'{split}.csv'} (as `vared2 synth` writes) "
         f"or a folder {data / split}/<class>/<video>"
     )
@@ -59,16 +60,16 @@ def refuse_to_replace(out: Path, *, overwrite: bool, hint: str) -> None:
     replace a finished checkpoint, nor write among unrelated files. A missing or empty directory is fine."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is not a directory")
+        raise InputNotADirectoryError(f"--out {out}: exists and is not a directory")
     if overwrite or not out.exists() or not any(out.iterdir()):
         return
-    raise FileExistsError(f"--out {out} already exists and is not empty; {hint}")
+    raise InputExistsError(f"--out {out} already exists and is not empty; {hint}")
 
 
 def check_target_ratio(target_ratio: float) -> None:
     """The gate fit's target, checked before any work (the oracle would otherwise bisect toward nonsense)."""
     if not 0.0 < target_ratio <= 1.0:
-        raise ValueError(f"gate fit: target_ratio (--target-ratio) must be in (0, 1], got {target_ratio}")
+        raise InputError(f"gate fit: target_ratio (--target-ratio) must be in (0, 1], got {target_ratio}")
 
 
 def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
@@ -76,13 +77,13 @@ def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
     teacher = load(path)
     reads = (teacher.config.frames, teacher.config.size, teacher.config.mean, teacher.config.std)
     if reads != (student.frames, student.size, student.mean, student.std):
-        raise ValueError(
+        raise InputError(
             f"--teacher {path}: it reads {teacher.config.frames}x{teacher.config.size} clips normalised with "
             f"mean {teacher.config.mean}, std {teacher.config.std}; this run reads {student.frames}x{student.size} "
             f"with mean {student.mean}, std {student.std}"
         )
     if teacher.config.labels != student.labels:
-        raise ValueError(
+        raise InputError(
             f"--teacher {path}: its classes {list(teacher.config.labels)} differ from the data's {list(student.labels)}"
         )
     return teacher.eval()
@@ -110,17 +111,17 @@ def run_training(
     the backbone's default table) sets the bucket table, ``None`` keeps the default. A non-empty ``out`` is
     refused before any work unless ``resume`` (continue the run saved there) or ``overwrite`` (replace it)."""
     if latency_table is not None and not fit_gate_after:
-        raise ValueError("--latency-table prices the buckets of the gate fit: add --fit-gate")
+        raise InputError("--latency-table prices the buckets of the gate fit: add --fit-gate")
     config.validate()  # before the data is decoded, not after
     if resume and overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass only one")
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: pass only one")
     if not resume:
         hint = "pass --resume to continue the run saved there, --overwrite to replace it, or another --out"
         refuse_to_replace(out, overwrite=overwrite, hint=hint)
     elif not (Path(out) / f"{TRAIN_STATE}.json").is_file():  # said now, not after the data is decoded
-        raise FileNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
+        raise InputNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
     if backbone not in BUILDERS:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+        raise InputError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
     val_set = VideoFolderDataset(
         split_source(data, "val"), frames=frames, size=size, classes=train_set.classes, cache=True
@@ -144,7 +145,7 @@ def run_training(
         try:
             copy_weights(start, model)  # the bucket table may differ: a static baseline is the usual start
         except ValueError as error:
-            raise ValueError(f"--init-from {init_from}: {error}") from None
+            raise InputError(f"--init-from {init_from}: {error}") from None
     if latency_table is not None:  # checked before training, not after it
         latency_costs(latency_table, [bucket.name for bucket in model.buckets])
     teacher_model = None if teacher is None else load_teacher(Path(teacher), model.config)
@@ -212,7 +213,7 @@ def run_gate_fit(
     must not be the checkpoint, nor (unless ``overwrite``) a directory that holds anything."""
     check_target_ratio(target_ratio)
     if Path(out).resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
+        raise InputError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
     refuse_to_replace(out, overwrite=overwrite, hint="pass --overwrite to replace it, or another --out")
     model = load(Path(checkpoint))
     config = model.config

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vared2.formats.errors import InputError, InputNotFoundError
 from vared2.models.augment import random_translate
 from vared2.models.checkpoint import load, save
 from vared2.models.video_resnet import VaRed2VideoResNet
@@ -64,32 +65,32 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train: epochs and batch_size must be at least 1")
+            raise InputError("train: epochs and batch_size must be at least 1")
         if self.warmup_epochs < 0:
-            raise ValueError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
+            raise InputError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.warmup_epochs > self.epochs:  # the default 3 stops a shorter run: say what to change
-            raise ValueError(
+            raise InputError(
                 f"train: warmup_epochs must be within 0..epochs ({self.epochs}), got {self.warmup_epochs}; "
                 f"lower it (--warmup-epochs, default 3) to at most {self.epochs}"
             )
         if not 0.0 < self.target_ratio <= 1.0:
-            raise ValueError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
+            raise InputError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
         if not 0.0 < self.lr < math.inf:
-            raise ValueError(f"train: lr must be a finite number > 0, got {self.lr}")
+            raise InputError(f"train: lr must be a finite number > 0, got {self.lr}")
         if not 0.0 <= self.flops_weight < math.inf:
-            raise ValueError(f"train: flops_weight must be a finite number >= 0, got {self.flops_weight}")
+            raise InputError(f"train: flops_weight must be a finite number >= 0, got {self.flops_weight}")
         if self.threads is not None and self.threads < 1:  # None: torch's default, all cores
-            raise ValueError(f"train: threads must be at least 1 (or None for all cores), got {self.threads}")
+            raise InputError(f"train: threads must be at least 1 (or None for all cores), got {self.threads}")
         if not self.tau_start >= self.tau_end > 0:
-            raise ValueError("train: need tau_start >= tau_end > 0")
+            raise InputError("train: need tau_start >= tau_end > 0")
         if not 0 <= self.lr_warmup_epochs <= self.epochs:
-            raise ValueError(f"train: lr_warmup_epochs must be within 0..epochs ({self.epochs})")
+            raise InputError(f"train: lr_warmup_epochs must be within 0..epochs ({self.epochs})")
         if self.translate < 0:
-            raise ValueError(f"train: translate must be >= 0 pixels, got {self.translate}")
+            raise InputError(f"train: translate must be >= 0 pixels, got {self.translate}")
         if not 0.0 <= self.distill_weight < math.inf:
-            raise ValueError(f"train: distill_weight must be a finite number >= 0, got {self.distill_weight}")
+            raise InputError(f"train: distill_weight must be a finite number >= 0, got {self.distill_weight}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InputError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -272,7 +273,7 @@ def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tu
     meta_path = directory / f"{TRAIN_STATE}.json"
     tensor_path = directory / f"{TRAIN_STATE}.safetensors"
     if not meta_path.is_file() or not tensor_path.is_file():
-        raise FileNotFoundError(f"{directory}: no training state to resume from ({meta_path.name} missing)")
+        raise InputNotFoundError(f"{directory}: no training state to resume from ({meta_path.name} missing)")
     meta = json.loads(meta_path.read_text())
     tensors = load_file(str(tensor_path))
     state = optimizer.state_dict()
@@ -328,7 +329,7 @@ def train(
     if resume:
         previous = load(out_dir)
         if replace(previous.config, provenance={}) != replace(model.config, provenance={}):
-            raise ValueError(
+            raise InputError(
                 f"--resume {out_dir}: the run saved there is another model ({previous.config.summary()}) than this "
                 f"one ({model.config.summary()}); resume with its options"
             )

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vared2.engines.manifest import Manifest, ManifestError
+from vared2.formats.errors import InputError, InputTypeError
 
 from .errors import BackendError, BackendVersionError
 
@@ -157,11 +158,11 @@ class OrtEngine:
         import onnxruntime as ort
 
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)):
-            raise TypeError(f"threads must be an integer or None, got {threads!r}")
+            raise InputTypeError(f"threads must be an integer or None, got {threads!r}")
         if threads is not None and threads < 1:
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+            raise InputError(f"threads must be a positive integer or None, got {threads!r}")
         if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-            raise ValueError(
+            raise InputError(
                 f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, got {graph_optimization!r}"
             )
         wanted = list(providers or ["CPUExecutionProvider"])
@@ -318,13 +319,13 @@ def open_backend(
     """The backend the manifest names, loaded. TensorRT is imported only here, only for TensorRT engines."""
     if manifest.backend == "onnxruntime":
         if options:
-            raise TypeError(f"unexpected options for ONNX Runtime engines: {', '.join(sorted(options))}")
+            raise InputTypeError(f"unexpected options for ONNX Runtime engines: {', '.join(sorted(options))}")
         return OrtBackend(
             directory, manifest, threads=threads, providers=providers, shared_thread_pool=shared_thread_pool
         )
     if manifest.backend == "tensorrt":
         if providers is not None or threads is not None or shared_thread_pool:
-            raise TypeError(
+            raise InputTypeError(
                 "threads=, providers= and shared_thread_pool= are ONNX Runtime options; TensorRT engines run on the GPU"
             )
         from .tensorrt_backend import TrtBackend

@@ -44,6 +44,8 @@ from typing import Any, ClassVar
 import numpy as np
 import onnxruntime as ort
 
+from vared2.formats.errors import InputError, InputNotFoundError
+
 MAGIC = b"VRD2WTS1"
 HEADER = struct.Struct("<8sQ")
 WEIGHTS_FILE = "weights.bin"
@@ -81,42 +83,42 @@ def read_index(path: Path | str) -> WeightsIndex:
     """Parse and check the index of ``path``; errors name the file and what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+        raise InputNotFoundError(f"{path}: no such weights file")
     size = path.stat().st_size
     with path.open("rb") as f:
         raw = f.read(HEADER.size)
         if len(raw) != HEADER.size:
-            raise ValueError(f"{path}: too short for a vared2 weights file ({size} bytes)")
+            raise InputError(f"{path}: too short for a vared2 weights file ({size} bytes)")
         magic, length = HEADER.unpack(raw)
         if magic != MAGIC:
-            raise ValueError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
+            raise InputError(f"{path}: not a vared2 weights file (magic {magic!r}, expected {MAGIC!r})")
         if HEADER.size + length > size:
-            raise ValueError(f"{path}: index length {length} runs past the end of the file ({size} bytes)")
+            raise InputError(f"{path}: index length {length} runs past the end of the file ({size} bytes)")
         try:
             data = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: the index is not valid JSON ({error})") from error
+            raise InputError(f"{path}: the index is not valid JSON ({error})") from error
     alignment = data.get("alignment")
     if not isinstance(alignment, int) or alignment < 1:
-        raise ValueError(f"{path}: index.alignment must be a positive integer, got {alignment!r}")
+        raise InputError(f"{path}: index.alignment must be a positive integer, got {alignment!r}")
     start = HEADER.size + length
     start += -start % alignment
     tensors = []
     for i, t in enumerate(data.get("tensors", [])):
         where = f"{path}: index.tensors[{i}]"
         if t.get("dtype") not in DTYPES:
-            raise ValueError(f"{where}.dtype: expected one of {', '.join(DTYPES)}, got {t.get('dtype')!r}")
+            raise InputError(f"{where}.dtype: expected one of {', '.join(DTYPES)}, got {t.get('dtype')!r}")
         view = TensorView(int(t["offset"]), int(t["length"]), t["dtype"], tuple(int(d) for d in t["shape"]))
         if view.length != np.dtype(view.dtype).itemsize * int(np.prod(view.shape, dtype=np.int64)):
-            raise ValueError(f"{where}: length {view.length} does not match {view.dtype}{list(view.shape)}")
+            raise InputError(f"{where}: length {view.length} does not match {view.dtype}{list(view.shape)}")
         if view.offset < start or view.offset + view.length > size:
-            raise ValueError(f"{where}: bytes {view.offset}..{view.offset + view.length} are outside the data")
+            raise InputError(f"{where}: bytes {view.offset}..{view.offset + view.length} are outside the data")
         tensors.append(view)
     models: dict[str, dict[str, int]] = {}
     for model, names in data.get("models", {}).items():
         for name, k in names.items():
             if not isinstance(k, int) or not 0 <= k < len(tensors):
-                raise ValueError(f"{path}: index.models[{model!r}][{name!r}]: no tensor view {k!r}")
+                raise InputError(f"{path}: index.models[{model!r}][{name!r}]: no tensor view {k!r}")
         models[model] = dict(names)
     return WeightsIndex(alignment, start, tuple(tensors), models)
 
@@ -157,7 +159,7 @@ class SharedWeights:
 
     def __init__(self, path: Path) -> None:
         if sys.byteorder != "little":
-            raise RuntimeError("vared2 weights files are little-endian; this host is big-endian")
+            raise InputError("vared2 weights files are little-endian; this host is big-endian")
         self.path = path
         self.index = read_index(path)
         self._map = np.memmap(path, dtype=np.uint8, mode="r")
@@ -174,7 +176,9 @@ class SharedWeights:
         """The process-wide ``SharedWeights`` of ``engine_dir/file`` (created on first use)."""
         path = (Path(engine_dir) / file).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such weights file (is {engine_dir} an ONNX Runtime engine directory?)")
+            raise InputNotFoundError(
+                f"{path}: no such weights file (is {engine_dir} an ONNX Runtime engine directory?)"
+            )
         stat = path.stat()
         key = (str(path), stat.st_ino, stat.st_mtime_ns)
         register_shared_allocator()

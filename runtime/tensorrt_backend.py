@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from vared2.engines.manifest import Manifest
+from vared2.formats.errors import InputError
 
 from .backends import GateOutput, check_backend_version
 from .errors import BackendError, DeviceMismatchError
@@ -317,7 +318,7 @@ class TrtBackend:
         cuda_graphs: bool = False,
     ) -> None:
         if contexts < 1:
-            raise ValueError(f"contexts must be at least 1, got {contexts}")
+            raise InputError(f"contexts must be at least 1, got {contexts}")
         trt, cuda = _import_tensorrt()
         cudart = _import_cudart() if cuda_graphs else None
         check_backend_version(manifest, trt.__version__, exact=3)
