@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,23 @@ from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_mod
 BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
 #: Training clips the per-bucket BatchNorm statistics are recomputed on after dynamic training.
 CALIBRATION_CLIPS = 512
+
+
+#: Stride-2 stages after the stem that also halve time (torchvision: mc3's later stages are 2-D in time).
+_TEMPORAL_HALVINGS = {"r2plus1d_18": 3, "r3d_18": 3, "mc3_18": 0}
+
+
+def check_crop(backbone: str, frames: int, size: int) -> None:
+    """Refuse a crop too small for the network before anything is written (issue 27). The stem and three
+    stride-2 stages leave ceil(size / 16) pixels a side; in training every BatchNorm needs more than one value
+    per channel, and a DataLoader's last batch can be a single clip, so the last stage needs 2 values or more."""
+    last_frames = math.ceil(frames / 2 ** _TEMPORAL_HALVINGS[backbone])
+    if last_frames * math.ceil(size / 16) ** 2 >= 2:
+        return
+    raise InputError(
+        f"--size {size}: too small for {backbone} at {frames} frames (its last stage would hold one value per "
+        f"channel, which BatchNorm cannot train on); use --size at least 17"
+    )
 
 
 def split_source(data: Path, split: str) -> Path:
@@ -122,6 +140,7 @@ def run_training(
         raise InputNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
     if backbone not in BUILDERS:
         raise InputError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+    check_crop(backbone, frames, size)
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
     val_set = VideoFolderDataset(
         split_source(data, "val"), frames=frames, size=size, classes=train_set.classes, cache=True

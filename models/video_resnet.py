@@ -77,20 +77,20 @@ class ModelConfig:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def fail(name: str, problem: str, kind: type[Exception] = ValueError) -> None:
+        def fail(name: str, problem: str, kind: type[Exception] = InputError) -> None:
             raise kind(f"ModelConfig.{name}: {problem}")
 
         if self.backbone not in BACKBONES:
             fail("backbone", f"unknown {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
         if not _is_number(self.width):
-            fail("width", f"must be a number, got {type(self.width).__name__}", TypeError)
+            fail("width", f"must be a number, got {type(self.width).__name__}", InputTypeError)
         if not (math.isfinite(self.width) and self.width > 0):
             fail("width", f"must be > 0, got {self.width}")
         object.__setattr__(self, "width", float(self.width))
         for name in ("num_classes", "frames", "size", "gate_hidden"):
             value = getattr(self, name)
             if not _is_int(value):
-                fail(name, f"must be an int, got {type(value).__name__}", TypeError)
+                fail(name, f"must be an int, got {type(value).__name__}", InputTypeError)
             if value < 1:
                 fail(name, f"must be >= 1, got {value}")
             limit = {"frames": MAX_FRAMES, "size": MAX_SIZE, "num_classes": MAX_CLASSES}.get(name)
@@ -105,7 +105,7 @@ class ModelConfig:
             fail("std", f"must be positive, got {list(self.std)}")
         labels = tuple(self.labels)
         if not all(isinstance(label, str) for label in labels):
-            fail("labels", "must be strings", TypeError)
+            fail("labels", "must be strings", InputTypeError)
         if labels and len(labels) != self.num_classes:
             fail("labels", f"{len(labels)} labels for {self.num_classes} classes")
         object.__setattr__(self, "labels", labels)
@@ -115,7 +115,7 @@ class ModelConfig:
             raise InputError(f"ModelConfig.buckets: {error}") from None
         object.__setattr__(self, "buckets", table.names)
         if not isinstance(self.provenance, dict):
-            fail("provenance", f"must be a dict, got {type(self.provenance).__name__}", TypeError)
+            fail("provenance", f"must be a dict, got {type(self.provenance).__name__}", InputTypeError)
         self._check_provenance()
         object.__setattr__(self, "_built", True)
 

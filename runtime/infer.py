@@ -132,5 +132,6 @@ def infer(
             except InputError as error:
                 failure(video, error)
     if failed:
-        raise InputError(f"{len(failed)} of {len(videos)} videos failed: {', '.join(failed)}")
+        in_order = [os.fspath(v) for v in videos if os.fspath(v) in failed]
+        raise InputError(f"{len(failed)} of {len(videos)} videos failed: {', '.join(in_order)}")
     return count

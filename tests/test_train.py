@@ -178,7 +178,7 @@ def test_a_bad_training_setting_is_named(change: dict[str, object], message: str
         (["--threads", "-2"], "'--threads': -2 is not in the range x>=1"),
         (["--lr", "0"], "'--lr': 0.0 is not in the range x>0"),
         (["--flops-weight", "-1"], "'--flops-weight': -1.0 is not in the range x>=0"),
-        (["--epochs", "1"], "got 3; lower it (--warmup-epochs, default 3) to at most 1"),
+        (["--epochs", "1", "--warmup-epochs", "3"], "got 3; lower it (--warmup-epochs) to at most 1"),
     ],
 )
 def test_a_bad_training_option_is_named_on_the_command_line(tmp_path: Path, option: list[str], message: str) -> None:

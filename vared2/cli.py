@@ -100,9 +100,8 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 @click.option(
     "--warmup-epochs",
     type=click.IntRange(min=0),
-    default=3,
-    show_default=True,
-    help="Epochs on the full bucket before the gate.",
+    default=None,
+    help="Epochs on the full bucket before the gate (default: a quarter of --epochs, 3 of 12).",
 )
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=2e-3, show_default=True)
@@ -186,7 +185,7 @@ def train(
     frames: int,
     size: int,
     epochs: int,
-    warmup_epochs: int,
+    warmup_epochs: int | None,
     batch_size: int,
     lr: float,
     lr_warmup_epochs: int,
@@ -210,7 +209,7 @@ def train(
     def go() -> None:
         config = TrainConfig(
             epochs=epochs,
-            warmup_epochs=0 if static else warmup_epochs,
+            warmup_epochs=0 if static else default_warmup(epochs) if warmup_epochs is None else warmup_epochs,
             batch_size=batch_size,
             lr=lr,
             lr_warmup_epochs=lr_warmup_epochs,
@@ -244,7 +243,7 @@ def train(
         click.echo(describe(history))
         click.echo(f"checkpoint: {out}")
 
-    from vared2.models.train import TrainConfig, describe
+    from vared2.models.train import TrainConfig, default_warmup, describe
 
     run_stage(go)
 

@@ -93,6 +93,9 @@ def run_stage(action: Callable[[], T], *, verb: str | None = None) -> T:
         root = (err.name or "").split(".")[0]
         if root not in EXTRA_OF:
             _bug(err)
+        if verb is None:  # the verb whose context this runs in, if any
+            context = click.get_current_context(silent=True)
+            verb = context.info_name if context is not None and context.parent is not None else None
         extra = EXTRA_OF[root] if root == "matplotlib" or verb not in VERB_EXTRAS else VERB_EXTRAS[verb]
         _one_line(f"error: {MissingExtraError(f'vared2 {verb}' if verb else 'this command', extra, root)}", 2)
     except OSError as err:
