@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from vared2.engines.manifest import (
     EXPORT_JSON,
     MANIFEST_NAME,
@@ -32,6 +30,7 @@ from vared2.engines.manifest import (
 )
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
 from vared2.formats.errors import InputError
+from vared2.formats.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -211,7 +210,9 @@ def build_engines(
         return out_dir
 
     check_export_graphs(onnx_dir, spec)  # after the up-to-date check: a clean rebuild reads no graph
-    bar = tqdm(total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress)
+    bar = show_progress(
+        total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress
+    )
 
     started: list[str] = []
 

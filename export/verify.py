@@ -20,6 +20,7 @@ from vared2.engines.manifest import EXPORT_JSON, read_export_spec
 from vared2.export.graphs import normalize_clip
 from vared2.export.onnx_export import model_description
 from vared2.formats.errors import InputError, InputNotFoundError
+from vared2.formats.progress import progress
 from vared2.models import VaRed2VideoResNet, load
 
 ATOL = 1e-4
@@ -122,7 +123,7 @@ def verify_model(onnx_dir: Path, model: VaRed2VideoResNet, *, batch: int = 2, se
     check.note = f"bucket argmax {'identical' if same_choice else 'DIFFERS'}: {logits.numpy().argmax(1).tolist()}"
     report.checks.append(check)
 
-    for entry in spec["buckets"]:
+    for entry in progress(spec["buckets"], desc="verifying buckets", unit="bucket"):
         with torch.no_grad():
             expected = model.forward_features(features, entry["id"]).numpy()
         got = _session(onnx_dir / entry["file"]).run(None, {"features": features.numpy()})[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vared2.formats.progress import progress
 from vared2.models.dataset import MOTION_LEVELS
 from vared2.models.video_resnet import VaRed2VideoResNet
 
@@ -87,7 +88,8 @@ def evaluate(
     correct = torch.zeros(0, dtype=torch.bool)
     chosen = torch.zeros(0, dtype=torch.long)
     motions = torch.zeros(0, dtype=torch.long)
-    for clips, labels, motion in DataLoader(dataset, batch_size=batch_size):
+    batches = DataLoader(dataset, batch_size=batch_size)
+    for clips, labels, motion in progress(batches, desc="evaluating", unit="batch"):
         if forced is not None:
             logits, choices = model(clips, bucket=forced), torch.full((len(labels),), forced)
         else:

@@ -14,15 +14,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from vared2.formats.errors import InputError, InputExistsError, InputNotADirectoryError, InputNotFoundError
+from vared2.formats.progress import say
 from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
-from vared2.models.checkpoint import load, save
+from vared2.models.checkpoint import load, read_config, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
 from vared2.models.latency import bucket_costs, latency_costs, read_latency_table
-from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, train
+from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, evaluate_accuracy, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model, copy_weights
 
 BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
@@ -177,15 +179,49 @@ def run_training(
     if not config.static:
         calibration_clips, _ = stack_dataset(train_set, limit=CALIBRATION_CLIPS)
         calibrate_batchnorm(model, calibration_clips)
+        final = record_final_validation(model, val_set, config.batch_size, "BatchNorm recalibration")
         model.config.provenance = {
             **model.config.provenance,
-            "batchnorm_calibration": {"clips": len(calibration_clips), "split": "train"},
+            "batchnorm_calibration": {"clips": len(calibration_clips), "split": "train", **final},
         }
         save(model, out)
     if fit_gate_after:
         fit_and_record_gate(model, train_set, config.target_ratio, latency_table, seed=config.seed, command=command)
+        record_final_validation(model, val_set, config.batch_size, "the gate fit")
         save(model, out)
     return history
+
+
+def record_final_validation(
+    model: VaRed2VideoResNet, val_set: VideoFolderDataset, batch_size: int, after: str
+) -> dict[str, object]:
+    """Validate the model as it will be saved — after the steps that change it once the epochs are done — and
+    record it as the checkpoint's ``final_validation``, so the run's last figure describes the checkpoint."""
+    accuracy, ratio, histogram = evaluate_accuracy(model, DataLoader(val_set, batch_size=batch_size), static=False)
+    final: dict[str, object] = {
+        "after": after,
+        "val_accuracy": accuracy,
+        "val_gflops_ratio": ratio,
+        "histogram": histogram,
+    }
+    model.config.provenance = {**model.config.provenance, "final_validation": final}
+    say(f"after {after}: {describe_final(final)}")
+    return final
+
+
+def describe_final(final: dict[str, object]) -> str:
+    return (
+        f"val acc {final['val_accuracy']:.3f}  val GFLOPs {final['val_gflops_ratio']:.2f} of full  "
+        f"buckets {final['histogram']}"
+    )
+
+
+def final_figure(checkpoint: Path) -> str | None:
+    """The checkpoint's final validation line (``vared2 train`` prints it after the epoch table), if recorded."""
+    final = read_config(checkpoint)[0].provenance.get("final_validation")
+    if not isinstance(final, dict):
+        return None
+    return f"checkpoint (after {final['after']}): {describe_final(final)}"
 
 
 def fit_and_record_gate(
@@ -208,7 +244,12 @@ def fit_and_record_gate(
         costs = bucket_costs(table, names, latency_table)
         priced_by = {"cost": "latency", "latency_table": str(latency_table), "engine": table.get("engine")}
         priced_by |= {"threads": table.get("threads"), "costs": dict(zip(names, costs, strict=True))}
-    clips, labels = stack_dataset(train_set)
+    say(f"fit-gate: decoding the {len(train_set)} training clips")
+    clips, labels = stack_dataset(train_set, desc="decoding")
+    say(
+        f"fit-gate: each clip's loss under each of the {len(names)} buckets, then the gate fitted to the best "
+        f"bucket per clip at {target_ratio:.3f} of the full bucket's {priced_by['cost']}"
+    )
     result = fit_gate(model, clips, labels, target_ratio, seed=seed, costs=costs)
     model.config.provenance = {
         **model.config.provenance,

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from vared2.formats.errors import InputError, InputExistsError
+from vared2.formats.progress import progress as show_progress
 from vared2.models.video_io import MAX_FRAMES, MAX_SIZE, StrPath, default_codec, write_video
 
 #: Shape and motion pattern of each class. Names sort in label order, so a ``<class>/`` folder tree of the
@@ -282,7 +282,7 @@ def write_dataset(
             (tmp / "videos" / name).mkdir(parents=True)
         rows: dict[str, list[tuple[str, str, str]]] = {"train": [], "val": []}
         counts: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
-        for i in tqdm(range(clips), desc=f"synth {out.name}", unit="clip", disable=not progress):
+        for i in show_progress(range(clips), desc=f"synth {out.name}", unit="clip", disable=not progress):
             video, label, meta = make_clip(seed, i, spec)
             relative = f"videos/{CLASSES[label]}/{i:06d}.mp4"
             write_video(tmp / relative, video, fps=fps, codec=codec)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,9 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from vared2.formats.errors import InputError, InputNotFoundError
+from vared2.formats.progress import progress, say
 from vared2.models.augment import random_translate
 from vared2.models.checkpoint import load, save
 from vared2.models.video_resnet import VaRed2VideoResNet
@@ -352,7 +351,7 @@ def train(
         moves = torch.Generator().manual_seed(10**6 + config.seed * 1000 + epoch)  # and so do its translations
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
+        bar = progress(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps_per_epoch)
@@ -383,12 +382,11 @@ def train(
         }
         save(model, out_dir)
         save_training_state(out_dir, optimizer, epoch, history, config)
-        tqdm.write(
+        say(
             f"epoch {epoch}/{config.epochs}: loss {stats.loss:.3f}  train acc {stats.train_accuracy:.3f}  "
             f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full"
             + ("" if config.static else f"  tau {tau:.2f}")  # the gate's temperature; a static run has no gate
-            + f"  buckets {histogram}",
-            file=sys.stderr,
+            + f"  buckets {histogram}"
         )
         if on_epoch:
             on_epoch(stats)

@@ -204,7 +204,7 @@ def train(
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
     check_output_dir(out, "--out")
-    from vared2.models.recipe import run_training
+    from vared2.models.recipe import final_figure, run_training
 
     def go() -> None:
         config = TrainConfig(
@@ -241,6 +241,9 @@ def train(
             command=command,
         )
         click.echo(describe(history))
+        final = final_figure(out)  # the model as saved: after BatchNorm recalibration (and a gate fit)
+        if final is not None:
+            click.echo(final)
         click.echo(f"checkpoint: {out}")
 
     from vared2.models.train import TrainConfig, default_warmup, describe
