@@ -61,7 +61,7 @@ class PlainProgress(Generic[T]):
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        step = max(1, (self.total or 0) // 10)
+        step = max(1, -(-(self.total or 0) // 10))  # a tenth, rounded up
         if self.n - self._last_n >= step or time.monotonic() - self._last_time >= LOG_INTERVAL_S:
             self._line()
 
@@ -79,7 +79,8 @@ class PlainProgress(Generic[T]):
     def _line(self) -> None:
         of = f"/{self.total}" if self.total else ""
         extra = f" ({self.postfix})" if self.postfix else ""
-        print(f"{self.desc}: {self.n}{of} {self.unit}s{extra}", file=_stream(), flush=True)
+        units = self.unit + ("es" if self.unit.endswith(("ch", "s", "x")) else "s")
+        print(f"{self.desc}: {self.n}{of} {units}{extra}", file=_stream(), flush=True)
         self._last_time, self._last_n = time.monotonic(), self.n
 
 

@@ -4,6 +4,7 @@ engines (tests/test_runtime_models), real videos, a real TCP server on 127.0.0.1
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -462,3 +463,53 @@ def test_the_crop_rule_matches_the_network() -> None:
         except InputError:
             accepted = False
         assert accepted == trains, (backbone, frames, size)
+
+
+# ---- progress: a bar on a terminal, plain lines in a log -------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_in_a_log_is_whole_lines_and_a_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vared2.formats.progress import progress, say
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    assert list(progress(range(25), desc="work", unit="clip")) == list(range(25))
+    say("done")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and lines[-2:] == ["work: 25/25 clips", "done"]
+    assert 3 <= len(lines) <= 12  # about every tenth, not every item
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert list(progress(range(5), desc="work", unit="clip")) == list(range(5))
+    assert "\r" in terminal.getvalue() and "5/5" in terminal.getvalue()
+
+
+def test_synth_writes_plain_progress_lines_into_a_log(tmp_path: Path) -> None:
+    """Today tqdm wrote its ``\\r`` frames into redirected stderr."""
+    result = run_cli("synth", "--out", str(tmp_path / "data"), "--clips", "6", "--frames", "4", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    assert "synth data: 6/6 clips" in result.stderr.splitlines()
+
+
+def test_fit_gate_says_what_it_is_doing(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from vared2.models import r2plus1d_18
+    from vared2.models.dataset import ClipListDataset
+    from vared2.models.recipe import fit_and_record_gate
+    from vared2.models.synthetic import generate
+
+    torch.manual_seed(0)
+    model = r2plus1d_18(width=0.125, frames=4, size=32, num_classes=12)
+    clips = ClipListDataset(generate(12, seed=3, frames=8, size=40), frames=4, size=32)
+    fit_and_record_gate(model, clips, 0.6, None, seed=0, command="test")
+    err = capsys.readouterr().err
+    assert "fit-gate: decoding the 12 training clips" in err
+    assert "fit-gate: each clip's loss under each of the" in err and "at 0.600 of the full bucket's gflops" in err
+    assert "every bucket on 12 clips: 1/1 batches" in err
