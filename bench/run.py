@@ -199,11 +199,14 @@ def run_bench(
 
                 trace = timed(bucket_step)
                 traces.append(trace)
-                report(f"bucket {entry.id}: {entry.name} ({entry.gflops:.4g} GFLOPs)", trace)
+                label = f"{entry.short_name} ({entry.name})" if entry.short_name else entry.name
+                report(f"bucket {entry.id}: {label}, {entry.gflops:.4g} GFLOPs", trace)
 
         full = manifest.buckets[0]
         buckets = [
-            BucketResult(e.id, e.name, e.policy, e.gflops, t, full.gflops, traces[0].latency.median)
+            BucketResult(
+                e.id, e.name, e.policy, e.gflops, t, full.gflops, traces[0].latency.median, short_name=e.short_name
+            )
             for e, t in zip(manifest.buckets, traces, strict=True)
         ]
         note = None

@@ -513,3 +513,73 @@ def test_fit_gate_says_what_it_is_doing(capsys: pytest.CaptureFixture[str]) -> N
     assert "fit-gate: decoding the 12 training clips" in err
     assert "fit-gate: each clip's loss under each of the" in err and "at 0.600 of the full bucket's gflops" in err
     assert "every bucket on 12 clips: 1/1 batches" in err
+
+
+# ---- tables and plots name buckets by their short names, the policy beside ---------------------------------------
+
+CROWDED = [  # short name, policy, GFLOPs, median ms: several points close together, as the demo's are
+    ("full", ((0, 0),) * 4, 20.3, 206.0),
+    ("c1", ((0, 1),) * 4, 10.5, 131.0),
+    ("c2", ((0, 2),) * 4, 5.6, 92.0),
+    ("t1", ((1, 0), (1, 0), (0, 0), (0, 0)), 10.2, 128.0),
+    ("t1c1", ((1, 1), (1, 1), (0, 1), (0, 1)), 5.3, 90.0),
+    ("t1c2", ((1, 2), (1, 2), (0, 2), (0, 2)), 2.9, 70.0),
+]
+
+
+def crowded_report() -> object:
+    from vared2.bench import BenchReport, BucketResult, Trace
+    from vared2.bench.dynamic import policy_string
+
+    def trace(ms: float) -> Trace:
+        return Trace({"latency": [ms, ms * 1.01, ms * 0.99]}, 1, 1.0, 3 * ms).summarise((90,))
+
+    buckets = [
+        BucketResult(i, policy_string(p), p, g, trace(ms), CROWDED[0][2], CROWDED[0][3], short_name=short)
+        for i, (short, p, g, ms) in enumerate(CROWDED)
+    ]
+    engine = {"name": "demo", "backend": "onnxruntime", "backend_version": "1.32", "precision": "fp32"}
+    return BenchReport("engines/demo", engine, {}, {"batch": 1}, trace(3.0), 0.05, buckets)
+
+
+def test_the_bench_table_and_plot_use_short_names_and_the_plot_labels_stay_apart_and_inside(tmp_path: Path) -> None:
+    from vared2.bench.report import label_box, plot_figure, write_plot
+
+    report = crowded_report()
+    table = report.table().splitlines()  # type: ignore[attr-defined]
+    assert table[0].split()[:3] == ["id", "bucket", "policy"]
+    assert table[2].split()[1:3] == ["full", "t0c0/t0c0/t0c0/t0c0"] and table[5].split()[1] == "t1"
+    fig, ax, labels = plot_figure(report)
+    renderer = fig.canvas.get_renderer()
+    area = ax.get_window_extent(renderer)
+    boxes = [label_box(ax, label, renderer) for label in labels]  # the text, not its arrow
+    assert [label.get_text().split()[0] for label in labels] == [short for short, *_ in CROWDED]
+    assert "t1c1/t1c1/t0c1/t0c1" in labels[4].get_text()
+    for i, box in enumerate(boxes):
+        assert area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1, labels[i]
+        for j in range(i):
+            assert not box.overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+    assert write_plot(report, tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"  # type: ignore[arg-type]
+
+
+def test_the_evaluation_table_uses_short_names_with_the_policy() -> None:
+    from vared2.models.evaluate import Evaluation
+
+    names = [policy for _, policy, *_ in CROWDED]
+    from vared2.bench.dynamic import policy_string
+
+    evaluation = Evaluation(
+        samples=10,
+        accuracy=0.5,
+        mean_gflops=1.0,
+        full_gflops=2.0,
+        gflops_ratio=0.5,
+        buckets=[policy_string(p) for p in names],
+        short_names=[short for short, *_ in CROWDED],
+        histogram=[1, 2, 3, 4, 0, 0],
+        forced_bucket=3,
+    )
+    lines = evaluation.table().splitlines()
+    assert "(bucket t1 (t1c0/t1c0/t0c0/t0c0))" in lines[0]
+    assert lines[3].split() == ["bucket", "policy", "clips", "share"]
+    assert lines[4].split() == ["full", "t0c0/t0c0/t0c0/t0c0", "1", "10.0%"]
