@@ -373,6 +373,20 @@ def test_ctrl_c_exits_130(engine_dir: Path) -> None:
     assert err.strip().splitlines()[-1] == "vared2: interrupted" and "Traceback" not in err
 
 
+def test_ctrl_c_cleans_up_before_exiting_130(tmp_path: Path) -> None:
+    """synth interrupted mid-way leaves neither its --out nor its temporary folder behind."""
+    process = vared2("synth", "--out", str(tmp_path / "data"), "--clips", "400", "--frames", "4", "--size", "32",
+                     stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stderr is not None
+    line = process.stderr.readline()  # the first progress line: clips are being written
+    assert "synth data:" in line, line
+    process.send_signal(signal.SIGINT)
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 130, err
+    assert err.strip().splitlines()[-1] == "vared2: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- outputs checked before any work ---------------------------------------------------------------------------
 
 
