@@ -254,6 +254,8 @@ def tcp_server(payload: bytes = b"") -> Iterator[str]:
 
 def test_the_default_timeout_is_stated() -> None:
     assert DEFAULT_TIMEOUT == 10.0
+    infer_options = {p.name: p for p in cli.commands["infer"].params}
+    assert infer_options["timeout"].default == DEFAULT_TIMEOUT
     assert f"{DEFAULT_TIMEOUT:g} s by default" in (ROOT / "README.md").read_text()
 
 
@@ -597,3 +599,32 @@ def test_the_evaluation_table_uses_short_names_with_the_policy() -> None:
     assert "(bucket t1 (t1c0/t1c0/t0c0/t0c0))" in lines[0]
     assert lines[3].split() == ["bucket", "policy", "clips", "share"]
     assert lines[4].split() == ["full", "t0c0/t0c0/t0c0/t0c0", "1", "10.0%"]
+
+
+# ---- every purposeful error of the user-facing modules is typed -------------------------------------------------
+
+USER_FACING = [
+    "runtime/api.py", "runtime/infer.py", "runtime/video.py", "runtime/backends.py", "runtime/errors.py",
+    "runtime/shared_weights.py", "runtime/thread_pool.py", "engines/build.py", "engines/manifest.py",
+    "export/verify.py", "bench/run.py", "bench/dynamic.py", "bench/timing.py", "models/recipe.py",
+    "models/checkpoint.py", "models/dataset.py", "models/latency.py", "models/synthetic.py", "models/buckets.py",
+]  # fmt: skip
+BUILT_INS = {"ValueError", "TypeError", "FileNotFoundError", "FileExistsError", "NotADirectoryError",
+             "IsADirectoryError", "ImportError", "OSError"}  # fmt: skip
+#: Invariants of the code itself, not input: if one fires, it is a bug (exit code 3) on purpose.
+INVARIANTS = ("fill must return a Manifest", "measure_interleaved: no steps to time")
+
+
+def test_the_user_facing_modules_raise_typed_errors() -> None:
+    """A plain built-in raised there would exit 3 ("a bug") from the CLI; the typed ones exit 2."""
+    import ast
+
+    found = []
+    for relative in USER_FACING:
+        tree = ast.parse((ROOT / relative).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = getattr(node.exc.func, "id", None)
+                if name in BUILT_INS and not any(text in ast.unparse(node) for text in INVARIANTS):
+                    found.append(f"{relative}:{node.lineno}: {name}")
+    assert not found, found

@@ -1,8 +1,8 @@
 """The ``vared2`` command line: one verb per pipeline stage (DESIGN.md §9).
 
-Exit codes: 0 success, 1 a failed check (parity, verification), 2 bad usage or bad input — with a
-one-line reason on stderr — and 3 an unexpected error, with its traceback (``vared2.stages``). Each verb
-imports its stage only when it runs, so ``vared2 infer`` works on a device that has the runtime extra only.
+Exit codes, by error type (``vared2.stages``): 0 success, 1 a failed check, 2 bad usage, input or environment
+(one line on stderr), 3 a bug (with its traceback), 130 interrupted. Each verb imports its stage only when it
+runs, so ``vared2 infer`` works on a device that has the runtime extra only; a missing extra is named.
 """
 
 from __future__ import annotations
