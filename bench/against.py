@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from vared2.formats.errors import InputError, InputNotFoundError
 from vared2.runtime import Runtime
 
 from .dynamic import policy_string, recorded_buckets
@@ -166,9 +167,9 @@ def run_against(
     out = sys.stdout if out is None else out
     check_settings(warmup_ms, iterations, 1.0)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"--rounds: expected an integer >= 1, got {rounds!r}")
+        raise InputError(f"--rounds: expected an integer >= 1, got {rounds!r}")
     if replay is not None and not Path(replay).is_file():
-        raise FileNotFoundError(f"{replay}: no such bench JSON file (--replay)")
+        raise InputNotFoundError(f"{replay}: no such bench JSON file (--replay)")
     load_before = list(os.getloadavg())
     a = Runtime.open(engine_dir, threads=threads)
     try:
@@ -179,7 +180,7 @@ def run_against(
     try:
         policies = [[policy_string(x.policy) for x in rt.manifest.buckets] for rt in (a, b)]
         if policies[0] != policies[1] or a.manifest.model.frames != b.manifest.model.frames:
-            raise ValueError(
+            raise InputError(
                 f"--against {against}: not the same model's buckets as {engine_dir} ({policies[1]} vs {policies[0]})"
             )
         mix = recorded_buckets(Path(replay), a) if replay is not None else None

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vared2.formats.errors import InputError
 from vared2.formats.manifest import Manifest
 from vared2.runtime.backends import OrtEngine
 
@@ -100,10 +101,10 @@ def conv_layers(path: Path | str, batch: int = 1) -> list[ConvLayer]:
     def concrete(name: str, node: str, what: str) -> tuple[int, ...]:
         dims = shapes.get(name)
         if dims is None:
-            raise ValueError(f"{path}: Conv {node!r}: shape inference gave no shape for its {what} {name!r}")
+            raise InputError(f"{path}: Conv {node!r}: shape inference gave no shape for its {what} {name!r}")
         out = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(dims)]
         if not all(isinstance(d, int) and d > 0 for d in out):
-            raise ValueError(f"{path}: Conv {node!r}: {what} {name!r} has a non-static shape {dims}")
+            raise InputError(f"{path}: Conv {node!r}: {what} {name!r} has a non-static shape {dims}")
         return tuple(int(d) for d in out)
 
     layers = []
@@ -122,7 +123,7 @@ def conv_layers(path: Path | str, batch: int = 1) -> list[ConvLayer]:
             )
         )
     if not layers:
-        raise ValueError(f"{path}: no top-level Conv nodes; cannot measure a convolution ceiling")
+        raise InputError(f"{path}: no top-level Conv nodes; cannot measure a convolution ceiling")
     return layers
 
 
@@ -178,7 +179,7 @@ def measure_ceilings(
     """Time the convolution-only graph of every bucket (ONNX Runtime, the engines' session options) and fill in
     each one's FLOPs and latency fractions relative to bucket 0."""
     if manifest.backend != "onnxruntime":
-        raise ValueError(
+        raise InputError(
             f"{engine_dir}: the ceiling is measured on ONNX Runtime engine directories (their .onnx graphs); "
             f"this one is {manifest.backend}"
         )

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vared2.formats.errors import InputError, InputNotFoundError
 from vared2.formats.video import sample_indices
 from vared2.runtime import Result, Runtime
 from vared2.runtime.video import decode
@@ -45,18 +46,18 @@ def read_list(data: Path | str, split: str = "val") -> list[tuple[Path, str]]:
     data = Path(data)
     csv_path = data / f"{split}.csv" if data.is_dir() else data
     if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path}: no such file (--data takes a directory with {split}.csv, or a CSV)")
+        raise InputNotFoundError(f"{csv_path}: no such file (--data takes a directory with {split}.csv, or a CSV)")
     rows = []
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{csv_path}: expected a header with columns path,label[,motion], got {reader.fieldnames}")
+            raise InputError(f"{csv_path}: expected a header with columns path,label[,motion], got {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
             if not row["path"] or not row["label"]:
-                raise ValueError(f"{csv_path}:{line}: empty path or label")
+                raise InputError(f"{csv_path}:{line}: empty path or label")
             rows.append((csv_path.parent / row["path"], row["label"]))
     if not rows:
-        raise ValueError(f"{csv_path}: no videos listed")
+        raise InputError(f"{csv_path}: no videos listed")
     return rows
 
 
@@ -70,7 +71,7 @@ def load_clips(rt: Runtime, data: Path | str, limit: int | None = None) -> list[
     clips = []
     for path, label in rows:
         if label not in known:
-            raise ValueError(
+            raise InputError(
                 f"{path}: label {label!r} is not one of the engine's classes ({', '.join(spec.labels)}); "
                 "was this engine trained on this data set?"
             )
@@ -183,7 +184,7 @@ def run_dynamic(
     interleaved so drifts in machine load hit both alike: through the gate's choice, and with bucket 0 forced.
     Latency is the host wall time of each ``classify`` call (batch 1)."""
     if not clips:
-        raise ValueError(f"{data}: no clips for the dynamic workload")
+        raise InputError(f"{data}: no clips for the dynamic workload")
     if progress is not None:
         progress(f"dynamic workload: {len(clips)} clips from {data}")
     start = time.perf_counter()
@@ -217,9 +218,9 @@ def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
         if not isinstance(counts, dict):
             raise TypeError
     except (OSError, ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path}: not a readable vared2 bench JSON file ({error})") from None
+        raise InputError(f"{path}: not a readable vared2 bench JSON file ({error})") from None
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InputError(
             f"{path}: no dynamic workload recorded (expected dynamic.dynamic.bucket_counts, as "
             "`vared2 bench ENGINE_DIR --data DATA --json FILE` writes)"
         ) from None
@@ -227,14 +228,14 @@ def recorded_buckets(bench_json: Path | str, rt: Runtime) -> list[int]:
     by_policy = {policy_string(b.policy): b.id for b in buckets} | {b.name: b.id for b in buckets}
     missing = sorted(set(counts) - set(by_policy))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path}: recorded buckets {missing} are not buckets of this engine (its policies: "
             f"{', '.join(policy_string(b.policy) for b in buckets)})"
         )
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values()):
-        raise ValueError(f"{path}: bucket_counts must be non-negative integers, got {counts}")
+        raise InputError(f"{path}: bucket_counts must be non-negative integers, got {counts}")
     if not 0 < sum(counts.values()) <= MAX_REPLAY_CLIPS:  # a replay serves every recorded choice, one by one
-        raise ValueError(f"{path}: bucket_counts must total 1..{MAX_REPLAY_CLIPS} clips, got {sum(counts.values())}")
+        raise InputError(f"{path}: bucket_counts must total 1..{MAX_REPLAY_CLIPS} clips, got {sum(counts.values())}")
     return [by_policy[key] for key, n in counts.items() for _ in range(n)]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vared2.formats.errors import InputError
 from vared2.formats.manifest import Manifest
 
 
@@ -68,7 +69,7 @@ def profile_bucket(
     engine_dir = Path(engine_dir)
     manifest = Manifest.load(engine_dir)
     if manifest.backend != "onnxruntime":
-        raise ValueError(f"{engine_dir}: ONNX Runtime's profiler needs ONNX Runtime engines, not {manifest.backend}")
+        raise InputError(f"{engine_dir}: ONNX Runtime's profiler needs ONNX Runtime engines, not {manifest.backend}")
     entry = manifest.bucket(bucket)
     level = manifest.build_options.get("optimization", "all")
     with tempfile.TemporaryDirectory(prefix="vared2-profile-") as tmp:

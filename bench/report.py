@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ class BucketResult:
     conv_only: ConvOnly | None = None
     #: GFLOPs of the stem, when the manifest's bucket GFLOPs count it although the gate engine runs it.
     stem_gflops: float = 0.0
+    #: The exporter's short name (``full``, ``t1``, ``c1``…); engines exported before it was recorded have none.
+    short_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What tables and plots call the bucket: its short name, else its name."""
+        return self.short_name or self.name
 
     @property
     def median_ms(self) -> float:
@@ -83,6 +91,7 @@ class BucketResult:
         return {
             "id": self.id,
             "name": self.name,
+            "short_name": self.short_name,
             "policy": [list(p) for p in self.policy],
             "gflops": self.gflops,
             "flops_fraction": self.flops_fraction,
@@ -128,7 +137,7 @@ class BenchReport:
     @property
     def unstable(self) -> list[str]:
         names = ["gate"] if self.gate.unstable else []
-        names += [f"bucket {b.id} ({b.name})" for b in self.buckets if b.trace.unstable]
+        names += [f"bucket {b.id} ({b.label})" for b in self.buckets if b.trace.unstable]
         if self.dynamic is not None and self.dynamic.drifted:
             names.append("dynamic workload (its interleaved static full calls)")
         return names
@@ -136,7 +145,7 @@ class BenchReport:
     def table(self) -> str:
         """The efficiency table (plain text, aligned)."""
         head = (
-            f"{'id':>2}  {'bucket':<24} {'policy':<20} {'GFLOPs':>7} {'FLOPs':>6} {'median ms':>10} "
+            f"{'id':>2}  {'bucket':<8} {'policy':<20} {'GFLOPs':>7} {'FLOPs':>6} {'median ms':>10} "
             f"{'speedup':>7} {'effic.':>6} {'eff-stem':>8} {'ceiling':>7} {'eff/ceil':>8}"
         )
         lines = [head, "-" * len(head)]
@@ -144,7 +153,7 @@ class BenchReport:
             ceiling = "-" if b.ceiling is None else f"{b.ceiling:.2f}"
             of_ceiling = "-" if b.of_ceiling is None else f"{b.of_ceiling:.2f}"
             lines.append(
-                f"{b.id:>2}  {b.name:<24} {policy_string(b.policy):<20} {b.gflops:>7.3f} {b.flops_fraction:>6.1%} "
+                f"{b.id:>2}  {b.label:<8} {policy_string(b.policy):<20} {b.gflops:>7.3f} {b.flops_fraction:>6.1%} "
                 f"{b.median_ms:>10.3f} {b.speedup:>6.2f}x {b.efficiency:>6.2f} {b.engine_efficiency:>8.2f} "
                 f"{ceiling:>7} {of_ceiling:>8}"
             )
@@ -257,16 +266,13 @@ def write_latency_table(report: BenchReport, path: Path | str) -> Path:
     return _write_text(Path(path), json.dumps(report.latency_table(), indent=2) + "\n")
 
 
-def write_plot(report: BenchReport, path: Path | str) -> Path:
-    """Median latency against GFLOPs per bucket, with the ideal line (latency proportional to FLOPs, through the
-    full bucket's point). matplotlib is imported here only, with the Agg backend (no display needed)."""
+def plot_figure(report: BenchReport) -> tuple[Any, Any, list[Any]]:
+    """The figure of :func:`write_plot`: ``(figure, axes, bucket labels)``, the labels placed apart and inside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     full = report.full
     xs = [b.gflops for b in report.buckets]
     ys = [b.median_ms for b in report.buckets]
@@ -274,9 +280,6 @@ def write_plot(report: BenchReport, path: Path | str) -> Path:
     top = max(xs) * 1.08
     ax.plot([0, top], [0, full.median_ms * top / full.gflops], "--", color="grey", label="ideal: latency ∝ FLOPs")
     ax.scatter(xs, ys, color="tab:blue", zorder=3, label="bucket (median)")
-    for b in report.buckets:
-        ax.annotate(f"{b.id}: {b.name}\neff {b.efficiency:.2f}", (b.gflops, b.median_ms), fontsize=7,
-                    textcoords="offset points", xytext=(5, -10))  # fmt: skip
     ax.set_xlim(0, top)
     ax.set_ylim(0, max(max(ys), full.median_ms) * 1.15)
     ax.set_xlabel("GFLOPs (multiply-adds) per clip")
@@ -284,8 +287,79 @@ def write_plot(report: BenchReport, path: Path | str) -> Path:
     engine = report.engine
     ax.set_title(f"{engine['name']} — {engine['backend']} {engine['backend_version']}, {engine['precision']}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    legend = ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
+    labels = [
+        ax.annotate(
+            f"{b.label}  {policy_string(b.policy)}\neff {b.efficiency:.2f}",
+            (b.gflops, b.median_ms),
+            fontsize=7,
+            textcoords="offset pixels",
+            xytext=(6, 6),
+            ha="left",
+            va="bottom",  # the offset is then the box's lower left corner, which _place_apart relies on
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey", "shrinkA": 0, "shrinkB": 2},
+        )
+        for b in report.buckets
+    ]
+    _place_apart(fig, ax, labels, avoid=[legend])
+    return fig, ax, labels
+
+
+def label_box(ax: Any, label: Any, renderer: Any) -> Any:
+    """The display box of an annotation's text alone (its own extent includes its arrow); the text of an
+    annotation in offset pixels is laid out relative to its point."""
+    from matplotlib.text import Text
+
+    return Text.get_window_extent(label, renderer).translated(*ax.transData.transform(label.xy))
+
+
+def _place_apart(fig: Any, ax: Any, labels: list[Any], avoid: Sequence[Any] = ()) -> None:
+    """Move each label (an annotation in offset pixels) to the first spot near its point, right or left of it and
+    then further up or down, where it stays inside the axes and overlaps no label placed before it."""
+
+    def text_box(label: Any) -> Any:
+        return label_box(ax, label, renderer)
+
+    renderer = fig.canvas.get_renderer()
+    area = ax.get_window_extent(renderer)
+    taken = [artist.get_window_extent(renderer) for artist in avoid]
+    gap = 4
+    for label in sorted(labels, key=lambda a: (a.xy[0], a.xy[1])):
+        label.set_position((0, 0))
+        box = text_box(label)
+        width, height = box.width, box.height
+        x, y = ax.transData.transform(label.xy)
+        best, best_cost = (6.0, 6.0), float("inf")
+        for step in range(40):
+            for dy in (6.0 + step * (height + gap) / 2, 6.0 - height - 12 - step * (height + gap) / 2):
+                for dx in (6.0, -width - 6.0):
+                    left, bottom = x + dx, y + dy
+                    outside = max(0.0, area.x0 - left) + max(0.0, left + width - area.x1)
+                    outside += max(0.0, area.y0 - bottom) + max(0.0, bottom + height - area.y1)
+                    overlap = sum(
+                        max(0.0, min(left + width, t.x1) - max(left, t.x0))
+                        * max(0.0, min(bottom + height, t.y1) - max(bottom, t.y0))
+                        for t in taken
+                    )
+                    cost = overlap + 1000 * outside
+                    if cost < best_cost:
+                        best, best_cost = (dx, dy), cost
+            if best_cost == 0:
+                break
+        label.set_position(best)
+        taken.append(text_box(label))
+
+
+def write_plot(report: BenchReport, path: Path | str) -> Path:
+    """Median latency against GFLOPs per bucket, with the ideal line (latency proportional to FLOPs, through the
+    full bucket's point) and each bucket's short name, policy and efficiency beside its point. matplotlib is
+    imported here only, with the Agg backend (no display needed)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, _, _ = plot_figure(report)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp)
     plt.close(fig)

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from vared2.formats.errors import InputError, InputNotFoundError, MissingExtraError
+from vared2.formats.outputs import PLOT_SUFFIXES, check_output_file
 from vared2.runtime import Runtime
 
 from .ceiling import conv_layers, measure_ceilings
@@ -97,17 +99,25 @@ def run_bench(
     check_settings(warmup_ms, iterations, duration_s, batch)
     pcts = parse_percentiles(percentiles)
     if clips is not None and (isinstance(clips, bool) or not isinstance(clips, int) or clips < 1):
-        raise ValueError(f"--clips: expected an integer >= 1, got {clips!r}")
+        raise InputError(f"--clips: expected an integer >= 1, got {clips!r}")
     if data is not None and not Path(data).exists():
-        raise FileNotFoundError(f"{data}: no such data directory or CSV file (--data)")
+        raise InputNotFoundError(f"{data}: no such data directory or CSV file (--data)")
     if replay is not None and data is not None:
-        raise ValueError("--replay and --data are two ways to choose the dynamic workload; give one")
+        raise InputError("--replay and --data are two ways to choose the dynamic workload; give one")
     if replay is not None and clips is not None:  # it used to be ignored while the JSON recorded it
-        raise ValueError("--clips takes the first N videos of --data; a --replay serves its whole recorded mix")
+        raise InputError("--clips takes the first N videos of --data; a --replay serves its whole recorded mix")
     if replay is not None and not Path(replay).is_file():
-        raise FileNotFoundError(f"{replay}: no such bench JSON file (--replay)")
+        raise InputNotFoundError(f"{replay}: no such bench JSON file (--replay)")
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
-        raise ImportError(f"{plot}: --plot needs matplotlib, which is not installed (pip install matplotlib)")
+        raise MissingExtraError("--plot", "plot", "matplotlib")
+    # Where the results go is checked now, not after minutes of timing (issue 27).
+    for option, target, suffixes in (
+        ("--json", json_path, None),
+        ("--latency-table", latency_table, None),
+        ("--plot", plot, PLOT_SUFFIXES),
+    ):
+        if target is not None:
+            check_output_file(target, option, suffixes=suffixes)
     load_before = _load_average()
 
     def say(line: str = "") -> None:
@@ -121,7 +131,7 @@ def run_bench(
         # So do unreadable videos and unknown labels: the workload is decoded before any timing.
         workload = load_clips(rt, Path(data), clips) if data is not None else None
         if batch > manifest.max_batch:
-            raise ValueError(f"--batch: {batch} exceeds the engines' max batch {manifest.max_batch} (manifest.json)")
+            raise InputError(f"--batch: {batch} exceeds the engines' max batch {manifest.max_batch} (manifest.json)")
         device = manifest.backend == "tensorrt"
         settings = {
             "warmup_ms": warmup_ms,
@@ -189,11 +199,14 @@ def run_bench(
 
                 trace = timed(bucket_step)
                 traces.append(trace)
-                report(f"bucket {entry.id}: {entry.name} ({entry.gflops:.4g} GFLOPs)", trace)
+                label = f"{entry.short_name} ({entry.name})" if entry.short_name else entry.name
+                report(f"bucket {entry.id}: {label}, {entry.gflops:.4g} GFLOPs", trace)
 
         full = manifest.buckets[0]
         buckets = [
-            BucketResult(e.id, e.name, e.policy, e.gflops, t, full.gflops, traces[0].latency.median)
+            BucketResult(
+                e.id, e.name, e.policy, e.gflops, t, full.gflops, traces[0].latency.median, short_name=e.short_name
+            )
             for e, t in zip(manifest.buckets, traces, strict=True)
         ]
         note = None

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vared2.formats.errors import InputError
+
 #: trtexec's threshold (percent) above which it warns that a timing is unstable.
 UNSTABLE_COV_PERCENT = 2.5
 DEFAULT_PERCENTILES = (90.0, 95.0, 99.0)
@@ -65,12 +67,12 @@ def parse_percentiles(text: str | Sequence[float]) -> tuple[float, ...]:
         try:
             value = float(item)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"percentile: expected numbers in [0, 100] like 90,95,99, got {item!r}") from error
+            raise InputError(f"percentile: expected numbers in [0, 100] like 90,95,99, got {item!r}") from error
         if not 0.0 <= value <= 100.0 or math.isnan(value):
-            raise ValueError(f"percentile: expected numbers in [0, 100], got {value:g}")
+            raise InputError(f"percentile: expected numbers in [0, 100], got {value:g}")
         out.append(value)
     if not out:
-        raise ValueError("percentile: expected at least one number, e.g. 90,95,99")
+        raise InputError("percentile: expected at least one number, e.g. 90,95,99")
     return tuple(out)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vared2.formats.errors import InputError
 from vared2.formats.manifest import Manifest
 
 from .ceiling import engine_like
@@ -78,7 +79,7 @@ def stem_only_model(gate: Any, source: Path | str) -> Any:
 
     names = [o.name for o in gate.graph.output]
     if FEATURES not in names:
-        raise ValueError(f"{source}: the gate graph has no {FEATURES!r} output (outputs: {', '.join(names)})")
+        raise InputError(f"{source}: the gate graph has no {FEATURES!r} output (outputs: {', '.join(names)})")
     model = onnx.ModelProto()
     model.CopyFrom(gate)
     kept_outputs = [o for o in model.graph.output if o.name == FEATURES]
@@ -114,7 +115,7 @@ def measure_gate_split(
     """Time the gate engine and its stem alone on ``clip`` (uint8 ``[N, T, H, W, 3]``), interleaved, with the
     engines' graph optimisation level and session config."""
     if manifest.backend != "onnxruntime":
-        raise ValueError(
+        raise InputError(
             f"{engine_dir}: the gate split is measured on ONNX Runtime engine directories (their .onnx graphs); "
             f"this one is {manifest.backend}"
         )

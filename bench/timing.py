@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vared2.formats.errors import InputError
+
 from .stats import DEFAULT_PERCENTILES, UNSTABLE_COV_PERCENT, Stats, fmt, perf_string
 
 #: The phase times a device step reports, in trtexec's order.
@@ -34,13 +36,13 @@ Clock = Callable[[], float]
 def check_settings(warmup_ms: float, iterations: int, duration_s: float, batch: int = 1) -> None:
     """trtexec's option ranges, with errors naming the option."""
     if isinstance(warmup_ms, bool) or not isinstance(warmup_ms, int | float) or not warmup_ms >= 0:
-        raise ValueError(f"--warmup: expected milliseconds >= 0, got {warmup_ms!r}")
+        raise InputError(f"--warmup: expected milliseconds >= 0, got {warmup_ms!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"--iterations: expected an integer >= 1, got {iterations!r}")
+        raise InputError(f"--iterations: expected an integer >= 1, got {iterations!r}")
     if isinstance(duration_s, bool) or not isinstance(duration_s, int | float) or not duration_s >= 0:
-        raise ValueError(f"--duration: expected seconds >= 0, got {duration_s!r}")
+        raise InputError(f"--duration: expected seconds >= 0, got {duration_s!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"--batch: expected an integer >= 1, got {batch!r}")
+        raise InputError(f"--batch: expected an integer >= 1, got {batch!r}")
 
 
 @dataclass(frozen=True)

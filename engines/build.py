@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from vared2.engines.calibration import ClipSet
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
 from vared2.engines.ort_passes import check_skip
@@ -28,6 +26,7 @@ from vared2.formats.errors import InputError
 from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
 from vared2.formats.manifest import MANIFEST_NAME, Manifest, ManifestError, sha256_file, write_engine_dir
 from vared2.formats.paths import check_output_dir
+from vared2.formats.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -47,7 +46,7 @@ def _graph_io(path: Path) -> dict[str, list[int | str]]:
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
-        raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
+        raise InputError(f"{path}: not a readable ONNX model ({error}); export it again") from error
     return {
         value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         for value in [*graph.input, *graph.output]
@@ -74,12 +73,12 @@ def check_export_graphs(onnx_dir: Path, spec: dict[str, Any]) -> None:
         io = _graph_io(onnx_dir / file)
         for name, shape in tensors.items():
             if name not in io:
-                raise ValueError(f"{onnx_dir / file}: no tensor {name!r} (it has {', '.join(io)}); export it again")
+                raise InputError(f"{onnx_dir / file}: no tensor {name!r} (it has {', '.join(io)}); export it again")
             if shape is None:
                 continue
             got = [d if isinstance(d, int) else "N" for d in io[name]]
             if got != shape:
-                raise ValueError(
+                raise InputError(
                     f"{onnx_dir / file}: tensor {name!r} is {got}, but {onnx_dir / EXPORT_JSON} describes {shape} "
                     "(frames, size, buckets, classes or features_shape); export the model again"
                 )
@@ -140,26 +139,26 @@ def check_build_options(
     main job calls it before it exports and checks parity, which take minutes on a full-size model. Of
     ``calibration`` (the clips, or the directory they will be read from) only whether it is given matters."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime" and fp16:
-        raise ValueError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
+        raise InputError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
+        raise InputError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
     if precision not in ("fp32", "int8") or (precision == "int8" and backend != "onnxruntime"):
-        raise ValueError(f"precision: expected fp32, or int8 with the onnxruntime backend, got {precision!r}")
+        raise InputError(f"precision: expected fp32, or int8 with the onnxruntime backend, got {precision!r}")
     if precision == "int8" and calibration is None:
-        raise ValueError("precision int8: calibration clips are needed (vared2 build --calib DATA_DIR)")
+        raise InputError("precision int8: calibration clips are needed (vared2 build --calib DATA_DIR)")
     if precision == "fp32" and calibration is not None:
-        raise ValueError("calibration clips (--calib): only int8 engines are calibrated; add --precision int8")
+        raise InputError("calibration clips (--calib): only int8 engines are calibrated; add --precision int8")
     if isinstance(min_agreement, bool) or not isinstance(min_agreement, int | float) or not 0 <= min_agreement <= 1:
-        raise ValueError(f"min_agreement: expected a fraction from 0 to 1, got {min_agreement!r}")
+        raise InputError(f"min_agreement: expected a fraction from 0 to 1, got {min_agreement!r}")
     if backend == "onnxruntime":  # said, not silently ignored: the user expected them to do something
         given = [name for name, on in (("opt_batch", opt_batch != 1), ("timing_cache", timing_cache is not None)) if on]
         given += [] if use_plugins else ["use_plugins=False (--no-plugins)"]
         if given:
-            raise ValueError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
+            raise InputError(f"{', '.join(given)}: TensorRT options; the onnxruntime backend has no use for them")
     else:
         _backend_version(backend)  # TensorRTUnavailableError, saying what to install, when TensorRT is missing
 
@@ -243,7 +242,9 @@ def build_engines(
         return out_dir
 
     check_export_graphs(onnx_dir, spec)  # after the up-to-date check: a clean rebuild reads no graph
-    bar = tqdm(total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress)
+    bar = show_progress(
+        total=1 + len(spec["buckets"]), desc=f"building {backend} engines", unit="engine", disable=not progress
+    )
 
     started: list[str] = []
 

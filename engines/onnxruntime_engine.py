@@ -33,7 +33,7 @@ from vared2.engines.quantize import (
     measure_agreement,
     quantize_engines,
 )
-from vared2.formats.errors import InputError
+from vared2.formats.errors import CheckFailed, InputError, InputTypeError
 from vared2.formats.export_spec import model_spec, read_export_spec
 from vared2.formats.manifest import BucketEntry, GateEntry, Manifest, WeightsEntry, sha256_file
 from vared2.formats.sessions import (
@@ -57,10 +57,8 @@ PREPACKING = {"fp32": {"session.disable_prepacking": "1"}, "int8": {"session.dis
 TOLERANCE = 1e-4
 
 
-class ParityError(RuntimeError):
-    """An engine's output differs from its source ONNX beyond the tolerance: the build fails."""
-
-    failed_check = True  # the CLI's exit code 1
+class ParityError(CheckFailed, RuntimeError):
+    """An engine's output differs from its source ONNX beyond the tolerance: the build fails (exit code 1)."""
 
 
 def pack_weights(
@@ -113,7 +111,7 @@ def _example_feed(session: ort.InferenceSession, rng: np.random.Generator, batch
         elif arg.type == "tensor(float)":
             feed[arg.name] = rng.standard_normal(shape).astype(np.float32)
         else:
-            raise TypeError(f"input {arg.name!r}: unsupported type {arg.type} (expected uint8 or float tensors)")
+            raise InputTypeError(f"input {arg.name!r}: unsupported type {arg.type} (expected uint8 or float tensors)")
     return feed
 
 
@@ -185,7 +183,7 @@ def _load_exported(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and friends; onnx has no error class of its own
-        raise ValueError(f"{path}: not a readable ONNX model ({error}); export it again") from error
+        raise InputError(f"{path}: not a readable ONNX model ({error}); export it again") from error
 
 
 def build_onnxruntime(
@@ -222,7 +220,7 @@ def build_onnxruntime(
     spec = read_export_spec(onnx_dir)
     check_level(optimization)  # both validated before any work
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads: expected a positive integer or None, got {threads!r}")
+        raise InputError(f"threads: expected a positive integer or None, got {threads!r}")
     if precision not in ("fp32", "int8"):
         raise InputError(f"precision: expected fp32 or int8 for ONNX Runtime, got {precision!r}")
     if precision == "int8" and (calibration is None or validation is None):

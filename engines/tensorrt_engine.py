@@ -48,7 +48,7 @@ PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 CALIBRATION_METHOD = "max-abs"  # per-tensor max |x| of each convolution input over the calibration clips
 
 
-class TensorRTUnavailableError(ImportError):
+class TensorRTUnavailableError(InputError, ImportError):
     """TensorRT (or Polygraphy's TensorRT backend) is not installed here."""
 
 
@@ -81,7 +81,7 @@ def gpu_info(device: int = 0) -> dict[str, Any]:
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError as error:
-        raise RuntimeError(f"no NVIDIA driver here (libcuda.so.1: {error})") from error
+        raise InputError(f"no NVIDIA driver here (libcuda.so.1: {error})") from error
 
     def check(status: int, call: str) -> None:
         if status != 0:
@@ -169,7 +169,7 @@ def batch_profile_shapes(
         rest = []
         for i, d in enumerate(dims[1:], start=1):
             if not d.HasField("dim_value"):
-                raise ValueError(f"{onnx_path}: input {value.name!r} axis {i} is dynamic; only the batch axis may be")
+                raise InputError(f"{onnx_path}: input {value.name!r} axis {i} is dynamic; only the batch axis may be")
             rest.append(int(d.dim_value))
         shapes[value.name] = tuple((b, *rest) for b in (1, opt_batch, max_batch))
     return shapes
@@ -292,9 +292,9 @@ def build_tensorrt(
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch: expected a positive integer, got {max_batch!r}")
+        raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"opt_batch: expected an integer in 1..{max_batch} (max_batch), got {opt_batch!r}")
+        raise InputError(f"opt_batch: expected an integer in 1..{max_batch} (max_batch), got {opt_batch!r}")
     if precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if (precision == "int8") != (calibration is not None):

@@ -23,6 +23,7 @@ from torch import nn
 from vared2.export.graphs import BucketGraph, GateGraph
 from vared2.formats.export_spec import EXPORT_FORMAT, EXPORT_JSON
 from vared2.formats.paths import atomic_directory, check_output_dir
+from vared2.formats.progress import progress
 from vared2.models import VaRed2VideoResNet, load
 from vared2.models.checkpoint import sha256_of
 from vared2.plugins import onnx_functions, torch_ops
@@ -107,7 +108,7 @@ def export_model(
     with atomic_directory(Path(out_dir)) as work:
         onnx.save(to_onnx(gate, (clip,), ["clip"], ["features", "bucket_logits"]), str(work / "gate.onnx"))
         entries: list[dict[str, Any]] = []
-        for index, graph in enumerate(buckets):
+        for index, graph in enumerate(progress(buckets, desc="exporting buckets", unit="bucket")):
             name = f"bucket_{index}.onnx"
             onnx.save(to_onnx(graph, (features,), ["features"], ["logits"]), str(work / name))
             bucket = model.buckets[index]

@@ -18,7 +18,9 @@ from polygraphy.logger import G_LOGGER
 
 from vared2.export.graphs import normalize_clip
 from vared2.export.onnx_export import model_description
+from vared2.formats.errors import InputError, InputNotFoundError
 from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
+from vared2.formats.progress import progress
 from vared2.models import VaRed2VideoResNet, load
 
 ATOL = 1e-4
@@ -76,11 +78,11 @@ def _compare(graph: str, ort_out: dict[str, np.ndarray], torch_out: dict[str, np
 
 def _session(path: Path) -> ort.InferenceSession:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: exported graph is missing")
+        raise InputNotFoundError(f"{path}: exported graph is missing")
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, …) for a bad file
-        raise ValueError(f"{path}: ONNX Runtime cannot load this exported graph ({error}); export it again") from error
+        raise InputError(f"{path}: ONNX Runtime cannot load this exported graph ({error}); export it again") from error
 
 
 def verify_model(onnx_dir: Path, model: VaRed2VideoResNet, *, batch: int = 2, seed: int = 0) -> VerifyReport:
@@ -90,7 +92,7 @@ def verify_model(onnx_dir: Path, model: VaRed2VideoResNet, *, batch: int = 2, se
     spec = read_export_spec(onnx_dir)  # the builders' checks: a missing, malformed or incomplete export is named
     config = model.config
     if len(spec["buckets"]) != len(model.buckets):
-        raise ValueError(
+        raise InputError(
             f"{spec_path}: {len(spec['buckets'])} buckets exported, the checkpoint has {len(model.buckets)}"
         )
     described = model_description(model)
@@ -100,7 +102,7 @@ def verify_model(onnx_dir: Path, model: VaRed2VideoResNet, *, batch: int = 2, se
         if spec["model"].get(key) != value
     ]
     if differs:  # the graphs may match, but the engines would decode and label clips by export.json's fields
-        raise ValueError(f"{spec_path}: the model is described differently from the checkpoint: {'; '.join(differs)}")
+        raise InputError(f"{spec_path}: the model is described differently from the checkpoint: {'; '.join(differs)}")
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, config.frames, config.size, config.size, 3)
@@ -121,7 +123,7 @@ def verify_model(onnx_dir: Path, model: VaRed2VideoResNet, *, batch: int = 2, se
     check.note = f"bucket argmax {'identical' if same_choice else 'DIFFERS'}: {logits.numpy().argmax(1).tolist()}"
     report.checks.append(check)
 
-    for entry in spec["buckets"]:
+    for entry in progress(spec["buckets"], desc="verifying buckets", unit="bucket"):
         with torch.no_grad():
             expected = model.forward_features(features, entry["id"]).numpy()
         got = _session(onnx_dir / entry["file"]).run(None, {"features": features.numpy()})[0]

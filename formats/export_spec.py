@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, InputNotFoundError
 from .fields import read_json
 from .manifest import ModelSpec
 
@@ -24,7 +24,7 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
     """``export.json`` of an exported model directory, checked for what the builders and ``vared2 verify`` use."""
     path = Path(onnx_dir) / EXPORT_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
+        raise InputNotFoundError(f"{path}: no export.json (is {onnx_dir} a directory written by `vared2 export`?)")
     spec = read_json(path, ExportSpecError)
     if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
         raise ExportSpecError(
@@ -47,7 +47,7 @@ def read_export_spec(onnx_dir: Path) -> dict[str, Any]:
         if Path(file).name != file:
             raise ExportSpecError(f"{path}: file {file!r} must be a plain file name inside {onnx_dir}")
         if not (Path(onnx_dir) / file).is_file():
-            raise FileNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
+            raise InputNotFoundError(f"{Path(onnx_dir) / file}: listed in export.json but missing")
     return spec
 
 

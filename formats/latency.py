@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, InputNotFoundError
 
 #: What ``vared2 bench --latency-table`` writes (``vared2.bench.report.BenchReport.latency_table``).
 LATENCY_TABLE_FORMAT = "vared2-latency-table"
@@ -28,7 +28,7 @@ def read_latency_table(path: Path | str) -> dict[str, Any]:
     try:
         table = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"latency table {path}: no such file (write one with `vared2 bench --latency-table`)"
         ) from None
     except (OSError, ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number, deep nesting

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .entries import OP_PATHS, BucketEntry, GateEntry, ModelSpec, WeightsEntry
+from .errors import InputError, InputNotADirectoryError, InputNotFoundError
 from .fields import (
     ChecksumError,
     EngineFileError,
@@ -175,8 +176,8 @@ class Manifest:
             return by_short[0]
         choices = ", ".join(f"{b.id} ({b.name}{f', {b.short_name}' if b.short_name else ''})" for b in self.buckets)
         if by_short:
-            raise ValueError(f"bucket {key!r} is ambiguous in engine {self.name!r}; buckets are: {choices}")
-        raise ValueError(f"no bucket {key!r} in engine {self.name!r}; buckets are: {choices}")
+            raise InputError(f"bucket {key!r} is ambiguous in engine {self.name!r}; buckets are: {choices}")
+        raise InputError(f"no bucket {key!r} in engine {self.name!r}; buckets are: {choices}")
 
     # ---- (de)serialisation ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -234,12 +235,12 @@ class Manifest:
         """Read and validate ``directory/manifest.json`` and the files it names (sha256 too unless ``verify=False``)."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
-            raise NotADirectoryError(f"{directory}: a file, not an engine directory")
+            raise InputNotADirectoryError(f"{directory}: a file, not an engine directory")
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such engine directory")
+            raise InputNotFoundError(f"{directory}: no such engine directory")
         path = directory / MANIFEST_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no manifest (is {directory} an engine directory built by vared2?)")
+            raise InputNotFoundError(f"{path}: no manifest (is {directory} an engine directory built by vared2?)")
         data = read_json(path, ManifestError)
         try:
             manifest = cls.from_dict(data)

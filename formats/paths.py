@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, InputExistsError, InputNotADirectoryError
 from .fields import EngineFileError, MissingEngineFileError, as_relpath
 
 
@@ -67,9 +67,9 @@ def check_output_dir(
             raise InputError(f"{name} contains the {source_kind} {src}, which would be replaced; choose another --out")
     if out.exists():
         if not out.is_dir():
-            raise NotADirectoryError(f"{name} exists and is not a directory; choose another --out")
+            raise InputNotADirectoryError(f"{name} exists and is not a directory; choose another --out")
         if not (out / marker).is_file() and any(out.iterdir()):
-            raise FileExistsError(f"{name} exists and is not {kind} (no {marker}); choose another --out or empty it")
+            raise InputExistsError(f"{name} exists and is not {kind} (no {marker}); choose another --out or empty it")
     return out
 
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 import onnxruntime as ort
 
-from .errors import InputError
+from .errors import InputError, InputNotFoundError
 from .weights import WEIGHTS_FILE, read_index
 
 #: ONNX Runtime graph optimisation levels by the names the build options and the manifest use.
@@ -114,7 +114,9 @@ class SharedWeights:
         """The process-wide ``SharedWeights`` of ``engine_dir/file`` (created on first use)."""
         path = (Path(engine_dir) / file).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such weights file (is {engine_dir} an ONNX Runtime engine directory?)")
+            raise InputNotFoundError(
+                f"{path}: no such weights file (is {engine_dir} an ONNX Runtime engine directory?)"
+            )
         stat = path.stat()
         key = (str(path), stat.st_ino, stat.st_mtime_ns)
         register_shared_allocator()

@@ -17,7 +17,7 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 
 #: The largest clip a model, a dataset or the synthetic generator accepts: generous for video models (they take
 #: 8–64 frames of 112–320 pixels), and a typo such as ``--size 100000`` is named instead of failing inside numpy
@@ -85,16 +85,16 @@ def sample_indices(num_frames: int, frames: int) -> list[int]:
     Deterministic (evaluation and deployment see the same frames). 16 → 8 gives 1, 3, …, 15.
     """
     if frames < 1:
-        raise ValueError(f"frames must be at least 1, got {frames}")
+        raise InputError(f"frames must be at least 1, got {frames}")
     if num_frames < frames:
-        raise ValueError(f"cannot sample {frames} distinct frames from a video of {num_frames} frames")
+        raise InputError(f"cannot sample {frames} distinct frames from a video of {num_frames} frames")
     return [int((2 * i + 1) * num_frames // (2 * frames)) for i in range(frames)]
 
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     """``(height, width)`` after scaling the short side to ``short_side`` (long side rounded down, as torchvision)."""
     if height < 1 or width < 1:
-        raise ValueError(f"frame size must be positive, got {height}x{width}")
+        raise InputError(f"frame size must be positive, got {height}x{width}")
     if height <= width:
         return short_side, max(short_side, width * short_side // height)
     return max(short_side, height * short_side // width), short_side
@@ -118,19 +118,19 @@ def resize_short_side_and_center_crop(
     """
     short_side = size if short_side is None else short_side
     if size < 1 or short_side < size:
-        raise ValueError(f"need 1 <= size <= short_side, got size={size}, short_side={short_side}")
+        raise InputError(f"need 1 <= size <= short_side, got size={size}, short_side={short_side}")
     if isinstance(frames, np.ndarray):
         if frames.dtype != np.uint8:
-            raise TypeError(f"frames must be uint8, got {frames.dtype}")
+            raise InputTypeError(f"frames must be uint8, got {frames.dtype}")
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must have shape [T, H, W, 3], got {list(frames.shape)}")
+            raise InputError(f"frames must have shape [T, H, W, 3], got {list(frames.shape)}")
         av_frames: Sequence[av.VideoFrame] = [
             av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24") for f in frames
         ]
     else:
         av_frames = frames
     if len(av_frames) == 0:
-        raise ValueError("no frames to resize")
+        raise InputError("no frames to resize")
     return np.stack([prepare_frame(frame, size, short_side) for frame in av_frames])
 
 
@@ -162,17 +162,17 @@ def write_video(path: StrPath, frames: np.ndarray, fps: int = 16, codec: str | N
     (yuv420p).
     """
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
-        raise TypeError(f"frames must be a uint8 numpy array, got {type(frames).__name__}")
+        raise InputTypeError(f"frames must be a uint8 numpy array, got {type(frames).__name__}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ValueError(f"frames must have shape [T>0, H, W, 3], got {list(frames.shape)}")
+        raise InputError(f"frames must have shape [T>0, H, W, 3], got {list(frames.shape)}")
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
-        raise ValueError(f"{os.fspath(path)}: H.264/MPEG-4 in yuv420p need an even frame size, got {height}x{width}")
+        raise InputError(f"{os.fspath(path)}: H.264/MPEG-4 in yuv420p need an even frame size, got {height}x{width}")
     codec = codec or default_codec()
     with av.open(os.fspath(path), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         if not isinstance(stream, av.VideoStream):
-            raise ValueError(f"{codec!r} is not a video codec")
+            raise InputError(f"{codec!r} is not a video codec")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "libx264":

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, InputNotFoundError
 
 MAGIC = b"VRD2WTS1"
 HEADER = struct.Struct("<8sQ")
@@ -64,7 +64,7 @@ def read_index(path: Path | str) -> WeightsIndex:
     """Parse and check the index of ``path``; errors name the file and what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+        raise InputNotFoundError(f"{path}: no such weights file")
     size = path.stat().st_size
     with path.open("rb") as f:
         raw = f.read(HEADER.size)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from vared2.formats.errors import InputError, InputTypeError
+
 Policy = tuple[int, int]
 """``(pt, pc)``: compute every ``2**pt``-th output frame and about ``2**-pc`` of the output channels."""
 
@@ -19,7 +21,7 @@ BACKBONES = ("r3d_18", "mc3_18", "r2plus1d_18")
 _STAGE = re.compile(r"t(\d+)c(\d+)")
 
 
-class BucketError(KeyError, ValueError):
+class BucketError(InputError, KeyError):
     """An unknown bucket name or index. Both a ``KeyError`` (lookup) and a ``ValueError`` (bad value)."""
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
@@ -38,12 +40,12 @@ class Bucket:
 
     def __post_init__(self) -> None:
         if not isinstance(self.policies, tuple) or len(self.policies) != NUM_STAGES:
-            raise ValueError(f"a bucket needs one (pt, pc) per stage ({NUM_STAGES}), got {self.policies!r}")
+            raise InputError(f"a bucket needs one (pt, pc) per stage ({NUM_STAGES}), got {self.policies!r}")
         for policy in self.policies:
             ok = isinstance(policy, tuple) and len(policy) == 2
             ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_REDUCTION for v in policy)
             if not ok:  # the bound: 2**pt and 2**pc size tensors; a typo must not allocate for minutes
-                raise ValueError(
+                raise InputError(
                     f"a policy is a pair of ints (pt, pc) in 0..{MAX_REDUCTION} (at most a {2**MAX_REDUCTION}× "
                     f"reduction), got {policy!r}"
                 )
@@ -70,11 +72,11 @@ class Bucket:
     def parse(cls, name: str) -> Bucket:
         """``"t1c1/t1c1/t0c1/t0c0"`` → Bucket; a clear ValueError for anything else."""
         if not isinstance(name, str):
-            raise TypeError(f"a bucket name is a str like 't1c1/t1c1/t0c1/t0c0', got {type(name).__name__}")
+            raise InputTypeError(f"a bucket name is a str like 't1c1/t1c1/t0c1/t0c0', got {type(name).__name__}")
         parts = name.split("/")
         matches = [_STAGE.fullmatch(part) for part in parts]
         if len(parts) != NUM_STAGES or not all(matches):
-            raise ValueError(
+            raise InputError(
                 f"bad bucket name {name!r}: expected {NUM_STAGES} stages 't<pt>c<pc>' joined by '/', "
                 "e.g. 't1c1/t1c1/t0c1/t0c0'"
             )
@@ -93,13 +95,13 @@ class BucketTable:
     def __init__(self, buckets: Iterable[Bucket | str]) -> None:
         items = tuple(b if isinstance(b, Bucket) else Bucket.parse(b) for b in buckets)
         if not items:
-            raise ValueError("a bucket table needs at least the full bucket")
+            raise InputError("a bucket table needs at least the full bucket")
         if not items[0].is_full:
-            raise ValueError(f"bucket 0 must be the full bucket {FULL.name}, got {items[0].name}")
+            raise InputError(f"bucket 0 must be the full bucket {FULL.name}, got {items[0].name}")
         names = [b.name for b in items]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"bucket names must be unique, repeated: {', '.join(duplicates)}")
+            raise InputError(f"bucket names must be unique, repeated: {', '.join(duplicates)}")
         self._buckets = items
 
     @property
@@ -140,7 +142,7 @@ class BucketTable:
         if isinstance(key, Bucket):
             key = key.name
         if isinstance(key, bool) or not isinstance(key, int | str):
-            raise TypeError(f"a bucket is selected by index (int) or name (str), got {type(key).__name__}")
+            raise InputTypeError(f"a bucket is selected by index (int) or name (str), got {type(key).__name__}")
         if isinstance(key, int):
             if 0 <= key < len(self._buckets):
                 return key
@@ -167,7 +169,7 @@ class BucketTable:
     @classmethod
     def from_json(cls, data: object) -> BucketTable:
         if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
-            raise ValueError(f"a bucket table is a JSON list of bucket names, got {data!r}")
+            raise InputError(f"a bucket table is a JSON list of bucket names, got {data!r}")
         return cls(data)
 
     def _listing(self) -> str:
@@ -186,9 +188,9 @@ def stage_frames(backbone: str, frames: int) -> list[list[int]]:
     count; the temporal half does the temporal striding.
     """
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+        raise InputError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
     if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
+        raise InputError(f"frames must be >= 1, got {frames}")
     t = frames  # every stem keeps the frame count (temporal kernel 3, padding 1, stride 1 — or kernel 1)
     result = []
     for stage in range(NUM_STAGES):
@@ -229,7 +231,7 @@ def table_from_names(names: Iterable[str], default: BucketTable) -> BucketTable:
             buckets.append(default[name])
         except BucketError:
             short = ", ".join(bucket.short_name for bucket in default)
-            raise ValueError(
+            raise InputError(
                 f"bucket {name!r}: neither a bucket name like 't1c1/t1c1/t0c1/t0c0' nor one of this backbone's "
                 f"default buckets ({short})"
             ) from None

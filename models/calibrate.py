@@ -17,14 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vared2.formats.progress import progress
 from vared2.models.video_resnet import VaRed2VideoResNet
 
 
-def stack_dataset(dataset: Dataset, limit: int | None = None, batch_size: int = 64) -> tuple[Tensor, Tensor]:
-    """All (or the first ``limit``) clips and labels of a dataset as two tensors."""
+def stack_dataset(
+    dataset: Dataset, limit: int | None = None, batch_size: int = 64, desc: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """All (or the first ``limit``) clips and labels of a dataset as two tensors; ``desc`` shows progress."""
     clips, labels = [], []
     seen = 0
-    for x, y, *_ in DataLoader(dataset, batch_size=batch_size):
+    for x, y, *_ in progress(DataLoader(dataset, batch_size=batch_size), desc=desc or "", disable=desc is None):
         clips.append(x)
         labels.append(y)
         seen += len(y)
@@ -82,7 +85,8 @@ def bucket_losses(model: VaRed2VideoResNet, clips: Tensor, labels: Tensor, batch
     """``[N, B]`` cross-entropy of every clip under every bucket (eval mode)."""
     model.eval()
     rows = []
-    for start in range(0, len(clips), batch_size):
+    starts = range(0, len(clips), batch_size)
+    for start in progress(starts, desc=f"every bucket on {len(clips)} clips", unit="batch"):
         x, y = clips[start : start + batch_size], labels[start : start + batch_size]
         features = model.features(x)
         per_bucket = [model.forward_features(features, k) for k in range(len(model.buckets))]

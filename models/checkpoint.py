@@ -17,6 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vared2.formats.errors import InputError, InputNotFoundError, InputTypeError
+
 from .video_resnet import ModelConfig, VaRed2VideoResNet
 
 WEIGHTS = "model.safetensors"
@@ -55,7 +57,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 def save(model: VaRed2VideoResNet, directory: str | os.PathLike[str]) -> Path:
     """Write ``model`` to ``directory`` (created if needed); returns the directory."""
     if not isinstance(model, VaRed2VideoResNet):
-        raise TypeError(f"save expects a VaRed2VideoResNet, got {type(model).__name__}")
+        raise InputTypeError(f"save expects a VaRed2VideoResNet, got {type(model).__name__}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -76,15 +78,15 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, str]:
     """The checkpoint's config and the expected sha256 of its weights (``model.json`` only)."""
     path = Path(directory) / CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint config")
+        raise InputNotFoundError(f"{path}: no such checkpoint config")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        raise InputError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f'{path}: not a vared2 checkpoint (expected "format": "{FORMAT}")')
+        raise InputError(f'{path}: not a vared2 checkpoint (expected "format": "{FORMAT}")')
     if document.get("version") != VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {document.get('version')!r} (expected {VERSION})")
+        raise InputError(f"{path}: unsupported checkpoint version {document.get('version')!r} (expected {VERSION})")
     weights = document.get("weights")
     if (
         not isinstance(weights, dict)
@@ -92,11 +94,11 @@ def read_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, str]:
         or not isinstance(weights.get("sha256"), str)
         or len(weights["sha256"]) != 64
     ):
-        raise ValueError(f'{path}: field "weights" must be {{"file": "{WEIGHTS}", "sha256": <64 hex>}}')
+        raise InputError(f'{path}: field "weights" must be {{"file": "{WEIGHTS}", "sha256": <64 hex>}}')
     try:
         config = ModelConfig.from_json(document.get("config"))
     except (TypeError, ValueError) as error:
-        raise ValueError(f'{path}: field "config": {error}') from None
+        raise InputError(f'{path}: field "config": {error}') from None
     return config, weights["sha256"]
 
 
@@ -105,35 +107,35 @@ def load(directory: str | os.PathLike[str]) -> VaRed2VideoResNet:
     config, expected_sha = read_config(directory)
     path = Path(directory) / WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file missing")
+        raise InputNotFoundError(f"{path}: weights file missing")
     actual_sha = sha256_of(path)
     if actual_sha != expected_sha:
-        raise ValueError(
+        raise InputError(
             f"{path}: sha256 {actual_sha} does not match {expected_sha} recorded in {CONFIG} "
             "(the file is truncated, corrupted or was replaced)"
         )
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+        raise InputError(f"{path}: not a readable safetensors file ({error})") from None
 
     model = VaRed2VideoResNet(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise ValueError(
+        raise InputError(
             f"{path}: tensors do not match a {config.backbone} with this config: "
             f"missing {_short(missing)}, unexpected {_short(extra)}"
         )
     for name, want in expected.items():
         got = tensors[name]
         if got.shape != want.shape or got.dtype != want.dtype:
-            raise ValueError(
+            raise InputError(
                 f"{path}: tensor {name!r} is {got.dtype} {list(got.shape)}, expected {want.dtype} {list(want.shape)}"
             )
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise ValueError(f"{path}: tensor {name!r} contains NaN or infinity")
+            raise InputError(f"{path}: tensor {name!r} contains NaN or infinity")
     model.load_state_dict(tensors, strict=True)
     return model.eval()
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vared2.formats.errors import InputError, InputNotFoundError
 from vared2.formats.video import (
     VIDEO_EXTENSIONS,
     StrPath,
@@ -49,7 +50,7 @@ def normalize_clip(
     Done in numpy: on a busy 2-core machine torch's thread pool made this 21 ms a clip instead of 0.3 ms.
     """
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
-        raise ValueError(f"clip must be uint8 [T, H, W, 3], got {clip.dtype} {list(clip.shape)}")
+        raise InputError(f"clip must be uint8 [T, H, W, 3], got {clip.dtype} {list(clip.shape)}")
     m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1, 1)
     x = np.ascontiguousarray(clip.transpose(3, 0, 1, 2)).astype(np.float32) / np.float32(255.0)
@@ -58,9 +59,9 @@ def normalize_clip(
 
 def _check_input_spec(frames: int, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
     if frames < 1 or size < 1:
-        raise ValueError(f"frames and size must be positive, got frames={frames}, size={size}")
+        raise InputError(f"frames and size must be positive, got frames={frames}, size={size}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean and std need 3 values each, std positive; got mean={mean}, std={std}")
+        raise InputError(f"mean and std need 3 values each, std positive; got mean={mean}, std={std}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def motion_id(level: str) -> int:
     if level == "":
         return -1
     if level not in MOTION_LEVELS:
-        raise ValueError(f"unknown motion level {level!r}; expected one of {list(MOTION_LEVELS)} or empty")
+        raise InputError(f"unknown motion level {level!r}; expected one of {list(MOTION_LEVELS)} or empty")
     return MOTION_LEVELS.index(level)
 
 
@@ -91,11 +92,11 @@ def scan_folder(
     """
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise ValueError(f"{root}: no class folders (expected root/<class>/<video>)")
+        raise InputError(f"{root}: no class folders (expected root/<class>/<video>)")
     names = folders if classes is None else list(classes)
     unknown = sorted(set(folders) - set(names))
     if unknown:
-        raise ValueError(f"{root}: class folders {unknown} are not among the given classes")
+        raise InputError(f"{root}: class folders {unknown} are not among the given classes")
     samples = [
         VideoSample(path, names.index(name))
         for name in folders
@@ -115,7 +116,7 @@ def read_csv_list(path: Path, classes: Sequence[str] | None = None) -> tuple[lis
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if "path" not in fields or "label" not in fields:
-            raise ValueError(f"{path}: the header must name the columns path,label[,motion]; got {fields}")
+            raise InputError(f"{path}: the header must name the columns path,label[,motion]; got {fields}")
         rows = list(reader)
     if classes is None and (path.parent / "labels.json").is_file():
         classes = json.loads((path.parent / "labels.json").read_text())
@@ -130,11 +131,11 @@ def read_csv_list(path: Path, classes: Sequence[str] | None = None) -> tuple[lis
         value = row["label"].strip()
         label = index.get(value, int(value) if numeric else -1)
         if not 0 <= label < len(classes):
-            raise ValueError(f"{path}:{line}: label {value!r} is not one of the {len(classes)} classes")
+            raise InputError(f"{path}:{line}: label {value!r} is not one of the {len(classes)} classes")
         try:
             motion = motion_id((row.get("motion") or "").strip())
         except ValueError as error:
-            raise ValueError(f"{path}:{line}: {error}") from None
+            raise InputError(f"{path}:{line}: {error}") from None
         samples.append(VideoSample(path.parent / row["path"], label, motion))
     return classes, samples
 
@@ -163,13 +164,13 @@ class VideoFolderDataset(Dataset[tuple[torch.Tensor, int, int]]):
         _check_input_spec(frames, size, mean, std)
         source = Path(source)
         if not source.exists():
-            raise FileNotFoundError(f"{source}: no such dataset folder or CSV file")
+            raise InputNotFoundError(f"{source}: no such dataset folder or CSV file")
         if source.is_dir():
             self.classes, self.samples = scan_folder(source, classes)
         else:
             self.classes, self.samples = read_csv_list(source, classes)
         if not self.samples:
-            raise ValueError(f"{source}: no videos found")
+            raise InputError(f"{source}: no videos found")
         self.source = source
         self.frames, self.size, self.short_side = frames, size, short_side
         self.mean, self.std = tuple(mean), tuple(std)
@@ -208,7 +209,7 @@ class VideoFolderDataset(Dataset[tuple[torch.Tensor, int, int]]):
             if found is not None:
                 sample = self.samples[found[0]]
                 return normalize_clip(found[1], self.mean, self.std), sample.label, sample.motion
-        raise RuntimeError(f"{self.source}: none of the {len(self)} videos is usable (see the warnings)")
+        raise InputError(f"{self.source}: none of the {len(self)} videos is usable (see the warnings)")
 
     def validate(self) -> dict[Path, str]:
         """Decode every video now and drop the unusable ones from ``samples``; returns ``{path: reason}``."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vared2.formats.progress import progress
 from vared2.models.dataset import MOTION_LEVELS
 from vared2.models.video_resnet import VaRed2VideoResNet
 
@@ -28,6 +29,8 @@ class Evaluation:
     gflops_ratio: float
     buckets: list[str]
     histogram: list[int]
+    #: The buckets' short names (``full``, ``t1``, ``c1``…), in the order of ``buckets``.
+    short_names: list[str] = field(default_factory=list)
     gflops_by_motion: dict[str, float] = field(default_factory=dict)
     accuracy_by_motion: dict[str, float] = field(default_factory=dict)
     count_by_motion: dict[str, int] = field(default_factory=dict)
@@ -54,17 +57,19 @@ class Evaluation:
         return json.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
-        mode = "gate" if self.forced_bucket is None else f"bucket {self.buckets[self.forced_bucket]}"
+        short = self.short_names or self.buckets
+        forced = self.forced_bucket
+        mode = "gate" if forced is None else f"bucket {short[forced]} ({self.buckets[forced]})"
         rows = [
             f"samples {self.samples}   accuracy {self.accuracy:.4f}   ({mode})",
             f"mean GFLOPs {self.mean_gflops:.4f} of {self.full_gflops:.4f} full = {self.gflops_ratio:.3f} "
             f"({1 - self.gflops_ratio:.1%} fewer)",
             *self._latency_line(),
             "",
-            f"{'bucket':<28} {'clips':>6} {'share':>7}",
+            f"{'bucket':<8} {'policy':<24} {'clips':>6} {'share':>7}",
         ]
-        for name, count in zip(self.buckets, self.histogram, strict=True):
-            rows.append(f"{name:<28} {count:>6} {count / max(self.samples, 1):>7.1%}")
+        for label, name, count in zip(short, self.buckets, self.histogram, strict=True):
+            rows.append(f"{label:<8} {name:<24} {count:>6} {count / max(self.samples, 1):>7.1%}")
         if self.gflops_by_motion:
             rows += ["", f"{'motion':<10} {'clips':>6} {'GFLOPs':>9} {'accuracy':>9}"]
             for level, gflops in self.gflops_by_motion.items():
@@ -87,7 +92,8 @@ def evaluate(
     correct = torch.zeros(0, dtype=torch.bool)
     chosen = torch.zeros(0, dtype=torch.long)
     motions = torch.zeros(0, dtype=torch.long)
-    for clips, labels, motion in DataLoader(dataset, batch_size=batch_size):
+    batches = DataLoader(dataset, batch_size=batch_size)
+    for clips, labels, motion in progress(batches, desc="evaluating", unit="batch"):
         if forced is not None:
             logits, choices = model(clips, bucket=forced), torch.full((len(labels),), forced)
         else:
@@ -106,6 +112,7 @@ def evaluate(
         full_gflops=full,
         gflops_ratio=float(per_sample.mean()) / full,
         buckets=names,
+        short_names=[b.short_name for b in model.buckets],
         histogram=torch.bincount(chosen, minlength=len(names)).tolist(),
         forced_bucket=forced,
     )
@@ -125,13 +132,14 @@ def plot_histogram(evaluations: Sequence[tuple[str, Evaluation]], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = evaluations[0][1].buckets
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 3.6))
+    first = evaluations[0][1]
+    names = [f"{short}\n{name}" for short, name in zip(first.short_names or first.buckets, first.buckets, strict=True)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names)), 3.8))
     width = 0.8 / len(evaluations)
     for i, (label, ev) in enumerate(evaluations):
         shares = [c / max(ev.samples, 1) for c in ev.histogram]
         ax.bar([x + i * width for x in range(len(names))], shares, width=width, label=label)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=20, ha="right", fontsize=8)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, fontsize=7)
     ax.set_ylabel("share of clips")
     ax.set_title("Buckets chosen by the gate")
     ax.legend()

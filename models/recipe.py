@@ -8,24 +8,45 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
+from vared2.formats.errors import InputError, InputExistsError, InputNotADirectoryError, InputNotFoundError
 from vared2.formats.latency import bucket_costs, latency_costs, read_latency_table
+from vared2.formats.progress import say
 from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
-from vared2.models.checkpoint import load, save
+from vared2.models.checkpoint import load, read_config, save
 from vared2.models.dataset import VideoFolderDataset
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
-from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, train
+from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, evaluate_accuracy, train
 from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model, copy_weights
 
 BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
 #: Training clips the per-bucket BatchNorm statistics are recomputed on after dynamic training.
 CALIBRATION_CLIPS = 512
+
+
+#: Stride-2 stages after the stem that also halve time (torchvision: mc3's later stages are 2-D in time).
+_TEMPORAL_HALVINGS = {"r2plus1d_18": 3, "r3d_18": 3, "mc3_18": 0}
+
+
+def check_crop(backbone: str, frames: int, size: int) -> None:
+    """Refuse a crop too small for the network before anything is written (issue 27). The stem and three
+    stride-2 stages leave ceil(size / 16) pixels a side; in training every BatchNorm needs more than one value
+    per channel, and a DataLoader's last batch can be a single clip, so the last stage needs 2 values or more."""
+    last_frames = math.ceil(frames / 2 ** _TEMPORAL_HALVINGS[backbone])
+    if last_frames * math.ceil(size / 16) ** 2 >= 2:
+        return
+    raise InputError(
+        f"--size {size}: too small for {backbone} at {frames} frames (its last stage would hold one value per "
+        f"channel, which BatchNorm cannot train on); use --size at least 17"
+    )
 
 
 def split_source(data: Path, split: str) -> Path:
@@ -36,7 +57,7 @@ def split_source(data: Path, split: str) -> Path:
     for candidate in (data / f"{split}.csv", data / split):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"{data}: no '{split}' split; expected {data / f'{split}.csv'} (as `vared2 synth` writes) "
         f"or a folder {data / split}/<class>/<video>"
     )
@@ -59,16 +80,16 @@ def refuse_to_replace(out: Path, *, overwrite: bool, hint: str) -> None:
     replace a finished checkpoint, nor write among unrelated files. A missing or empty directory is fine."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is not a directory")
+        raise InputNotADirectoryError(f"--out {out}: exists and is not a directory")
     if overwrite or not out.exists() or not any(out.iterdir()):
         return
-    raise FileExistsError(f"--out {out} already exists and is not empty; {hint}")
+    raise InputExistsError(f"--out {out} already exists and is not empty; {hint}")
 
 
 def check_target_ratio(target_ratio: float) -> None:
     """The gate fit's target, checked before any work (the oracle would otherwise bisect toward nonsense)."""
     if not 0.0 < target_ratio <= 1.0:
-        raise ValueError(f"gate fit: target_ratio (--target-ratio) must be in (0, 1], got {target_ratio}")
+        raise InputError(f"gate fit: target_ratio (--target-ratio) must be in (0, 1], got {target_ratio}")
 
 
 def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
@@ -76,13 +97,13 @@ def load_teacher(path: Path, student: ModelConfig) -> VaRed2VideoResNet:
     teacher = load(path)
     reads = (teacher.config.frames, teacher.config.size, teacher.config.mean, teacher.config.std)
     if reads != (student.frames, student.size, student.mean, student.std):
-        raise ValueError(
+        raise InputError(
             f"--teacher {path}: it reads {teacher.config.frames}x{teacher.config.size} clips normalised with "
             f"mean {teacher.config.mean}, std {teacher.config.std}; this run reads {student.frames}x{student.size} "
             f"with mean {student.mean}, std {student.std}"
         )
     if teacher.config.labels != student.labels:
-        raise ValueError(
+        raise InputError(
             f"--teacher {path}: its classes {list(teacher.config.labels)} differ from the data's {list(student.labels)}"
         )
     return teacher.eval()
@@ -110,17 +131,18 @@ def run_training(
     the backbone's default table) sets the bucket table, ``None`` keeps the default. A non-empty ``out`` is
     refused before any work unless ``resume`` (continue the run saved there) or ``overwrite`` (replace it)."""
     if latency_table is not None and not fit_gate_after:
-        raise ValueError("--latency-table prices the buckets of the gate fit: add --fit-gate")
+        raise InputError("--latency-table prices the buckets of the gate fit: add --fit-gate")
     config.validate()  # before the data is decoded, not after
     if resume and overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass only one")
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: pass only one")
     if not resume:
         hint = "pass --resume to continue the run saved there, --overwrite to replace it, or another --out"
         refuse_to_replace(out, overwrite=overwrite, hint=hint)
     elif not (Path(out) / f"{TRAIN_STATE}.json").is_file():  # said now, not after the data is decoded
-        raise FileNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
+        raise InputNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
     if backbone not in BUILDERS:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+        raise InputError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+    check_crop(backbone, frames, size)
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
     val_set = VideoFolderDataset(
         split_source(data, "val"), frames=frames, size=size, classes=train_set.classes, cache=True
@@ -144,7 +166,7 @@ def run_training(
         try:
             copy_weights(start, model)  # the bucket table may differ: a static baseline is the usual start
         except ValueError as error:
-            raise ValueError(f"--init-from {init_from}: {error}") from None
+            raise InputError(f"--init-from {init_from}: {error}") from None
     if latency_table is not None:  # checked before training, not after it
         latency_costs(latency_table, [bucket.name for bucket in model.buckets])
     teacher_model = None if teacher is None else load_teacher(Path(teacher), model.config)
@@ -157,15 +179,49 @@ def run_training(
     if not config.static:
         calibration_clips, _ = stack_dataset(train_set, limit=CALIBRATION_CLIPS)
         calibrate_batchnorm(model, calibration_clips)
+        final = record_final_validation(model, val_set, config.batch_size, "BatchNorm recalibration")
         model.config.provenance = {
             **model.config.provenance,
-            "batchnorm_calibration": {"clips": len(calibration_clips), "split": "train"},
+            "batchnorm_calibration": {"clips": len(calibration_clips), "split": "train", **final},
         }
         save(model, out)
     if fit_gate_after:
         fit_and_record_gate(model, train_set, config.target_ratio, latency_table, seed=config.seed, command=command)
+        record_final_validation(model, val_set, config.batch_size, "the gate fit")
         save(model, out)
     return history
+
+
+def record_final_validation(
+    model: VaRed2VideoResNet, val_set: VideoFolderDataset, batch_size: int, after: str
+) -> dict[str, object]:
+    """Validate the model as it will be saved — after the steps that change it once the epochs are done — and
+    record it as the checkpoint's ``final_validation``, so the run's last figure describes the checkpoint."""
+    accuracy, ratio, histogram = evaluate_accuracy(model, DataLoader(val_set, batch_size=batch_size), static=False)
+    final: dict[str, object] = {
+        "after": after,
+        "val_accuracy": accuracy,
+        "val_gflops_ratio": ratio,
+        "histogram": histogram,
+    }
+    model.config.provenance = {**model.config.provenance, "final_validation": final}
+    say(f"after {after}: {describe_final(final)}")
+    return final
+
+
+def describe_final(final: dict[str, object]) -> str:
+    return (
+        f"val acc {final['val_accuracy']:.3f}  val GFLOPs {final['val_gflops_ratio']:.2f} of full  "
+        f"buckets {final['histogram']}"
+    )
+
+
+def final_figure(checkpoint: Path) -> str | None:
+    """The checkpoint's final validation line (``vared2 train`` prints it after the epoch table), if recorded."""
+    final = read_config(checkpoint)[0].provenance.get("final_validation")
+    if not isinstance(final, dict):
+        return None
+    return f"checkpoint (after {final['after']}): {describe_final(final)}"
 
 
 def fit_and_record_gate(
@@ -188,7 +244,12 @@ def fit_and_record_gate(
         costs = bucket_costs(table, names, latency_table)
         priced_by = {"cost": "latency", "latency_table": str(latency_table), "engine": table.get("engine")}
         priced_by |= {"threads": table.get("threads"), "costs": dict(zip(names, costs, strict=True))}
-    clips, labels = stack_dataset(train_set)
+    say(f"fit-gate: decoding the {len(train_set)} training clips")
+    clips, labels = stack_dataset(train_set, desc="decoding")
+    say(
+        f"fit-gate: each clip's loss under each of the {len(names)} buckets, then the gate fitted to the best "
+        f"bucket per clip at {target_ratio:.3f} of the full bucket's {priced_by['cost']}"
+    )
     result = fit_gate(model, clips, labels, target_ratio, seed=seed, costs=costs)
     model.config.provenance = {
         **model.config.provenance,
@@ -212,7 +273,7 @@ def run_gate_fit(
     must not be the checkpoint, nor (unless ``overwrite``) a directory that holds anything."""
     check_target_ratio(target_ratio)
     if Path(out).resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
+        raise InputError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
     refuse_to_replace(out, overwrite=overwrite, hint="pass --overwrite to replace it, or another --out")
     model = load(Path(checkpoint))
     config = model.config

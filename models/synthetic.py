@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
+from vared2.formats.errors import InputError, InputExistsError
+from vared2.formats.progress import progress as show_progress
 from vared2.formats.video import MAX_FRAMES, MAX_SIZE, StrPath, default_codec, write_video
 
 #: Shape and motion pattern of each class. Names sort in label order, so a ``<class>/`` folder tree of the
@@ -70,17 +71,17 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if not 2 <= self.frames <= MAX_FRAMES:
-            raise ValueError(
+            raise InputError(
                 f"SyntheticSpec.frames must be from 2 (motion needs time) to {MAX_FRAMES}, got {self.frames}"
             )
         if not 16 <= self.size <= MAX_SIZE or self.size % 2:
-            raise ValueError(f"SyntheticSpec.size must be even, from 16 (yuv420p video) to {MAX_SIZE}, got {self.size}")
+            raise InputError(f"SyntheticSpec.size must be even, from 16 (yuv420p video) to {MAX_SIZE}, got {self.size}")
         if self.fps < 1:
-            raise ValueError(f"SyntheticSpec.fps must be positive, got {self.fps}")
+            raise InputError(f"SyntheticSpec.fps must be positive, got {self.fps}")
         if not 0 <= self.noise[0] <= self.noise[1]:
-            raise ValueError(f"SyntheticSpec.noise must be a range 0 <= low <= high, got {self.noise}")
+            raise InputError(f"SyntheticSpec.noise must be a range 0 <= low <= high, got {self.noise}")
         if not 0 < self.radius[0] <= self.radius[1] <= 0.2:
-            raise ValueError(f"SyntheticSpec.radius must be a range within (0, 0.2], got {self.radius}")
+            raise InputError(f"SyntheticSpec.radius must be a range within (0, 0.2], got {self.radius}")
 
 
 class Clip(NamedTuple):
@@ -169,7 +170,7 @@ def generate_clip(
     if label is None:
         label = int(rng.integers(len(CLASSES)))
     if not 0 <= label < len(CLASSES):
-        raise ValueError(f"label must be in [0, {len(CLASSES)}), got {label}")
+        raise InputError(f"label must be in [0, {len(CLASSES)}), got {label}")
     name = CLASSES[label]
     shape, motion = CLASS_SPECS[name]
     level = "static" if motion == "static" else str(rng.choice(["slow", "fast"]))
@@ -215,7 +216,7 @@ def make_clip(seed: int, index: int, spec: SyntheticSpec | None = None) -> Clip:
 def generate(n: int, seed: int = 0, frames: int = 16, size: int = 64) -> list[Clip]:
     """``n`` clips in memory (for tests and quick experiments)."""
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+        raise InputError(f"n must be non-negative, got {n}")
     spec = SyntheticSpec(frames=frames, size=size)
     return [make_clip(seed, i, spec) for i in range(n)]
 
@@ -227,7 +228,7 @@ def split_ids(labels: list[int], seed: int, val_fraction: float) -> set[int]:
     (every class's first, then every class's second, …), so the split is stratified even for tiny sets.
     """
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     keys: list[tuple[float, float, int]] = []
     for label in range(len(CLASSES)):
         ids = [i for i, y in enumerate(labels) if y == label]
@@ -263,16 +264,16 @@ def write_dataset(
     renamed to ``out_dir`` when complete, so an interrupted run leaves nothing behind.
     """
     if clips < 1:
-        raise ValueError(f"clips must be at least 1, got {clips}")
+        raise InputError(f"clips must be at least 1, got {clips}")
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (--overwrite, or overwrite=True in Python, replaces it)")
+        raise InputExistsError(f"{out} already exists (--overwrite, or overwrite=True in Python, replaces it)")
     spec = SyntheticSpec(frames=frames, size=size, fps=fps)
     codec = codec or default_codec()
     labels = [clip_label(seed, i) for i in range(clips)]
     val = split_ids(labels, seed, val_fraction)
     if val_fraction > 0 and not val:  # evaluate and bench read val.csv: an empty one fails there, far from the cause
-        raise ValueError(f"--clips {clips} at --val-fraction {val_fraction} leaves no validation clips; ask for more")
+        raise InputError(f"--clips {clips} at --val-fraction {val_fraction} leaves no validation clips; ask for more")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -281,7 +282,7 @@ def write_dataset(
             (tmp / "videos" / name).mkdir(parents=True)
         rows: dict[str, list[tuple[str, str, str]]] = {"train": [], "val": []}
         counts: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
-        for i in tqdm(range(clips), desc=f"synth {out.name}", unit="clip", disable=not progress):
+        for i in show_progress(range(clips), desc=f"synth {out.name}", unit="clip", disable=not progress):
             video, label, meta = make_clip(seed, i, spec)
             relative = f"videos/{CLASSES[label]}/{i:06d}.mp4"
             write_video(tmp / relative, video, fps=fps, codec=codec)

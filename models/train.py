@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,8 +27,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from vared2.formats.errors import InputError, InputNotFoundError
+from vared2.formats.progress import progress, say
 from vared2.models.augment import random_translate
 from vared2.models.checkpoint import load, save
 from vared2.models.video_resnet import VaRed2VideoResNet
@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state"
 #: Training precisions: fp32, or bfloat16 autocast — faster on CPUs with native bf16 (docs/training.md).
 PRECISIONS = ("fp32", "bf16")
+
+
+def default_warmup(epochs: int) -> int:
+    """Full-bucket epochs before the gate when none are given: a quarter of the run (3 of 12), so a short run
+    (``--epochs 1``) is not refused for a default it did not choose."""
+    return max(0, epochs) // 4
 
 
 @dataclass
@@ -64,32 +70,32 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train: epochs and batch_size must be at least 1")
+            raise InputError("train: epochs and batch_size must be at least 1")
         if self.warmup_epochs < 0:
-            raise ValueError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.warmup_epochs > self.epochs:  # the default 3 stops a shorter run: say what to change
-            raise ValueError(
+            raise InputError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs > self.epochs:  # say what to change
+            raise InputError(
                 f"train: warmup_epochs must be within 0..epochs ({self.epochs}), got {self.warmup_epochs}; "
-                f"lower it (--warmup-epochs, default 3) to at most {self.epochs}"
+                f"lower it (--warmup-epochs) to at most {self.epochs}"
             )
         if not 0.0 < self.target_ratio <= 1.0:
-            raise ValueError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
+            raise InputError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
         if not 0.0 < self.lr < math.inf:
-            raise ValueError(f"train: lr must be a finite number > 0, got {self.lr}")
+            raise InputError(f"train: lr must be a finite number > 0, got {self.lr}")
         if not 0.0 <= self.flops_weight < math.inf:
-            raise ValueError(f"train: flops_weight must be a finite number >= 0, got {self.flops_weight}")
+            raise InputError(f"train: flops_weight must be a finite number >= 0, got {self.flops_weight}")
         if self.threads is not None and self.threads < 1:  # None: torch's default, all cores
-            raise ValueError(f"train: threads must be at least 1 (or None for all cores), got {self.threads}")
+            raise InputError(f"train: threads must be at least 1 (or None for all cores), got {self.threads}")
         if not self.tau_start >= self.tau_end > 0:
-            raise ValueError("train: need tau_start >= tau_end > 0")
+            raise InputError("train: need tau_start >= tau_end > 0")
         if not 0 <= self.lr_warmup_epochs <= self.epochs:
-            raise ValueError(f"train: lr_warmup_epochs must be within 0..epochs ({self.epochs})")
+            raise InputError(f"train: lr_warmup_epochs must be within 0..epochs ({self.epochs})")
         if self.translate < 0:
-            raise ValueError(f"train: translate must be >= 0 pixels, got {self.translate}")
+            raise InputError(f"train: translate must be >= 0 pixels, got {self.translate}")
         if not 0.0 <= self.distill_weight < math.inf:
-            raise ValueError(f"train: distill_weight must be a finite number >= 0, got {self.distill_weight}")
+            raise InputError(f"train: distill_weight must be a finite number >= 0, got {self.distill_weight}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InputError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -272,7 +278,7 @@ def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tu
     meta_path = directory / f"{TRAIN_STATE}.json"
     tensor_path = directory / f"{TRAIN_STATE}.safetensors"
     if not meta_path.is_file() or not tensor_path.is_file():
-        raise FileNotFoundError(f"{directory}: no training state to resume from ({meta_path.name} missing)")
+        raise InputNotFoundError(f"{directory}: no training state to resume from ({meta_path.name} missing)")
     meta = json.loads(meta_path.read_text())
     tensors = load_file(str(tensor_path))
     state = optimizer.state_dict()
@@ -328,7 +334,7 @@ def train(
     if resume:
         previous = load(out_dir)
         if replace(previous.config, provenance={}) != replace(model.config, provenance={}):
-            raise ValueError(
+            raise InputError(
                 f"--resume {out_dir}: the run saved there is another model ({previous.config.summary()}) than this "
                 f"one ({model.config.summary()}); resume with its options"
             )
@@ -345,7 +351,7 @@ def train(
         moves = torch.Generator().manual_seed(10**6 + config.seed * 1000 + epoch)  # and so do its translations
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, file=sys.stderr)
+        bar = progress(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps_per_epoch)
@@ -376,12 +382,11 @@ def train(
         }
         save(model, out_dir)
         save_training_state(out_dir, optimizer, epoch, history, config)
-        tqdm.write(
+        say(
             f"epoch {epoch}/{config.epochs}: loss {stats.loss:.3f}  train acc {stats.train_accuracy:.3f}  "
             f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full"
             + ("" if config.static else f"  tau {tau:.2f}")  # the gate's temperature; a static run has no gate
-            + f"  buckets {histogram}",
-            file=sys.stderr,
+            + f"  buckets {histogram}"
         )
         if on_epoch:
             on_epoch(stats)

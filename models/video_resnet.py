@@ -17,6 +17,7 @@ from typing import Any, overload
 import torch
 from torch import Tensor, nn
 
+from vared2.formats.errors import InputError, InputTypeError
 from vared2.formats.video import MAX_FRAMES, MAX_SIZE
 
 from . import flops
@@ -76,20 +77,20 @@ class ModelConfig:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def fail(name: str, problem: str, kind: type[Exception] = ValueError) -> None:
+        def fail(name: str, problem: str, kind: type[Exception] = InputError) -> None:
             raise kind(f"ModelConfig.{name}: {problem}")
 
         if self.backbone not in BACKBONES:
             fail("backbone", f"unknown {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
         if not _is_number(self.width):
-            fail("width", f"must be a number, got {type(self.width).__name__}", TypeError)
+            fail("width", f"must be a number, got {type(self.width).__name__}", InputTypeError)
         if not (math.isfinite(self.width) and self.width > 0):
             fail("width", f"must be > 0, got {self.width}")
         object.__setattr__(self, "width", float(self.width))
         for name in ("num_classes", "frames", "size", "gate_hidden"):
             value = getattr(self, name)
             if not _is_int(value):
-                fail(name, f"must be an int, got {type(value).__name__}", TypeError)
+                fail(name, f"must be an int, got {type(value).__name__}", InputTypeError)
             if value < 1:
                 fail(name, f"must be >= 1, got {value}")
             limit = {"frames": MAX_FRAMES, "size": MAX_SIZE, "num_classes": MAX_CLASSES}.get(name)
@@ -104,17 +105,17 @@ class ModelConfig:
             fail("std", f"must be positive, got {list(self.std)}")
         labels = tuple(self.labels)
         if not all(isinstance(label, str) for label in labels):
-            fail("labels", "must be strings", TypeError)
+            fail("labels", "must be strings", InputTypeError)
         if labels and len(labels) != self.num_classes:
             fail("labels", f"{len(labels)} labels for {self.num_classes} classes")
         object.__setattr__(self, "labels", labels)
         try:
             table = BucketTable(self.buckets) if self.buckets else default_buckets(self.backbone, self.frames)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"ModelConfig.buckets: {error}") from None
+            raise InputError(f"ModelConfig.buckets: {error}") from None
         object.__setattr__(self, "buckets", table.names)
         if not isinstance(self.provenance, dict):
-            fail("provenance", f"must be a dict, got {type(self.provenance).__name__}", TypeError)
+            fail("provenance", f"must be a dict, got {type(self.provenance).__name__}", InputTypeError)
         self._check_provenance()
         object.__setattr__(self, "_built", True)
 
@@ -127,7 +128,7 @@ class ModelConfig:
         try:
             json.dumps(self.provenance)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"ModelConfig.provenance: must be JSON-serialisable ({error})") from None
+            raise InputError(f"ModelConfig.provenance: must be JSON-serialisable ({error})") from None
 
     @property
     def bucket_table(self) -> BucketTable:
@@ -151,27 +152,27 @@ class ModelConfig:
     def from_json(cls, data: object) -> ModelConfig:
         """From ``to_json``'s dict; every problem is a ValueError naming the field."""
         if not isinstance(data, dict):
-            raise ValueError(f"a model config is a JSON object, got {type(data).__name__}")
+            raise InputError(f"a model config is a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown model config field(s): {', '.join(unknown)}")
         missing = sorted(known - {"provenance"} - set(data))
         if missing:
-            raise ValueError(f"missing model config field(s): {', '.join(missing)}")
+            raise InputError(f"missing model config field(s): {', '.join(missing)}")
         values = dict(data)
         for name in ("mean", "std", "labels", "buckets"):
             if not isinstance(values[name], list):
-                raise ValueError(f"ModelConfig.{name}: must be a JSON list, got {type(values[name]).__name__}")
+                raise InputError(f"ModelConfig.{name}: must be a JSON list, got {type(values[name]).__name__}")
             values[name] = tuple(values[name])
         if "labels" in values and not all(isinstance(v, str) for v in values["labels"]):
-            raise ValueError("ModelConfig.labels: must be strings")
+            raise InputError("ModelConfig.labels: must be strings")
         if not isinstance(values.get("backbone"), str):
-            raise ValueError("ModelConfig.backbone: must be a string")
+            raise InputError("ModelConfig.backbone: must be a string")
         try:
             return cls(**values)
         except TypeError as error:
-            raise ValueError(str(error)) from None
+            raise InputError(str(error)) from None
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -473,12 +474,12 @@ def detect_backbone(model: nn.Module) -> str:
     from torchvision.models.video.resnet import VideoResNet
 
     if not isinstance(model, VideoResNet):
-        raise TypeError(f"expected a torchvision VideoResNet, got {type(model).__name__}")
+        raise InputTypeError(f"expected a torchvision VideoResNet, got {type(model).__name__}")
     layers = [model.layer1, model.layer2, model.layer3, model.layer4]
     if [len(layer) for layer in layers] != [2, 2, 2, 2] or not all(
         isinstance(block, TvBasicBlock) for layer in layers for block in layer
     ):
-        raise ValueError("only the 18-layer BasicBlock VideoResNets (r3d_18, mc3_18, r2plus1d_18) are supported")
+        raise InputError("only the 18-layer BasicBlock VideoResNets (r3d_18, mc3_18, r2plus1d_18) are supported")
     first = model.layer2[0].conv1[0]
     if len(model.stem) == 6 and isinstance(first, TvConv2Plus1D):
         return "r2plus1d_18"
@@ -487,7 +488,7 @@ def detect_backbone(model: nn.Module) -> str:
             return "r3d_18"
         if first.kernel_size == (1, 3, 3):
             return "mc3_18"
-    raise ValueError("unrecognised VideoResNet layout: not r3d_18, mc3_18 or r2plus1d_18")
+    raise InputError("unrecognised VideoResNet layout: not r3d_18, mc3_18 or r2plus1d_18")
 
 
 def from_torchvision(
@@ -502,7 +503,7 @@ def from_torchvision(
     fc = model.get_submodule("fc")
     assert isinstance(fc, nn.Linear)
     if fc.in_features != STAGE_PLANES[-1]:
-        raise ValueError(f"expected a full-width VideoResNet (fc over {STAGE_PLANES[-1]} features), got {fc}")
+        raise InputError(f"expected a full-width VideoResNet (fc over {STAGE_PLANES[-1]} features), got {fc}")
     config = ModelConfig(
         backbone=backbone, num_classes=fc.out_features, frames=frames, size=size, buckets=_bucket_names(buckets)
     )
@@ -510,7 +511,7 @@ def from_torchvision(
     result = ours.load_state_dict(state, strict=False)
     extra = [k for k in result.missing_keys if not _is_vared2_key(k)]
     if extra or result.unexpected_keys:
-        raise ValueError(
+        raise InputError(
             f"torchvision {backbone} state dict does not match: missing {extra}, unexpected {result.unexpected_keys}"
         )
     for bn in ours.bucket_batchnorms():
@@ -530,7 +531,7 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
     """
     mine, theirs = target.config, source.config
     if replace(theirs, buckets=mine.buckets, provenance=mine.provenance) != mine:
-        raise ValueError(
+        raise InputError(
             f"cannot copy weights: the architectures differ beyond the bucket table ({theirs.summary()} → "
             f"{mine.summary()})"
         )

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from vared2.formats.errors import InputError
+
 from . import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 
 MIN_TENSORRT = (10, 9)
@@ -23,7 +25,7 @@ _registered_version: str | None = None
 _target_arch: int | None = None  # the sm_<arch> aot_impl compiles for: the last successful register_plugins
 
 
-class PluginUnavailable(RuntimeError):
+class PluginUnavailable(InputError, RuntimeError):
     """TensorRT's ahead-of-time Python plugins cannot be used here; build from the ONNX local functions."""
 
 

@@ -11,20 +11,23 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vared2.formats.errors import InputError, InputNotFoundError, InputTypeError
 from vared2.formats.manifest import BucketEntry, Manifest
 
 from .backends import Backend, BackendSession, open_backend
-from .errors import VideoError
+from .errors import RuntimeClosedError, VideoError
 from .result import Result
-from .video import ON_ERROR, OnError, decode, is_url, windows
+from .video import DEFAULT_TIMEOUT, ON_ERROR, OnError, check_timeout, decode, is_url, windows
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -48,6 +51,10 @@ class Runtime:
         self._gflops = np.array([manifest.gate.gflops + b.gflops for b in manifest.buckets])
         dims = ", ".join(map(str, self.clip_shape))
         self._expected_shape = f"[T, H, W, 3] = {list(self.clip_shape)} or [N, {dims}]"
+        # close() waits for the calls inside the engines and refuses new ones (issue 27: never an IndexError).
+        self._calls = 0
+        self._closed = False
+        self._state = threading.Condition()
 
     @classmethod
     def open(
@@ -81,8 +88,35 @@ class Runtime:
         )
         return cls(path, manifest, backend)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Refuse new calls, wait for the ones running in other threads, then free the engines. Idempotent."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._state.wait_for(lambda: self._calls == 0)
         self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError(f"{self.directory}: this Runtime is closed; open the engines again to use them")
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One call inside the engines: refused once ``close()`` has begun, waited for by ``close()``."""
+        with self._state:
+            self._check_open()
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._calls -= 1
+                self._state.notify_all()
 
     def __enter__(self) -> Runtime:
         return self
@@ -95,38 +129,38 @@ class Runtime:
         """``[T,H,W,3]`` or ``[N,T,H,W,3]`` uint8 → a contiguous batch and whether the input was a single clip."""
         expected = self._expected_shape
         if not isinstance(clip, np.ndarray):
-            raise TypeError(f"clip must be a numpy uint8 array of shape {expected}, got {type(clip).__name__}")
+            raise InputTypeError(f"clip must be a numpy uint8 array of shape {expected}, got {type(clip).__name__}")
         if clip.dtype != np.uint8:
-            raise TypeError(f"clip must be uint8 (RGB 0..255) of shape {expected}, got dtype {clip.dtype}")
+            raise InputTypeError(f"clip must be uint8 (RGB 0..255) of shape {expected}, got dtype {clip.dtype}")
         if clip.ndim not in (4, 5):
-            raise ValueError(f"clip must have shape {expected}, got {list(clip.shape)}")
+            raise InputError(f"clip must have shape {expected}, got {list(clip.shape)}")
         single = clip.ndim == 4
         batch = clip[None] if single else clip
         if batch.shape[0] == 0:
-            raise ValueError(f"empty batch: clip has shape {list(clip.shape)}, expected {expected} with N >= 1")
+            raise InputError(f"empty batch: clip has shape {list(clip.shape)}, expected {expected} with N >= 1")
         if tuple(batch.shape[1:]) != self.clip_shape:
-            raise ValueError(f"clip must have shape {expected}, got {list(clip.shape)}")
+            raise InputError(f"clip must have shape {expected}, got {list(clip.shape)}")
         return np.ascontiguousarray(batch), single
 
     def _allowed(self, max_gflops: float | None, bucket: int | str | None) -> np.ndarray:
         """Boolean mask of the buckets the choice may take."""
         if bucket is not None and max_gflops is not None:
-            raise ValueError("give bucket= (force one bucket) or max_gflops= (a budget), not both")
+            raise InputError("give bucket= (force one bucket) or max_gflops= (a budget), not both")
         mask = np.ones(self.manifest.num_buckets, dtype=bool)
         if bucket is not None:
             if isinstance(bucket, bool) or not isinstance(bucket, int | str | np.integer):
-                raise TypeError(f"bucket must be a bucket id (int) or name (str), got {type(bucket).__name__}")
+                raise InputTypeError(f"bucket must be a bucket id (int) or name (str), got {type(bucket).__name__}")
             entry = self.manifest.bucket(int(bucket) if isinstance(bucket, np.integer) else bucket)
             mask[:] = False
             mask[entry.id] = True
         elif max_gflops is not None:
             # numbers.Real: Python and NumPy numbers alike (a budget often comes out of a NumPy computation).
             if isinstance(max_gflops, bool) or not isinstance(max_gflops, numbers.Real) or math.isnan(max_gflops):
-                raise TypeError(f"max_gflops must be a number, got {max_gflops!r}")
+                raise InputTypeError(f"max_gflops must be a number, got {max_gflops!r}")
             mask = self._gflops <= max_gflops
             if not mask.any():
                 cheapest: BucketEntry = self.manifest.buckets[int(np.argmin(self._gflops))]
-                raise ValueError(
+                raise InputError(
                     f"max_gflops={max_gflops} is below every bucket: the cheapest, {cheapest.id} ({cheapest.name}), "
                     f"needs {self._gflops[cheapest.id]:.4g} GFLOPs (gate {self.manifest.gate.gflops:.4g} + bucket "
                     f"{cheapest.gflops:.4g})"
@@ -149,13 +183,14 @@ class Runtime:
         Everything is checked before any engine runs.
         """
         start = time.perf_counter()
+        self._check_open()
         batch, single = self._check_clip(clip)
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+            raise InputError(f"topk must be a positive integer, got {topk!r}")
         allowed = self._allowed(max_gflops, bucket)
         results: list[Result] = []
         step = self.manifest.max_batch
-        with self.backend.session() as session:
+        with self._call(), self.backend.session() as session:
             for begin in range(0, batch.shape[0], step):
                 results += self._classify_batch(session, batch[begin : begin + step], allowed, topk, start)
         return results[0] if single else results
@@ -209,6 +244,7 @@ class Runtime:
         bucket: int | str | None = None,
         topk: int = 5,
         options: Mapping[str, str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> Iterator[Result]:
         """Classify the sliding windows of a video file or network stream (anything FFmpeg opens).
 
@@ -216,20 +252,24 @@ class Runtime:
         timestamps. A source that cannot be opened (or, with ``on_error="raise"``, a truncated local file) raises
         before the first result. A decode failure mid-stream raises :class:`StreamDecodeError` naming the position
         (``"raise"``), ends the stream there (``"stop"``), or is skipped (``"skip"``; windows restart after the gap).
-        ``options`` go to FFmpeg (``av.open``), e.g. ``{"rtsp_transport": "tcp"}``.
+        ``options`` go to FFmpeg (``av.open``), e.g. ``{"rtsp_transport": "tcp"}``. ``timeout`` (seconds, default
+        ``DEFAULT_TIMEOUT`` = 10; None waits forever) bounds opening the source and each read from it: a source that
+        stalls longer raises :class:`VideoOpenError` (opening) or :class:`StreamDecodeError` (reading).
         """
         # Bad arguments and a missing file fail here, at the call, not at the first iteration.
+        self._check_open()
+        check_timeout(timeout)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+            raise InputError(f"stride must be a positive integer, got {stride!r}")
         if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+            raise InputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk!r}")
+            raise InputError(f"topk must be a positive integer, got {topk!r}")
         self._allowed(max_gflops, bucket)
         name = os.fspath(source)
         if not is_url(name) and not Path(name).exists():
-            raise FileNotFoundError(f"{name}: no such video file")
-        return self._stream(name, stride, on_error, max_gflops, bucket, topk, options)
+            raise InputNotFoundError(f"{name}: no such video file")
+        return self._stream(name, stride, on_error, max_gflops, bucket, topk, options, timeout)
 
     def _stream(
         self,
@@ -240,9 +280,10 @@ class Runtime:
         bucket: int | str | None,
         topk: int,
         options: Mapping[str, str] | None,
+        timeout: float | None,
     ) -> Iterator[Result]:
         spec = self.manifest.model
-        frames = decode(source, spec.size, spec.resize_to, on_error=on_error, options=options)
+        frames = decode(source, spec.size, spec.resize_to, on_error=on_error, options=options, timeout=timeout)
         count = 0
         for window in windows(frames, spec.frames, stride):
             count += 1

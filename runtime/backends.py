@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from vared2.formats.errors import InputError, InputTypeError
 from vared2.formats.manifest import Manifest, ManifestError
 
 from .errors import BackendError, BackendVersionError
@@ -132,11 +133,11 @@ class OrtEngine:
         from vared2.formats.sessions import LEVELS, open_session
 
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)):
-            raise TypeError(f"threads must be an integer or None, got {threads!r}")
+            raise InputTypeError(f"threads must be an integer or None, got {threads!r}")
         if threads is not None and threads < 1:
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+            raise InputError(f"threads must be a positive integer or None, got {threads!r}")
         if graph_optimization not in LEVELS:
-            raise ValueError(f"graph_optimization must be one of {', '.join(LEVELS)}, got {graph_optimization!r}")
+            raise InputError(f"graph_optimization must be one of {', '.join(LEVELS)}, got {graph_optimization!r}")
         wanted = list(providers or ["CPUExecutionProvider"])
         available = ort.get_available_providers()
         missing = [p for p in wanted if p not in available]
@@ -309,13 +310,13 @@ def open_backend(
     """The backend the manifest names, loaded. TensorRT is imported only here, only for TensorRT engines."""
     if manifest.backend == "onnxruntime":
         if options:
-            raise TypeError(f"unexpected options for ONNX Runtime engines: {', '.join(sorted(options))}")
+            raise InputTypeError(f"unexpected options for ONNX Runtime engines: {', '.join(sorted(options))}")
         return OrtBackend(
             directory, manifest, threads=threads, providers=providers, shared_thread_pool=shared_thread_pool
         )
     if manifest.backend == "tensorrt":
         if providers is not None or threads is not None or shared_thread_pool:
-            raise TypeError(
+            raise InputTypeError(
                 "threads=, providers= and shared_thread_pool= are ONNX Runtime options; TensorRT engines run on the GPU"
             )
         from .tensorrt_backend import TrtBackend

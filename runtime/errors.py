@@ -1,5 +1,5 @@
-"""The runtime's errors. Bad input is a ``ValueError`` (or ``TypeError`` for a wrong type), as for any Python API;
-the subclasses say what went wrong and carry the position or the expected value, so callers can react.
+"""The runtime's errors, all ``vared2.formats.errors.InputError`` (so also ``ValueError``: bad input, as for any
+Python API); the subclasses say what went wrong and carry the position or the expected value, so callers can react.
 
 The manifest's errors (``ManifestError``, ``EngineFileError``, ``ChecksumError``, …) come from
 ``vared2.formats.manifest`` and are re-exported here.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from vared2.formats.errors import InputError
 from vared2.formats.manifest import (
     ChecksumError,
     EngineFileError,
@@ -25,6 +26,7 @@ __all__ = [
     "EngineFileError",
     "ManifestError",
     "MissingEngineFileError",
+    "RuntimeClosedError",
     "SchemaVersionError",
     "StreamDecodeError",
     "VideoError",
@@ -32,23 +34,24 @@ __all__ = [
 ]
 
 
-class BackendError(RuntimeError):
-    """The inference backend is missing or cannot serve these engines (e.g. TensorRT not installed)."""
-
-    #: The command line reports it as bad input (a one-line reason, exit code 2): the engines or the host are
-    #: what the user has to change, not the code.
-    bad_input = True
+class BackendError(InputError, RuntimeError):
+    """The inference backend is missing or cannot serve these engines (e.g. TensorRT not installed): the engines
+    or the host are what the user has to change (exit code 2). Also a ``RuntimeError``, as it always was."""
 
 
-class BackendVersionError(ManifestError):
+class RuntimeClosedError(InputError):
+    """A call on a ``Runtime`` after ``close()`` (or while it closes): its engines are gone."""
+
+
+class BackendVersionError(ManifestError, InputError):
     """The installed backend differs from the one that built the engines in a way that matters."""
 
 
-class DeviceMismatchError(ManifestError):
+class DeviceMismatchError(ManifestError, InputError):
     """TensorRT engines built for another GPU (compute capability) than the one here."""
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video source that cannot be used. Carries the source (path or URL)."""
 
     def __init__(self, source: str | os.PathLike[str], reason: str) -> None:

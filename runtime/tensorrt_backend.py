@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vared2.formats.errors import InputError
 from vared2.formats.manifest import Manifest
 
 from .backends import GateOutput, check_backend_version
@@ -321,7 +322,7 @@ class TrtBackend:
         cuda_graphs: bool = False,
     ) -> None:
         if contexts < 1:
-            raise ValueError(f"contexts must be at least 1, got {contexts}")
+            raise InputError(f"contexts must be at least 1, got {contexts}")
         trt, cuda = _import_tensorrt()
         cudart = _import_cudart() if cuda_graphs else None
         check_backend_version(manifest, trt.__version__, exact=3)

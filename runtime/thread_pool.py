@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import threading
 
+from vared2.formats.errors import InputError
+
 _lock = threading.Lock()
 _threads: int | None = None
 
@@ -30,13 +32,13 @@ def shared_pool_threads(threads: int | None) -> int:
             try:
                 ort.set_global_thread_pool_sizes(wanted, 1)
             except Exception as error:  # ORT's Fail: another component created the process's pools first
-                raise ValueError(
+                raise InputError(
                     f"shared_thread_pool: ONNX Runtime's process-wide thread pool already exists ({error}); "
                     "open the runtime without shared_thread_pool"
                 ) from None
             _threads = wanted
         elif threads is not None and threads != _threads:
-            raise ValueError(
+            raise InputError(
                 f"shared_thread_pool: this process's shared ONNX Runtime thread pool has {_threads} thread(s) and "
                 f"cannot be resized to {threads}; use threads={_threads}, a separate process, or per-session pools"
             )
@@ -47,7 +49,7 @@ def check_per_session_pools() -> None:
     """Once this process runs the shared pool, ONNX Runtime refuses sessions with pools of their own (it fails deep
     in session creation); say so, and what to do, before trying."""
     if _threads is not None:
-        raise ValueError(
+        raise InputError(
             f"this process already runs the shared ONNX Runtime thread pool ({_threads} thread(s), opened by a runtime "
             "with shared_thread_pool=True), and ONNX Runtime then refuses sessions with their own threads: open this "
             "one with shared_thread_pool=True too, or in a separate process"

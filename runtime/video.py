@@ -15,6 +15,7 @@ from typing import Literal
 import av
 import numpy as np
 
+from vared2.formats.errors import InputError, InputNotFoundError
 from vared2.formats.video import prepare_frame, resized_shape
 
 from .errors import StreamDecodeError, VideoError, VideoOpenError
@@ -26,6 +27,17 @@ ON_ERROR = ("raise", "skip", "stop")
 
 #: After this many decode failures in a row, ``on_error="skip"`` gives up on the source and stops.
 MAX_CONSECUTIVE_ERRORS = 16
+
+#: Seconds a source may take to open, and to deliver each read, before it counts as stalled (``av.open``'s timeout).
+DEFAULT_TIMEOUT = 10.0
+
+
+def check_timeout(timeout: float | None) -> None:
+    """A timeout is None (wait forever) or a positive, finite number of seconds."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+        raise InputError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
 
 
 @dataclass(frozen=True)
@@ -54,23 +66,25 @@ def is_url(source: str | os.PathLike[str]) -> bool:
     return "://" in os.fspath(source)
 
 
-def _open(source: str, options: Mapping[str, str] | None) -> av.container.InputContainer:
+def _open(source: str, options: Mapping[str, str] | None, timeout: float | None) -> av.container.InputContainer:
     if not is_url(source):
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"{source}: no such video file")
+            raise InputNotFoundError(f"{source}: no such video file")
         if not path.is_file():
             raise VideoOpenError(source, "not a regular file")
     try:
-        return av.open(source, mode="r", options=dict(options or {}))
+        return av.open(source, mode="r", options=dict(options or {}), timeout=timeout)
+    except av.ExitError as error:  # PyAV's interrupt callback: the timeout passed
+        raise VideoOpenError(source, f"no answer within {timeout} s (the timeout)") from error
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as error:
         raise VideoOpenError(source, f"cannot open it as a video ({type(error).__name__}: {error})") from error
 
 
-def _check_complete(source: str, options: Mapping[str, str] | None) -> None:
+def _check_complete(source: str, options: Mapping[str, str] | None, timeout: float | None) -> None:
     """Demux a local file once without decoding (fast) and compare the packets with the frame count its header
     promises, so a truncated file fails before the first result instead of after the last one it holds."""
-    with _open(source, options) as container:
+    with _open(source, options, timeout) as container:
         if not container.streams.video:
             raise VideoOpenError(source, "not a video (no video stream)")
         stream = container.streams.video[0]
@@ -90,19 +104,24 @@ def decode(
     *,
     on_error: OnError = "raise",
     options: Mapping[str, str] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Iterator[Frame]:
     """Prepared frames of the first video stream of a file or a network URL, in order.
 
     ``on_error`` decides what a decode failure mid-stream does: ``"raise"`` a :class:`StreamDecodeError` with the
     position, ``"stop"`` end the frames there, ``"skip"`` drop the bad data and go on (the next frame has
-    ``after_gap``). Local files are checked for truncation first when ``on_error="raise"``.
+    ``after_gap``). Local files are checked for truncation first when ``on_error="raise"``. A source silent for
+    ``timeout`` seconds (None: no limit) is a stall: :class:`VideoOpenError` when opening, and when reading a
+    :class:`StreamDecodeError` (``"raise"``) or the end of the frames (``"stop"``, ``"skip"``: retrying a dead
+    source would only wait again).
     """
+    check_timeout(timeout)
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        raise InputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     source = os.fspath(source)
     if on_error == "raise" and not is_url(source):
-        _check_complete(source, options)
-    with _open(source, options) as container:
+        _check_complete(source, options, timeout)
+    with _open(source, options, timeout) as container:
         if not container.streams.video:
             raise VideoOpenError(source, "not a video (no video stream)")
         stream = container.streams.video[0]
@@ -116,6 +135,12 @@ def decode(
                 frames = packet.decode()
             except StopIteration:
                 break
+            except av.ExitError as error:  # PyAV's interrupt callback: no data within the timeout
+                reason = f"stalled: no data within {timeout} s (the timeout)"
+                if on_error == "raise":
+                    raise StreamDecodeError(source, index, time, reason) from error
+                log.warning("%s: stopping at frame %d (%.3f s): %s", source, index, time, reason)
+                return
             except (av.FFmpegError, OSError) as error:
                 failures += 1
                 reason = f"{type(error).__name__}: {error}"
@@ -147,7 +172,7 @@ def windows(frames: Iterator[Frame], length: int, stride: int) -> Iterator[Windo
     After a gap (skipped data) the windows start afresh, so no window joins frames across it.
     """
     if length < 1 or stride < 1:
-        raise ValueError(f"window length and stride must be at least 1, got {length} and {stride}")
+        raise InputError(f"window length and stride must be at least 1, got {length} and {stride}")
     buffer: deque[Frame] = deque(maxlen=length)
     next_start = 0
     for frame in frames:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from vared2.formats.errors import InputError
 from vared2.formats.video import read_clip, write_video
 from vared2.models.dataset import (
     KINETICS_MEAN,
@@ -126,7 +127,7 @@ def test_validate_drops_bad_videos_up_front(data_dir: Path, tmp_path: Path) -> N
 def test_all_bad_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.mp4").write_bytes(b"\x00" * 100)
-    with pytest.raises(RuntimeError, match="none of the 1 videos"):
+    with pytest.raises(InputError, match="none of the 1 videos"):
         VideoFolderDataset(tmp_path, frames=2, size=16)[0]
 
 

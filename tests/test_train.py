@@ -178,7 +178,7 @@ def test_a_bad_training_setting_is_named(change: dict[str, object], message: str
         (["--threads", "-2"], "'--threads': -2 is not in the range x>=1"),
         (["--lr", "0"], "'--lr': 0.0 is not in the range x>0"),
         (["--flops-weight", "-1"], "'--flops-weight': -1.0 is not in the range x>=0"),
-        (["--epochs", "1"], "got 3; lower it (--warmup-epochs, default 3) to at most 1"),
+        (["--epochs", "1", "--warmup-epochs", "3"], "got 3; lower it (--warmup-epochs) to at most 1"),
     ],
 )
 def test_a_bad_training_option_is_named_on_the_command_line(tmp_path: Path, option: list[str], message: str) -> None:
@@ -288,7 +288,13 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     config = json.loads((ckpt / "model.json").read_text())["config"]
     provenance = config["provenance"]
     train_clips = sum(1 for _ in (data / "train.csv").open()) - 1  # the CSV has a header line
-    assert provenance["batchnorm_calibration"] == {"clips": train_clips, "split": "train"}
+    assert provenance["batchnorm_calibration"]["clips"] == train_clips
+    assert provenance["batchnorm_calibration"]["split"] == "train"
+    # The run's last figure is the checkpoint as saved (after recalibration and the gate fit), not the last epoch.
+    final = provenance["final_validation"]
+    assert final["after"] == "the gate fit"
+    figure = f"checkpoint (after the gate fit): val acc {final['val_accuracy']:.3f}"
+    assert figure in result.stdout.splitlines()[-2], result.stdout
     assert 0 < provenance["gate_fit"]["oracle_ratio"] <= 1.0
     assert provenance["command"] == " ".join(["vared2", *args]) == provenance["gate_fit"]["command"]
     assert provenance["seed"] == 0 and provenance["data"]["seed"] == 0
@@ -303,6 +309,8 @@ def test_synth_train_evaluate_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     evaluation = json.loads(report.read_text())
     assert evaluation["samples"] == sum(evaluation["histogram"]) == 6
+    assert evaluation["accuracy"] == pytest.approx(final["val_accuracy"])  # evaluate agrees with the final figure
+    assert evaluation["histogram"] == final["histogram"]
     assert 0 < evaluation["gflops_ratio"] <= 1.0 + 1e-6
     assert set(evaluation["gflops_by_motion"]) == {"static", "slow", "fast"}
     assert plot.stat().st_size > 1000

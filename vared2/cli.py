@@ -1,8 +1,8 @@
 """The ``vared2`` command line: one verb per pipeline stage (DESIGN.md §9).
 
-Exit codes: 0 success, 1 a failed check (parity, verification), 2 bad usage or bad input — with a
-one-line reason on stderr — and 3 an unexpected error, with its traceback (``vared2.stages``). Each verb
-imports its stage only when it runs, so ``vared2 infer`` works on a device that has the runtime extra only.
+Exit codes, by error type (``vared2.stages``): 0 success, 1 a failed check, 2 bad usage, input or environment
+(one line on stderr), 3 a bug (with its traceback), 130 interrupted. Each verb imports its stage only when it
+runs, so ``vared2 infer`` works on a device that has the runtime extra only; a missing extra is named.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any, Literal
 
 import click
 
 from vared2 import __version__
+from vared2.formats.errors import InputError
+from vared2.formats.outputs import PLOT_SUFFIXES, check_output_dir, check_output_file
 from vared2.stages import check_parity, read_clip_set, run_stage
 
 
@@ -24,6 +27,12 @@ class _RecordingGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[ARGS_KEY] = list(args)
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every verb under ``run_stage``: its imports (a missing extra), its output and Ctrl-C get the exit codes
+        of ``vared2.stages``, not Click's (which exits 1 on Ctrl-C and on a closed pipe)."""
+        verb = next((a for a in ctx.meta.get(ARGS_KEY, []) if not a.startswith("-")), None)
+        return run_stage(lambda: super(_RecordingGroup, self).invoke(ctx), verb=verb)
 
 
 ARGS_KEY = "vared2.args"
@@ -62,6 +71,7 @@ TARGET_RATIO = click.FloatRange(min=0.0, max=1.0, min_open=True)  # (0, 1]: Trai
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction: float, overwrite: bool) -> None:
     """Write the synthetic video benchmark: MP4 files plus a train/val split."""
+    check_output_dir(out, "--out")
     from vared2.models.synthetic import write_dataset
 
     path = run_stage(
@@ -91,9 +101,8 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 @click.option(
     "--warmup-epochs",
     type=click.IntRange(min=0),
-    default=3,
-    show_default=True,
-    help="Epochs on the full bucket before the gate.",
+    default=None,
+    help="Epochs on the full bucket before the gate (default: a quarter of --epochs, 3 of 12).",
 )
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=2e-3, show_default=True)
@@ -177,7 +186,7 @@ def train(
     frames: int,
     size: int,
     epochs: int,
-    warmup_epochs: int,
+    warmup_epochs: int | None,
     batch_size: int,
     lr: float,
     lr_warmup_epochs: int,
@@ -195,12 +204,13 @@ def train(
     latency_table: Path | None,
 ) -> None:
     """Train a VA-RED2 model (weights and gate jointly), or with --static the full-bucket baseline."""
-    from vared2.models.recipe import run_training
+    check_output_dir(out, "--out")
+    from vared2.models.recipe import final_figure, run_training
 
     def go() -> None:
         config = TrainConfig(
             epochs=epochs,
-            warmup_epochs=0 if static else warmup_epochs,
+            warmup_epochs=0 if static else default_warmup(epochs) if warmup_epochs is None else warmup_epochs,
             batch_size=batch_size,
             lr=lr,
             lr_warmup_epochs=lr_warmup_epochs,
@@ -232,9 +242,12 @@ def train(
             command=command,
         )
         click.echo(describe(history))
+        final = final_figure(out)  # the model as saved: after BatchNorm recalibration (and a gate fit)
+        if final is not None:
+            click.echo(final)
         click.echo(f"checkpoint: {out}")
 
-    from vared2.models.train import TrainConfig, describe
+    from vared2.models.train import TrainConfig, default_warmup, describe
 
     run_stage(go)
 
@@ -264,6 +277,7 @@ def fit_gate_command(
 ) -> None:
     """Refit CHECKPOINT's gate on DATA's training clips at --target-ratio of the full bucket's GFLOPs, or of its
     latency on the device a --latency-table was measured on, and write the result to OUT."""
+    check_output_dir(out, "--out")
     from vared2.models.recipe import run_gate_fit
 
     def go() -> None:
@@ -322,6 +336,10 @@ def evaluate(
     latency_table: Path | None,
 ) -> None:
     """Accuracy, mean GFLOPs, the bucket histogram and GFLOPs by motion level of CHECKPOINT on DATA."""
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+    if plot is not None:
+        check_output_file(plot, "--plot", suffixes=PLOT_SUFFIXES)
     from vared2.models.recipe import run_evaluation
 
     def go() -> None:
@@ -340,6 +358,7 @@ def evaluate(
 @click.option("--out", "out", type=out_dir, required=True, help="Directory for gate.onnx and bucket_*.onnx.")
 def export(checkpoint: Path, out: Path) -> None:
     """Export CHECKPOINT to ONNX: a gate model and one model per policy bucket."""
+    check_output_dir(out, "--out")
     from vared2.export.onnx_export import export_checkpoint
 
     result = run_stage(lambda: export_checkpoint(checkpoint, out))
@@ -413,6 +432,9 @@ def build(
     min_agreement: float,
 ) -> None:
     """Build one engine per bucket (and one for the gate) from the ONNX files in ONNX_DIR."""
+    check_output_dir(out, "--out")
+    if timing_cache is not None:
+        check_output_file(timing_cache, "--timing-cache")
     from vared2.engines.build import build_engines, check_build_options
 
     calibration = validation = None
@@ -450,18 +472,61 @@ def build(
 @click.argument("videos", nargs=-1, required=True)
 @click.option("--stride", default=8, show_default=True, help="Frames between the starts of two windows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per window instead of a table.")
+@click.option("--bucket", default=None, help="Force one bucket (id, name or short name: full, c1, t1, …).")
+@click.option("--max-gflops", type=float, default=None, help="Only buckets whose gate + bucket GFLOPs fit this budget.")
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Labels kept per window (JSON).")
+@click.option(
+    "--providers",
+    default=None,
+    help="ONNX Runtime execution providers, comma-separated (e.g. CUDAExecutionProvider); CPU is the fallback.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["stop", "skip"]),
+    default="stop",
+    show_default=True,
+    help="A video that cannot be read: stop there, or report it, go on, and exit 2 at the end.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a stream may take to open or to deliver data before it counts as stalled.",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads per engine (ONNX Runtime).")
 @click.option("--shared-thread-pool", is_flag=True, help=POOL_HELP)
 def infer(
-    engine_dir: Path, videos: tuple[str, ...], stride: int, as_json: bool, threads: int | None, shared_thread_pool: bool
+    engine_dir: Path,
+    videos: tuple[str, ...],
+    stride: int,
+    as_json: bool,
+    bucket: str | None,
+    max_gflops: float | None,
+    topk: int,
+    providers: str | None,
+    on_error: Literal["stop", "skip"],
+    timeout: float,
+    threads: int | None,
+    shared_thread_pool: bool,
 ) -> None:
     """Classify sliding windows of VIDEOS (files or stream URLs) with the engines in ENGINE_DIR."""
     from vared2.runtime.infer import infer as run_infer
 
-    pool = shared_thread_pool
     run_stage(
         lambda: run_infer(
-            engine_dir, list(videos), stride=stride, as_json=as_json, threads=threads, shared_thread_pool=pool
+            engine_dir,
+            list(videos),
+            stride=stride,
+            as_json=as_json,
+            threads=threads,
+            shared_thread_pool=shared_thread_pool,
+            bucket=int(bucket) if bucket is not None and bucket.isdigit() else bucket,
+            max_gflops=max_gflops,
+            topk=topk,
+            providers=None if providers is None else [p.strip() for p in providers.split(",") if p.strip()],
+            on_error=on_error,
+            timeout=timeout,
         )
     )
 
@@ -610,7 +675,7 @@ def serve(engine_dir: Path, port: int, address: str, instances: int, threads: in
 
 
 def _refuse(reason: str) -> None:
-    raise ValueError(reason)
+    raise InputError(reason)
 
 
 def main() -> None:
