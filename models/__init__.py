@@ -3,18 +3,12 @@
 from .batchnorm import BucketBatchNorm3d
 from .buckets import Bucket, BucketError, BucketTable, Policy, default_buckets
 from .checkpoint import load, save
+from .config import ModelConfig
 from .dynamic_conv import DynamicConv3d, computed_channels
 from .flops import FlopCount, analytic_flops, measured_flops
 from .gate import SoftModulationGate
-from .video_resnet import (
-    ModelConfig,
-    VaRed2VideoResNet,
-    build_model,
-    from_torchvision,
-    mc3_18,
-    r2plus1d_18,
-    r3d_18,
-)
+from .torchvision_convert import from_torchvision
+from .video_resnet import VaRed2VideoResNet, build_model, mc3_18, r2plus1d_18, r3d_18
 
 __all__ = [
     "Bucket",

@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .video_resnet import ModelConfig, VaRed2VideoResNet
+from .config import ModelConfig
+from .video_resnet import VaRed2VideoResNet
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
