@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import flops
-from .batchnorm import BucketBatchNorm3d
+from .batchnorm import BucketBatchNorm3d, SyncedBatchNorm3d
 from .buckets import Bucket, BucketTable, conv_frames
 from .config import GATE_HIDDEN, ModelConfig
 from .dynamic_conv import DynamicConv3d
@@ -107,16 +107,16 @@ class VaRed2VideoResNet(nn.Module):
             stem_mid = scaled_channels(45, width)
             self.stem = nn.Sequential(
                 _conv(3, stem_mid, (1, 7, 7), (1, 2, 2)),
-                nn.BatchNorm3d(stem_mid),
+                SyncedBatchNorm3d(stem_mid),
                 nn.ReLU(inplace=True),
                 _conv(stem_mid, planes[0], (3, 1, 1), (1, 1, 1)),
-                nn.BatchNorm3d(planes[0]),
+                SyncedBatchNorm3d(planes[0]),
                 nn.ReLU(inplace=True),
             )
         else:
             self.stem = nn.Sequential(
                 nn.Conv3d(3, planes[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
-                nn.BatchNorm3d(planes[0]),
+                SyncedBatchNorm3d(planes[0]),
                 nn.ReLU(inplace=True),
             )
 
@@ -335,17 +335,21 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
     ``target``'s tensors left as they were (nothing in ``source`` to take them from).
 
     Why: a static baseline trained with the default table is the usual start of a dynamic model with a table of
-    its own (``vared2 train --init-from … --buckets …``). Everything but the bucket table must match. Weights and
-    the cheap ops of each policy level are shared by name; per-bucket BatchNorm statistics and the gate's rows
-    follow the bucket *name* (row order is table order); a bucket ``source`` lacks starts from the full
-    bucket's statistics, as after ``from_torchvision``.
+    its own (``vared2 train --init-from … --buckets …``), and torchvision's Kinetics-400 weights (``vared2
+    convert``) the start of a model for other classes. Everything but the bucket table and the classes must
+    match. Weights and the cheap ops of each policy level are shared by name; per-bucket BatchNorm statistics and
+    the gate's rows follow the bucket *name* (row order is table order); a bucket ``source`` lacks starts from the
+    full bucket's statistics, as after ``from_torchvision``. The classifier's rows follow the class names (all of
+    ``target``'s among ``source``'s: Mini-Kinetics-200 from Kinetics-400), else it is left as it was.
     """
     mine, theirs = target.config, source.config
-    if replace(theirs, buckets=mine.buckets, provenance=mine.provenance) != mine:
+    same = replace(theirs, buckets=mine.buckets, provenance=mine.provenance, labels=mine.labels, num_classes=1)
+    if same != replace(mine, num_classes=1):
         raise ValueError(
-            f"cannot copy weights: the architectures differ beyond the bucket table ({theirs.summary()} → "
-            f"{mine.summary()})"
+            f"cannot copy weights: the architectures differ beyond the bucket table and the classes "
+            f"({theirs.summary()} → {mine.summary()})"
         )
+    classes = _class_rows(theirs, mine)
     state = source.state_dict()
     rows = {name: index for index, name in enumerate(source.buckets.names)}
     # Where each target bucket's row comes from in ``source`` (None: absent there).
@@ -359,6 +363,11 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
                     value[k - 1].copy_(full if j is None else state[key][j - 1])  # j >= 1: not the full bucket
                 if None in origin:
                     untouched.append(key)
+            elif key in ("fc.weight", "fc.bias"):
+                if classes is None:
+                    untouched.append(key)
+                else:
+                    value.copy_(state[key][classes])
             elif key.startswith("gate.fc2."):
                 for k, j in enumerate(origin):
                     if j is not None:
@@ -370,3 +379,11 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
             else:
                 untouched.append(key)
     return untouched
+
+
+def _class_rows(source: ModelConfig, target: ModelConfig) -> list[int] | None:
+    """The row of ``source``'s classifier for each of ``target``'s classes, or None where they do not match."""
+    if source.labels and target.labels:
+        index = {name: row for row, name in enumerate(source.labels)}
+        return [index[name] for name in target.labels] if all(n in index for n in target.labels) else None
+    return list(range(target.num_classes)) if source.num_classes == target.num_classes else None

@@ -50,6 +50,8 @@ DATA_HELP = (
     "<class>/<video> (Kinetics/UCF101 layout), or one CSV list (then used for both training and validation)."
 )
 TARGET_RATIO = click.FloatRange(min=0.0, max=1.0, min_open=True)  # (0, 1]: TrainConfig.validate, check_target_ratio
+DEVICE_HELP = "Where to run: auto (CUDA when available), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 
 
 @cli.command()
@@ -129,10 +131,19 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
 )
 @click.option(
     "--precision",
-    type=click.Choice(("fp32", "bf16")),  # models.train.PRECISIONS, without importing torch here
+    type=click.Choice(("fp32", "bf16", "fp16")),  # models.train.PRECISIONS, without importing torch here
     default="fp32",
     show_default=True,
-    help="bf16: run the training forward passes under CPU autocast to bfloat16 (faster on AVX-512 BF16 / AMX).",
+    help="bf16: the training forward passes under autocast to bfloat16 (CPU with AVX-512 BF16 / AMX, or CUDA); "
+    "fp16: CUDA autocast to float16 with a gradient scaler.",
+)
+@device_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes decoding clips (0: in the training process).",
 )
 @click.option(
     "--distill-weight",
@@ -187,6 +198,8 @@ def train(
     threads: int | None,
     translate: int,
     precision: str,
+    device: str,
+    workers: int,
     distill_weight: float,
     buckets: str | None,
     init_from: Path | None,
@@ -212,6 +225,8 @@ def train(
             translate=translate,
             precision=precision,
             distill_weight=distill_weight,
+            device=device,
+            workers=workers,
         )
         command = invoked_command()
         history = run_training(
@@ -231,9 +246,11 @@ def train(
             buckets=None if buckets is None else [name.strip() for name in buckets.split(",")],
             command=command,
         )
-        click.echo(describe(history))
-        click.echo(f"checkpoint: {out}")
+        if is_main_process():  # under torchrun, rank 0 speaks for the run
+            click.echo(describe(history))
+            click.echo(f"checkpoint: {out}")
 
+    from vared2.models.distributed import is_main_process
     from vared2.models.train import TrainConfig, describe
 
     run_stage(go)
@@ -253,6 +270,7 @@ def train(
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None, help=LATENCY_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the checkpoint in OUT; without it a non-empty OUT is refused.")
+@device_option
 def fit_gate_command(
     checkpoint: Path,
     data: Path,
@@ -261,6 +279,7 @@ def fit_gate_command(
     latency_table: Path | None,
     seed: int,
     overwrite: bool,
+    device: str,
 ) -> None:
     """Refit CHECKPOINT's gate on DATA's training clips at --target-ratio of the full bucket's GFLOPs, or of its
     latency on the device a --latency-table was measured on, and write the result to OUT."""
@@ -277,6 +296,7 @@ def fit_gate_command(
             seed=seed,
             overwrite=overwrite,
             command=command,
+            device=device,
         )
         cost = "latency" if latency_table is not None else "GFLOPs"
         click.echo(
@@ -312,6 +332,7 @@ def fit_gate_command(
     default=None,
     help="Also report the choices' mean latency on the device this `vared2 bench --latency-table` measured.",
 )
+@device_option
 def evaluate(
     checkpoint: Path,
     data: Path,
@@ -320,17 +341,67 @@ def evaluate(
     json_path: Path | None,
     plot: Path | None,
     latency_table: Path | None,
+    device: str,
 ) -> None:
     """Accuracy, mean GFLOPs, the bucket histogram and GFLOPs by motion level of CHECKPOINT on DATA."""
     from vared2.models.recipe import run_evaluation
 
     def go() -> None:
         key: int | str | None = int(bucket) if bucket is not None and bucket.isdigit() else bucket
-        result = run_evaluation(checkpoint, data, split=split, bucket=key, plot=plot, latency_table=latency_table)
+        result = run_evaluation(
+            checkpoint, data, split=split, bucket=key, plot=plot, latency_table=latency_table, device=device
+        )
         click.echo(result.table())
         if json_path:  # like --plot and bench's --json: the folder is made if needed
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(result.to_json() + "\n")
+
+    run_stage(go)
+
+
+@cli.command()
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    help="The model to convert: torchvision:r2plus1d_18, torchvision:r3d_18 or torchvision:mc3_18.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Its weights: a state dict saved with torch.save (read with weights_only=True; a pickle with code is "
+    "refused) or a .safetensors file. Default: torchvision's download cache; nothing is downloaded.",
+)
+@click.option("--frames", default=16, show_default=True, help="Frames per clip (T) the checkpoint reads.")
+@click.option("--size", default=112, show_default=True, help="Crop size (H = W) the checkpoint reads.")
+@click.option("--buckets", default=None, help="The bucket table, as for `vared2 train --buckets`.")
+@click.option("--out", "out", type=out_dir, required=True, help="Checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the checkpoint in OUT; without it a non-empty OUT is refused.")
+def convert(
+    source: str, weights: Path | None, frames: int, size: int, buckets: str | None, out: Path, overwrite: bool
+) -> None:
+    """Turn torchvision's VideoResNet weights into a vared2 checkpoint whose full bucket is torchvision's model
+    (checked to 1e-5); fine-tune it with `vared2 train --init-from OUT`."""
+    from vared2.models.recipe import run_conversion
+
+    def go() -> None:
+        names = None if buckets is None else [name.strip() for name in buckets.split(",")]
+        model, difference = run_conversion(
+            source,
+            out,
+            weights=weights,
+            frames=frames,
+            size=size,
+            buckets=names,
+            overwrite=overwrite,
+            command=invoked_command(),
+        )
+        click.echo(
+            f"converted {source}: {model.config.num_classes} classes, {len(model.buckets)} buckets; the full bucket "
+            f"is torchvision's model to {difference:.2g} (max abs)"
+        )
+        click.echo(f"checkpoint: {out}")
 
     run_stage(go)
 
