@@ -25,10 +25,10 @@ from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
 from vared2.models.latency import bucket_costs, latency_costs, read_latency_table
 from vared2.models.torchvision_convert import convert_torchvision, default_weights_file
 from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, train
+from vared2.models.train_config import BACKBONES, TRAIN_MODEL
 from vared2.models.video_resnet import VaRed2VideoResNet, build_model, copy_weights
 
 log = logging.getLogger(__name__)
-BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
 #: Training clips the per-bucket BatchNorm statistics are recomputed on after dynamic training.
 CALIBRATION_CLIPS = 512
 
@@ -98,10 +98,10 @@ def run_training(
     out: Path,
     config: TrainConfig,
     *,
-    backbone: str = "r2plus1d_18",
-    width: float = 0.25,
-    frames: int = 8,
-    size: int = 56,
+    backbone: str = TRAIN_MODEL.backbone,
+    width: float = TRAIN_MODEL.width,
+    frames: int = TRAIN_MODEL.frames,
+    size: int = TRAIN_MODEL.size,
     resume: bool = False,
     overwrite: bool = False,
     init_from: Path | None = None,
@@ -124,8 +124,8 @@ def run_training(
         refuse_to_replace(out, overwrite=overwrite, hint=hint)
     elif not (Path(out) / f"{TRAIN_STATE}.json").is_file():  # said now, not after the data is decoded
         raise FileNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
-    if backbone not in BUILDERS:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {list(BACKBONES)}")
     placement = setup(config.device)  # under torchrun: joins the process group (every rank ran the checks above)
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
     val_set = VideoFolderDataset(
@@ -305,7 +305,7 @@ def run_conversion(
     refuse_to_replace(out, overwrite=overwrite, hint="pass --overwrite to replace it, or another --out")
     backbone = source.partition(":")[2]
     table = None
-    if buckets is not None and backbone in BUILDERS:
+    if buckets is not None and backbone in BACKBONES:
         table = table_from_names(buckets, default_buckets(backbone, frames))
     model, difference = convert_torchvision(source, weights, frames=frames, size=size, buckets=table)
     used = weights if weights is not None else default_weights_file(backbone)[0]

@@ -315,8 +315,8 @@ def train(
     steps_per_epoch = max(len(train_loader), 1)
     start, history = 0, list[EpochStats]()
     if resume:
-        check_world_size(out_dir, placement.world_size)
         previous = load(out_dir)
+        check_world_size(out_dir, placement.world_size)
         if replace(previous.config, provenance={}) != replace(model.config, provenance={}):
             raise ValueError(
                 f"--resume {out_dir}: the run saved there is another model ({previous.config.summary()}) than this "

@@ -1,12 +1,17 @@
 """The knobs of the training recipe (``TrainConfig``), recorded in every checkpoint's provenance.
 
-Torch-free, so the command line can take its option defaults from here without importing torch.
+Torch-free, so the command line takes its option defaults from here (``TrainConfig()`` and ``TRAIN_MODEL``)
+without importing torch: each default is written once.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from .buckets import BACKBONES
+
+__all__ = ["BACKBONES", "PRECISIONS", "TRAIN_MODEL", "ModelShape", "TrainConfig"]
 
 #: Training precisions: fp32; bfloat16 autocast (CPU or CUDA); float16 autocast with a gradient scaler (CUDA only).
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -67,3 +72,16 @@ class TrainConfig:
             raise ValueError("train: precision fp16 needs a CUDA device (on the CPU use bf16)")
         if self.workers < 0:
             raise ValueError(f"train: workers must be >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The network ``vared2 train`` builds unless told otherwise: the demo's."""
+
+    backbone: str = "r2plus1d_18"
+    width: float = 0.25
+    frames: int = 8
+    size: int = 56
+
+
+TRAIN_MODEL = ModelShape()

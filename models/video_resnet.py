@@ -343,8 +343,8 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
     ``target``'s among ``source``'s: Mini-Kinetics-200 from Kinetics-400), else it is left as it was.
     """
     mine, theirs = target.config, source.config
-    same = replace(theirs, buckets=mine.buckets, provenance=mine.provenance, labels=mine.labels, num_classes=1)
-    if same != replace(mine, num_classes=1):
+    same = replace(theirs, buckets=mine.buckets, provenance=mine.provenance, labels=(), num_classes=1)
+    if same != replace(mine, labels=(), num_classes=1):
         raise ValueError(
             f"cannot copy weights: the architectures differ beyond the bucket table and the classes "
             f"({theirs.summary()} → {mine.summary()})"

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from vared2 import __version__
+from vared2.models.train_config import BACKBONES, PRECISIONS, TRAIN_MODEL, TrainConfig
 from vared2.stages import check_parity, run_stage
 
 
@@ -44,7 +45,7 @@ existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 POOL_HELP = "ONNX Runtime: one process-wide thread pool for all engines (faster small buckets; docs/runtime.md)."
 LATENCY_HELP = "Price buckets by this device's measured latency (`vared2 bench --latency-table`), not GFLOPs."
 out_dir = click.Path(file_okay=False, path_type=Path)
-BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
+TRAIN = TrainConfig()  # the defaults of `vared2 train`'s recipe options (torch-free: models/train_config.py)
 DATA_HELP = (
     "A synthetic benchmark directory (train.csv/val.csv), a folder with train/ and val/ subfolders of "
     "<class>/<video> (Kinetics/UCF101 layout), or one CSV list (then used for both training and validation)."
@@ -85,70 +86,70 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     help="Replace the run in OUT (its checkpoint files, epoch by epoch); without it or --resume a non-empty OUT "
     "is refused.",
 )
-@click.option("--backbone", default="r2plus1d_18", show_default=True, type=click.Choice(BACKBONES))
-@click.option("--width", default=0.25, show_default=True, help="Channel width multiplier.")
-@click.option("--frames", default=8, show_default=True, help="Frames per clip (T).")
-@click.option("--size", default=56, show_default=True, help="Crop size (H = W).")
-@click.option("--epochs", default=12, show_default=True)
+@click.option("--backbone", default=TRAIN_MODEL.backbone, show_default=True, type=click.Choice(BACKBONES))
+@click.option("--width", default=TRAIN_MODEL.width, show_default=True, help="Channel width multiplier.")
+@click.option("--frames", default=TRAIN_MODEL.frames, show_default=True, help="Frames per clip (T).")
+@click.option("--size", default=TRAIN_MODEL.size, show_default=True, help="Crop size (H = W).")
+@click.option("--epochs", default=TRAIN.epochs, show_default=True)
 @click.option(
     "--warmup-epochs",
     type=click.IntRange(min=0),
-    default=3,
+    default=TRAIN.warmup_epochs,
     show_default=True,
     help="Epochs on the full bucket before the gate.",
 )
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=2e-3, show_default=True)
+@click.option("--batch-size", default=TRAIN.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=TRAIN.lr, show_default=True)
 @click.option(
     "--lr-warmup-epochs",
     type=click.IntRange(min=0),
-    default=0,
+    default=TRAIN.lr_warmup_epochs,
     show_default=True,
     help="Raise the learning rate linearly from ~0 to --lr over this many epochs (then cosine decay).",
 )
 @click.option(
     "--target-ratio",
     type=TARGET_RATIO,
-    default=0.55,
+    default=TRAIN.target_ratio,
     show_default=True,
     help="Target mean GFLOPs as a fraction of full.",
 )
 @click.option(
     "--flops-weight",
     type=click.FloatRange(min=0.0),
-    default=2.0,
+    default=TRAIN.flops_weight,
     show_default=True,
     help="Weight of the FLOPs term in the loss.",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=TRAIN.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: all cores).")
 @click.option(
     "--translate",
     type=click.IntRange(min=0),
-    default=0,
+    default=TRAIN.translate,
     show_default=True,
     help="Move each training clip by a random offset of up to this many pixels (augmentation).",
 )
 @click.option(
     "--precision",
-    type=click.Choice(("fp32", "bf16", "fp16")),  # models.train.PRECISIONS, without importing torch here
-    default="fp32",
+    type=click.Choice(PRECISIONS),
+    default=TRAIN.precision,
     show_default=True,
     help="bf16: the training forward passes under autocast to bfloat16 (CPU with AVX-512 BF16 / AMX, or CUDA); "
     "fp16: CUDA autocast to float16 with a gradient scaler.",
 )
-@device_option
+@click.option("--device", default=TRAIN.device, show_default=True, help=DEVICE_HELP)
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
-    default=0,
+    default=TRAIN.workers,
     show_default=True,
     help="DataLoader worker processes decoding clips (0: in the training process).",
 )
 @click.option(
     "--distill-weight",
     type=click.FloatRange(min=0.0),
-    default=1.0,
+    default=TRAIN.distill_weight,
     show_default=True,
     help="Weight of the reduced buckets' distillation terms in the sandwich (docs/training.md, the recipe).",
 )
@@ -251,7 +252,7 @@ def train(
             click.echo(f"checkpoint: {out}")
 
     from vared2.models.distributed import is_main_process
-    from vared2.models.train import TrainConfig, describe
+    from vared2.models.train import describe
 
     run_stage(go)
 
