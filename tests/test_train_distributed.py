@@ -3,6 +3,7 @@ the whole batch, bit-exact resume, and the CUDA paths (marked ``gpu``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,10 +20,10 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from vared2.cli import cli
-from vared2.models import load, r2plus1d_18
+from vared2.models import VaRed2VideoResNet, load, r2plus1d_18
 from vared2.models.dataset import ClipListDataset
 from vared2.models.distributed import Placement
-from vared2.models.synthetic import generate
+from vared2.models.synthetic import Clip, generate
 from vared2.models.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +32,19 @@ BUCKETS = ("t0c0/t0c0/t0c0/t0c0", "t1c0/t1c0/t0c0/t0c0", "t0c1/t0c1/t0c1/t0c1")
 NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False): the CUDA training paths run on a GPU host"
 
 
-def tiny_model() -> torch.nn.Module:
+def tiny_model() -> VaRed2VideoResNet:
     torch.manual_seed(0)
     return r2plus1d_18(width=0.125, frames=FRAMES, size=SIZE, num_classes=12, buckets=list(BUCKETS))
 
 
-def tiny_clips() -> ClipListDataset:
-    return ClipListDataset(generate(16, seed=3, frames=8, size=40), frames=FRAMES, size=SIZE)
+@functools.cache
+def raw_clips() -> list[Clip]:
+    """16 synthetic videos, made once per process (seconds) and handed to the spawned ranks."""
+    return generate(16, seed=3, frames=8, size=40)
+
+
+def tiny_clips(raw: list[Clip] | None = None) -> ClipListDataset:
+    return ClipListDataset(raw if raw is not None else raw_clips(), frames=FRAMES, size=SIZE)
 
 
 class _Stop(Exception):
@@ -60,7 +67,15 @@ class Float64(Dataset[tuple[torch.Tensor, int, int]]):
 
 
 def _rank_main(
-    rank: int, world: int, rendezvous: str, out: str, config: TrainConfig, resume: bool, stop: bool, f64: bool
+    rank: int,
+    world: int,
+    rendezvous: str,
+    out: str,
+    config: TrainConfig,
+    resume: bool,
+    stop: bool,
+    f64: bool,
+    raw: list[Clip] | None = None,
 ) -> None:
     """One rank of a gloo run of ``train`` (torch.multiprocessing.spawn's target); ``world`` 1: no group."""
     torch.set_num_threads(1)
@@ -71,7 +86,7 @@ def _rank_main(
     def cut(stats: object) -> None:
         raise _Stop
 
-    clips: Dataset[tuple[torch.Tensor, int, int]] = Float64(tiny_clips()) if f64 else tiny_clips()
+    clips: Dataset[tuple[torch.Tensor, int, int]] = Float64(tiny_clips(raw)) if f64 else tiny_clips(raw)
     model = tiny_model().double() if f64 else tiny_model()
     try:
         train(
@@ -86,7 +101,8 @@ def run_ranks(
     tmp: Path, out: Path, config: TrainConfig, *, resume: bool = False, stop: bool = False, f64: bool = False
 ) -> None:
     rendezvous = tmp / f"rendezvous-{time.monotonic_ns()}"
-    mp.spawn(_rank_main, args=(2, str(rendezvous), str(out), config, resume, stop, f64), nprocs=2, join=True)
+    arguments = (2, str(rendezvous), str(out), config, resume, stop, f64, raw_clips())
+    mp.spawn(_rank_main, args=arguments, nprocs=2, join=True)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
