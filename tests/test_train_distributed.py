@@ -4,7 +4,9 @@ the whole batch, bit-exact resume, and the CUDA paths (marked ``gpu``)."""
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -77,7 +79,8 @@ def _rank_main(
     f64: bool,
     raw: list[Clip] | None = None,
 ) -> None:
-    """One rank of a gloo run of ``train`` (torch.multiprocessing.spawn's target); ``world`` 1: no group."""
+    """One rank of a gloo run of ``train`` (torch.multiprocessing.spawn's target); ``world`` 1: no group. With
+    ``stop`` the run is cut after its first epoch, and with ``resume`` too, resumed from there."""
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
@@ -90,11 +93,26 @@ def _rank_main(
     model = tiny_model().double() if f64 else tiny_model()
     try:
         train(
-            model, clips, clips, Path(out), config, resume=resume, placement=placement, on_epoch=cut if stop else None
+            model,
+            clips,
+            clips,
+            Path(out),
+            config,
+            resume=resume and not stop,
+            placement=placement,
+            on_epoch=cut if stop else None,
         )
     except _Stop:
         if world > 1:
+            dist.barrier()  # rank 0 saves the epoch before its callback: the others wait for it
             dist.destroy_process_group()
+        if resume:  # cut, then resumed by the same processes from what the cut run saved (one spawn, not two)
+            if rank == 0:
+                shutil.copy(Path(out) / "model.json", Path(out).parent / "at_the_cut.json")
+            if world > 1:
+                init = f"file://{rendezvous}-resumed"
+                dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+            train(tiny_model(), clips, clips, Path(out), config, resume=True, placement=placement)
 
 
 def run_ranks(
@@ -132,14 +150,13 @@ def test_a_distributed_run_resumes_bit_exactly_and_only_with_its_world_size(tmp_
     does; resuming it on one process is refused, naming both world sizes."""
     config = TrainConfig(epochs=2, warmup_epochs=1, batch_size=4, threads=1)
     run_ranks(tmp_path, tmp_path / "straight", config)
-    run_ranks(tmp_path, tmp_path / "cut", config, stop=True)
-    assert load(tmp_path / "cut").config.provenance["epochs_done"] == 1
+    run_ranks(tmp_path, tmp_path / "cut", config, stop=True, resume=True)
+    assert json.loads((tmp_path / "at_the_cut.json").read_text())["config"]["provenance"]["epochs_done"] == 1
     clips = tiny_clips()
     with pytest.raises(ValueError, match=r"trained on 2 process\(es\), this one has 1"):
         train(
             tiny_model(), clips, clips, tmp_path / "cut", config, resume=True, placement=Placement(torch.device("cpu"))
         )
-    run_ranks(tmp_path, tmp_path / "cut", config, resume=True)
     straight, resumed = load(tmp_path / "straight").state_dict(), load(tmp_path / "cut").state_dict()
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
