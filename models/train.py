@@ -308,7 +308,7 @@ def train(
         # Unused parameters every step (the gate in static steps, the buckets not run): DDP must look for them.
         device_ids = [placement.device.index] if placement.device.type == "cuda" else None
         step_module = DistributedDataParallel(
-            step_module, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
+            step_module, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False
         )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
