@@ -13,8 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_translate(clips: Tensor, max_pixels: int, generator: torch.Generator) -> Tensor:
-    """``[N, C, T, H, W]`` clips, each moved by its own ``dy, dx``, uniform in ``[-max_pixels, max_pixels]``."""
+def random_translate(
+    clips: Tensor, max_pixels: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)
+) -> Tensor:
+    """``[N, C, T, H, W]`` clips, each moved by its own ``dy, dx``, uniform in ``[-max_pixels, max_pixels]``.
+
+    ``shard = (rank, world size)``: the offsets are drawn for the global batch of ``N × world`` clips and this
+    rank takes rows ``rank::world`` (its clips' places in it), so N ranks move each clip as one process does."""
     if max_pixels < 0:
         raise ValueError(f"translate: max_pixels must be >= 0, got {max_pixels}")
     if clips.dim() != 5:
@@ -24,5 +29,7 @@ def random_translate(clips: Tensor, max_pixels: int, generator: torch.Generator)
     height, width = clips.shape[-2:]
     padded = F.pad(clips, (max_pixels, max_pixels, max_pixels, max_pixels))
     # Offsets into the padded clip: max_pixels is no move, 0 moves the content down/right by max_pixels.
-    offsets = torch.randint(0, 2 * max_pixels + 1, (len(clips), 2), generator=generator).tolist()
+    rank, world = shard
+    drawn = torch.randint(0, 2 * max_pixels + 1, (len(clips) * world, 2), generator=generator)
+    offsets = drawn[rank::world].tolist()
     return torch.stack([padded[i, :, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets)])

@@ -46,6 +46,7 @@ def calibrate_batchnorm(model: VaRed2VideoResNet, clips: Tensor, batch_size: int
     stem (shared by every bucket) stays in eval mode and keeps its statistics.
     """
     was_training = model.training
+    device = next(model.parameters()).device
     batchnorms = model.bucket_batchnorms()
     saved = [bn.momentum for bn in batchnorms]
     model.train()
@@ -60,7 +61,7 @@ def calibrate_batchnorm(model: VaRed2VideoResNet, clips: Tensor, batch_size: int
         for i, start in enumerate(range(0, len(clips), batch_size)):
             for bn in batchnorms:
                 bn.momentum = 1.0 / (i + 1)  # a cumulative average over the batches
-            features = model.features(clips[start : start + batch_size])  # shared by every bucket: once per batch
+            features = model.features(clips[start : start + batch_size].to(device))  # once per batch, for every bucket
             for k in range(len(model.buckets)):
                 model.forward_features(features, k)
     finally:
@@ -82,15 +83,16 @@ class GateFit:
 
 @torch.no_grad()
 def bucket_losses(model: VaRed2VideoResNet, clips: Tensor, labels: Tensor, batch_size: int = 32) -> Tensor:
-    """``[N, B]`` cross-entropy of every clip under every bucket (eval mode)."""
+    """``[N, B]`` cross-entropy of every clip under every bucket (eval mode, on the model's device; on the CPU)."""
     model.eval()
+    device = next(model.parameters()).device
     rows = []
     starts = range(0, len(clips), batch_size)
     for start in progress(starts, desc=f"every bucket on {len(clips)} clips", unit="batch"):
-        x, y = clips[start : start + batch_size], labels[start : start + batch_size]
+        x, y = clips[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
         features = model.features(x)
         per_bucket = [model.forward_features(features, k) for k in range(len(model.buckets))]
-        rows.append(torch.stack([F.cross_entropy(out, y, reduction="none") for out in per_bucket], dim=1))
+        rows.append(torch.stack([F.cross_entropy(out, y, reduction="none") for out in per_bucket], dim=1).cpu())
     return torch.cat(rows)
 
 
@@ -127,10 +129,12 @@ def fit_gate(
     cost = torch.tensor(list(costs), dtype=torch.float32)
     losses = bucket_losses(model, clips, labels)
     choices, price = oracle_choices(losses, cost, target_ratio)
+    device = next(model.parameters()).device
     with torch.no_grad():
         descriptors = torch.cat(
-            [model.gate.descriptor(model.features(clips[i : i + 32])) for i in range(0, len(clips), 32)]
+            [model.gate.descriptor(model.features(clips[i : i + 32].to(device))) for i in range(0, len(clips), 32)]
         )
+    targets = choices.to(device)
     gate = model.gate
     torch.manual_seed(seed)
     torch.nn.init.kaiming_uniform_(gate.fc1.weight, a=5**0.5)
@@ -141,7 +145,7 @@ def fit_gate(
     gate.train()
     for _ in range(steps):
         logits = gate.fc2(gate.relu(gate.fc1(normalised)))
-        loss = F.cross_entropy(logits, choices)
+        loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -150,7 +154,7 @@ def fit_gate(
         gate.fc1.weight.div_(std)
     gate.eval()
     with torch.no_grad():
-        picked = gate.fc2(gate.relu(gate.fc1(descriptors))).argmax(dim=1)
+        picked = gate.fc2(gate.relu(gate.fc1(descriptors))).argmax(dim=1).cpu()
     return GateFit(
         price=price,
         oracle_ratio=float(cost[choices].mean()),

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from vared2.formats.errors import InputError, InputNotFoundError, InputTypeError
 
-from .video_resnet import ModelConfig, VaRed2VideoResNet
+from .config import ModelConfig
+from .video_resnet import VaRed2VideoResNet
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"

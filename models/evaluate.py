@@ -82,8 +82,10 @@ class Evaluation:
 def evaluate(
     model: VaRed2VideoResNet, dataset: Dataset, *, batch_size: int = 16, bucket: int | str | None = None
 ) -> Evaluation:
-    """Run ``dataset`` (items ``(clip, label, motion id)``) through the gate, or one forced bucket."""
+    """Run ``dataset`` (items ``(clip, label, motion id)``) through the gate, or one forced bucket, on the
+    model's device."""
     model.eval()
+    device = next(model.parameters()).device
     names = [b.name for b in model.buckets]
     costs = torch.tensor([model.gflops(k) for k in range(len(names))]) + model.gate_gflops()
     forced = None if bucket is None else model.buckets.index(bucket)
@@ -92,13 +94,15 @@ def evaluate(
     correct = torch.zeros(0, dtype=torch.bool)
     chosen = torch.zeros(0, dtype=torch.long)
     motions = torch.zeros(0, dtype=torch.long)
-    batches = DataLoader(dataset, batch_size=batch_size)
+    batches = DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")
     for clips, labels, motion in progress(batches, desc="evaluating", unit="batch"):
+        clips = clips.to(device, non_blocking=True)
         if forced is not None:
             logits, choices = model(clips, bucket=forced), torch.full((len(labels),), forced)
         else:
             logits, choices = model(clips)
-        correct = torch.cat([correct, logits.argmax(1) == labels])
+            choices = choices.cpu()
+        correct = torch.cat([correct, logits.argmax(1).cpu() == labels])
         chosen = torch.cat([chosen, choices])
         motions = torch.cat([motions, torch.as_tensor(motion)])
     if len(correct) == 0:

@@ -1,4 +1,4 @@
-"""Training and evaluation from directories: what ``vared2 train``, ``vared2 fit-gate`` and ``vared2 evaluate`` run.
+"""Training and evaluation from directories: what ``vared2 train``, ``fit-gate``, ``evaluate`` and ``convert`` run.
 
 Resolves a data directory into train/val datasets, builds the model from the dataset's classes, and records
 how the checkpoint was made (command, seed, data spec) in its ``model.json``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -21,13 +22,17 @@ from vared2.formats.latency import bucket_costs, latency_costs, read_latency_tab
 from vared2.formats.progress import say
 from vared2.models.buckets import default_buckets, table_from_names
 from vared2.models.calibrate import GateFit, calibrate_batchnorm, fit_gate, stack_dataset
-from vared2.models.checkpoint import load, read_config, save
+from vared2.models.checkpoint import load, read_config, save, sha256_of
+from vared2.models.config import ModelConfig
 from vared2.models.dataset import VideoFolderDataset
+from vared2.models.distributed import resolve_device, setup
 from vared2.models.evaluate import Evaluation, evaluate, plot_histogram
+from vared2.models.torchvision_convert import convert_torchvision, default_weights_file
 from vared2.models.train import TRAIN_STATE, EpochStats, TrainConfig, evaluate_accuracy, train
-from vared2.models.video_resnet import ModelConfig, VaRed2VideoResNet, build_model, copy_weights
+from vared2.models.train_config import BACKBONES, TRAIN_MODEL
+from vared2.models.video_resnet import VaRed2VideoResNet, build_model, copy_weights
 
-BUILDERS = ("r2plus1d_18", "r3d_18", "mc3_18")
+log = logging.getLogger(__name__)
 #: Training clips the per-bucket BatchNorm statistics are recomputed on after dynamic training.
 CALIBRATION_CLIPS = 512
 
@@ -114,10 +119,10 @@ def run_training(
     out: Path,
     config: TrainConfig,
     *,
-    backbone: str = "r2plus1d_18",
-    width: float = 0.25,
-    frames: int = 8,
-    size: int = 56,
+    backbone: str = TRAIN_MODEL.backbone,
+    width: float = TRAIN_MODEL.width,
+    frames: int = TRAIN_MODEL.frames,
+    size: int = TRAIN_MODEL.size,
     resume: bool = False,
     overwrite: bool = False,
     init_from: Path | None = None,
@@ -140,9 +145,10 @@ def run_training(
         refuse_to_replace(out, overwrite=overwrite, hint=hint)
     elif not (Path(out) / f"{TRAIN_STATE}.json").is_file():  # said now, not after the data is decoded
         raise InputNotFoundError(f"--resume: {out} holds no training run to continue (no {TRAIN_STATE}.json)")
-    if backbone not in BUILDERS:
-        raise InputError(f"unknown backbone {backbone!r}; expected one of {list(BUILDERS)}")
+    if backbone not in BACKBONES:
+        raise InputError(f"unknown backbone {backbone!r}; expected one of {list(BACKBONES)}")
     check_crop(backbone, frames, size)
+    placement = setup(config.device)  # under torchrun: joins the process group (every rank ran the checks above)
     train_set = VideoFolderDataset(split_source(data, "train"), frames=frames, size=size, cache=True)
     val_set = VideoFolderDataset(
         split_source(data, "val"), frames=frames, size=size, classes=train_set.classes, cache=True
@@ -161,21 +167,40 @@ def run_training(
     # default generator at random in every process; docs/training.md, "Seeding").
     torch.manual_seed(config.seed)
     model = build_model(config_)
+    untouched: list[str] = []  # what --init-from left as built
     if init_from is not None and not resume:
         start = load(Path(init_from))
-        try:
-            copy_weights(start, model)  # the bucket table may differ: a static baseline is the usual start
+        try:  # the bucket table may differ (a static baseline is the usual start), and the classes
+            untouched = copy_weights(start, model)
         except ValueError as error:
             raise InputError(f"--init-from {init_from}: {error}") from None
+        if "fc.weight" in untouched:
+            log.warning("--init-from %s: other classes than the data's; the classifier starts afresh", init_from)
     if latency_table is not None:  # checked before training, not after it
         latency_costs(latency_table, [bucket.name for bucket in model.buckets])
     teacher_model = None if teacher is None else load_teacher(Path(teacher), model.config)
     provenance: dict[str, object] = {"command": command, "seed": config.seed, "data": describe_data(data)}
     if init_from is not None:
-        provenance["init_from"] = {"path": str(init_from), "provenance": load(Path(init_from)).config.provenance}
+        provenance["init_from"] = {
+            "path": str(init_from),
+            "provenance": load(Path(init_from)).config.provenance,
+            "new_classifier": "fc.weight" in untouched,
+        }
     if teacher_model is not None:
         provenance["teacher"] = {"path": str(teacher), "provenance": teacher_model.config.provenance}
-    history = train(model, train_set, val_set, out, config, resume=resume, provenance=provenance, teacher=teacher_model)
+    history = train(
+        model,
+        train_set,
+        val_set,
+        out,
+        config,
+        resume=resume,
+        provenance=provenance,
+        teacher=teacher_model,
+        placement=placement,
+    )
+    if not placement.is_main:  # the other ranks are done; rank 0 calibrates and fits alone, as one process would
+        return history
     if not config.static:
         calibration_clips, _ = stack_dataset(train_set, limit=CALIBRATION_CLIPS)
         calibrate_batchnorm(model, calibration_clips)
@@ -268,6 +293,7 @@ def run_gate_fit(
     seed: int = 0,
     overwrite: bool = False,
     command: str = "",
+    device: str = "auto",
 ) -> GateFit:
     """Refit a trained checkpoint's gate (on the train split of ``data``) and save the result to ``out``, which
     must not be the checkpoint, nor (unless ``overwrite``) a directory that holds anything."""
@@ -275,7 +301,7 @@ def run_gate_fit(
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise InputError(f"--out {out}: the same directory as the checkpoint; write the refitted gate elsewhere")
     refuse_to_replace(out, overwrite=overwrite, hint="pass --overwrite to replace it, or another --out")
-    model = load(Path(checkpoint))
+    model = load(Path(checkpoint)).to(resolve_device(device))
     config = model.config
     train_set = VideoFolderDataset(
         split_source(data, "train"),
@@ -301,10 +327,11 @@ def run_evaluation(
     bucket: int | str | None = None,
     plot: Path | None = None,
     latency_table: Path | None = None,
+    device: str = "auto",
 ) -> Evaluation:
     """Evaluate a checkpoint on one split of ``data``; optionally plot the bucket histogram, and with a latency
     table also report the expected latency of the buckets chosen."""
-    model: VaRed2VideoResNet = load(Path(checkpoint))
+    model: VaRed2VideoResNet = load(Path(checkpoint)).to(resolve_device(device))
     costs = None if latency_table is None else latency_costs(latency_table, [b.name for b in model.buckets])
     config = model.config
     dataset = VideoFolderDataset(
@@ -321,3 +348,36 @@ def run_evaluation(
     if plot is not None:
         plot_histogram([(Path(checkpoint).name, result)], Path(plot))
     return result
+
+
+def run_conversion(
+    source: str,
+    out: Path,
+    *,
+    weights: Path | None = None,
+    frames: int = 16,
+    size: int = 112,
+    buckets: Sequence[str] | None = None,
+    overwrite: bool = False,
+    command: str = "",
+) -> tuple[VaRed2VideoResNet, float]:
+    """``vared2 convert``: torchvision weights → a vared2 checkpoint in ``out`` (refused if it holds anything,
+    unless ``overwrite``), with where the weights came from and the parity found in its provenance."""
+    refuse_to_replace(out, overwrite=overwrite, hint="pass --overwrite to replace it, or another --out")
+    backbone = source.partition(":")[2]
+    table = None
+    if buckets is not None and backbone in BACKBONES:
+        table = table_from_names(buckets, default_buckets(backbone, frames))
+    model, difference = convert_torchvision(source, weights, frames=frames, size=size, buckets=table)
+    used = weights if weights is not None else default_weights_file(backbone)[0]
+    model.config.provenance = {
+        "command": command,
+        "converted_from": {
+            "source": source,
+            "weights": str(used),
+            "weights_sha256": sha256_of(Path(used)),
+            "full_bucket_max_abs_diff": difference,
+        },
+    }
+    save(model, out)
+    return model, difference

@@ -10,109 +10,53 @@
 * ``static=True`` trains the same network on the full bucket only, the baseline.
 
 Checkpoints are ``model.safetensors`` + ``model.json`` (``vared2.models.save``) plus the resumable training
-state ``train_state.safetensors`` + ``train_state.json`` (optimizer moments, epoch, RNG states) — no pickle.
+state (``models.train_state``) — no pickle. On a CUDA device, and under ``torchrun`` with DistributedDataParallel
+(``models.distributed``; docs/training.md, "Several GPUs or processes").
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 
-from vared2.formats.errors import InputError, InputNotFoundError
+from vared2.formats.errors import InputError
 from vared2.formats.progress import progress, say
 from vared2.models.augment import random_translate
 from vared2.models.checkpoint import load, save
+from vared2.models.distributed import Placement, all_sum, any_rank, setup, teardown
+from vared2.models.train_config import PRECISIONS, TrainConfig
+from vared2.models.train_state import (
+    TRAIN_STATE,
+    EpochStats,
+    check_world_size,
+    load_training_state,
+    save_training_state,
+)
 from vared2.models.video_resnet import VaRed2VideoResNet
+
+__all__ = ["PRECISIONS", "TRAIN_STATE", "EpochStats", "TrainConfig", "train", "training_loss"]
 
 log = logging.getLogger(__name__)
 
-TRAIN_STATE = "train_state"
-#: Training precisions: fp32, or bfloat16 autocast — faster on CPUs with native bf16 (docs/training.md).
-PRECISIONS = ("fp32", "bf16")
 
-
-def default_warmup(epochs: int) -> int:
-    """Full-bucket epochs before the gate when none are given: a quarter of the run (3 of 12), so a short run
-    (``--epochs 1``) is not refused for a default it did not choose."""
-    return max(0, epochs) // 4
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of the recipe; recorded in the checkpoint's provenance."""
-
-    epochs: int = 12
-    warmup_epochs: int = 3
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    target_ratio: float = 0.55
-    flops_weight: float = 2.0
-    tau_start: float = 5.0
-    tau_end: float = 0.5
-    seed: int = 0
-    static: bool = False
-    threads: int | None = None
-    translate: int = 0  # random translation of each training clip by up to this many pixels (models.augment)
-    precision: str = "fp32"  # "bf16": the forward passes under CPU autocast to bfloat16 (weights stay fp32)
-    distill_weight: float = 1.0  # weight of each reduced bucket's distillation term in the sandwich
-    lr_warmup_epochs: int = 0  # the learning rate rises linearly from ~0 over this many epochs (see learning_rate)
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError("train: epochs and batch_size must be at least 1")
-        if self.warmup_epochs < 0:
-            raise InputError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.warmup_epochs > self.epochs:  # say what to change
-            raise InputError(
-                f"train: warmup_epochs must be within 0..epochs ({self.epochs}), got {self.warmup_epochs}; "
-                f"lower it (--warmup-epochs) to at most {self.epochs}"
-            )
-        if not 0.0 < self.target_ratio <= 1.0:
-            raise InputError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
-        if not 0.0 < self.lr < math.inf:
-            raise InputError(f"train: lr must be a finite number > 0, got {self.lr}")
-        if not 0.0 <= self.flops_weight < math.inf:
-            raise InputError(f"train: flops_weight must be a finite number >= 0, got {self.flops_weight}")
-        if self.threads is not None and self.threads < 1:  # None: torch's default, all cores
-            raise InputError(f"train: threads must be at least 1 (or None for all cores), got {self.threads}")
-        if not self.tau_start >= self.tau_end > 0:
-            raise InputError("train: need tau_start >= tau_end > 0")
-        if not 0 <= self.lr_warmup_epochs <= self.epochs:
-            raise InputError(f"train: lr_warmup_epochs must be within 0..epochs ({self.epochs})")
-        if self.translate < 0:
-            raise InputError(f"train: translate must be >= 0 pixels, got {self.translate}")
-        if not 0.0 <= self.distill_weight < math.inf:
-            raise InputError(f"train: distill_weight must be a finite number >= 0, got {self.distill_weight}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"train: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    loss: float
-    train_accuracy: float
-    val_accuracy: float
-    val_gflops_ratio: float
-    tau: float
-    histogram: list[int] = field(default_factory=list)
-
-
-def autocast(config: TrainConfig) -> torch.autocast:
-    """The context the training forward passes run in: CPU bfloat16 autocast for ``precision="bf16"``
-    (convolutions in bf16; the cross-entropy, the weights and AdamW in fp32), else a no-op."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+def autocast(config: TrainConfig, device: torch.device | None = None) -> torch.autocast:
+    """The context the training forward passes run in: autocast on ``device`` (default the CPU) to bfloat16 for
+    ``precision="bf16"``, float16 for ``"fp16"`` (CUDA; its gradients go through a ``GradScaler``) — convolutions
+    in the low precision; the cross-entropy, the weights and AdamW in fp32 — else a no-op."""
+    device_type = "cpu" if device is None else device.type
+    dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type, dtype=dtype, enabled=config.precision != "fp32")
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -155,10 +99,15 @@ def sandwich_buckets(model: VaRed2VideoResNet) -> list[int]:
 
 def routed_forward(model: VaRed2VideoResNet, features: Tensor, weights: Tensor) -> Tensor:
     """Run each sample through the bucket where its (one-hot, straight-through) ``weights`` are 1, scaled by
-    that weight, so the gate receives a gradient while only the chosen buckets are computed."""
+    that weight, so the gate receives a gradient while only the chosen buckets are computed.
+
+    Under torchrun every rank runs every bucket chosen on *any* rank, in the same order (an empty group where it
+    has no sample): the BatchNorms' statistics are synchronised per layer, so the ranks' calls must line up."""
     choices = weights.argmax(dim=1)
+    chosen = torch.zeros(weights.shape[1], dtype=torch.bool, device=choices.device)
+    chosen[choices] = True
     out: Tensor | None = None
-    for k in choices.unique().tolist():
+    for k in any_rank(chosen).nonzero().flatten().tolist():
         index = (choices == k).nonzero(as_tuple=True)[0]
         logits = model.forward_features(features[index], int(k)) * weights[index, k : k + 1]
         if out is None:
@@ -166,6 +115,22 @@ def routed_forward(model: VaRed2VideoResNet, features: Tensor, weights: Tensor) 
         out = out.index_copy(0, index, logits)
     assert out is not None
     return out
+
+
+def gumbel_choices(logits: Tensor, tau: float, shard: tuple[int, int] = (0, 1)) -> Tensor:
+    """Straight-through Gumbel-softmax (hard): one-hot forward, the soft sample's gradient backward.
+
+    ``shard = (rank, world size)``: the noise is drawn for the global batch (the same on every rank, from the
+    shared seed) and this rank takes its rows ``rank::world`` — the rows ``DistributedSampler`` gives it — so N
+    ranks draw what one process with the whole batch draws. One process: ``F.gumbel_softmax`` as it is."""
+    rank, world = shard
+    if world == 1:
+        return F.gumbel_softmax(logits, tau=tau, hard=True)
+    noise = torch.empty((logits.shape[0] * world, logits.shape[1]), device=logits.device, dtype=logits.dtype)
+    gumbels = -noise.exponential_().log()[rank::world]
+    soft = ((logits + gumbels) / tau).softmax(dim=1)
+    hard = torch.zeros_like(soft).scatter_(1, soft.argmax(dim=1, keepdim=True), 1.0)
+    return hard - soft.detach() + soft
 
 
 def training_loss(
@@ -177,6 +142,7 @@ def training_loss(
     config: TrainConfig,
     gated: bool,
     teacher_logits: Tensor | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The loss of one batch. Returns (loss, the logits whose accuracy is reported, chosen buckets or None).
 
@@ -192,6 +158,7 @@ def training_loss(
 
     With ``teacher_logits`` (a separately trained model's, e.g. the static baseline's), every bucket that is
     trained also learns the teacher's predictions, and the reduced buckets learn them instead of the full one's.
+    ``shard`` is (rank, world size) under torchrun (``gumbel_choices``).
     """
     teacher = None if teacher_logits is None else teacher_logits.detach().softmax(dim=1)
 
@@ -212,7 +179,7 @@ def training_loss(
             loss = loss + config.distill_weight * distilled(model.forward_features(features, k), targets)
         return loss, full, None
     gate_logits = model.bucket_logits(features)
-    weights = F.gumbel_softmax(gate_logits, tau=tau, hard=True)
+    weights = gumbel_choices(gate_logits, tau, shard)
     logits = routed_forward(model, features, weights)
     costs = bucket_cost_ratios(model).to(gate_logits.device)
     expected = (gate_logits.softmax(dim=1) * costs).sum(dim=1).mean()
@@ -222,84 +189,78 @@ def training_loss(
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: VaRed2VideoResNet, loader: DataLoader, *, static: bool) -> tuple[float, float, list[int]]:
-    """Accuracy, mean GFLOPs fraction and bucket histogram, with the gate's argmax (or the full bucket)."""
+def evaluate_accuracy(
+    model: VaRed2VideoResNet, loader: DataLoader, *, static: bool, placement: Placement | None = None
+) -> tuple[float, float, list[int]]:
+    """Accuracy, mean GFLOPs fraction and bucket histogram, with the gate's argmax (or the full bucket); under
+    torchrun each rank runs its share of ``loader``'s clips and the counts are summed over the ranks."""
+    placement = placement or Placement(torch.device("cpu"))
     model.eval()
     costs = bucket_cost_ratios(model)
     correct = total = 0
     cost = 0.0
     histogram = [0] * len(model.buckets)
     for clips, labels, *_ in loader:
+        clips, labels = clips.to(placement.device, non_blocking=True), labels.to(placement.device)
         if static:
             logits, choices = model(clips, bucket=0), torch.zeros(len(labels), dtype=torch.long)
         else:
             logits, choices = model(clips)
+        choices = choices.cpu()
         correct += int((logits.argmax(1) == labels).sum())
         total += len(labels)
         cost += float(costs[choices].sum())
         for k in choices.tolist():
             histogram[k] += 1
-    return correct / max(total, 1), cost / max(total, 1), histogram
+    correct_, total_, cost_, *counts = all_sum(placement, [correct, total, cost, *histogram])
+    return correct_ / max(total_, 1), cost_ / max(total_, 1), [round(c) for c in counts]
 
 
-def _state_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, object]]:
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, object] = {}
-    for i, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            if isinstance(value, Tensor) and value.ndim > 0:
-                tensors[f"{i}.{key}"] = value.contiguous()
-            else:
-                scalars[f"{i}.{key}"] = float(value)
-    return tensors, scalars
+class TrainingStep(nn.Module):
+    """One batch's ``training_loss`` as a module's forward, so DistributedDataParallel (which hooks a module's
+    forward) sees every step; the recipe calls the model's parts, not its forward."""
+
+    def __init__(self, model: VaRed2VideoResNet, config: TrainConfig, shard: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.config, self.shard = model, config, shard
+
+    def forward(
+        self, clips: Tensor, labels: Tensor, tau: float, gated: bool, teacher_logits: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return training_loss(
+            self.model,
+            clips,
+            labels,
+            tau=tau,
+            config=self.config,
+            gated=gated,
+            teacher_logits=teacher_logits,
+            shard=self.shard,
+        )
 
 
-def save_training_state(
-    directory: Path, optimizer: torch.optim.Optimizer, epoch: int, history: list[EpochStats], config: TrainConfig
-) -> None:
-    """Optimizer moments as safetensors, the rest as JSON — resumable without unpickling anything."""
-    tensors, scalars = _state_tensors(optimizer)
-    tmp = directory / f"{TRAIN_STATE}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(directory / f"{TRAIN_STATE}.safetensors")
-    meta = {
-        "epoch": epoch,
-        "scalars": scalars,
-        "config": asdict(config),
-        "history": [asdict(h) for h in history],
-        "torch_rng": torch.get_rng_state().tolist(),
-    }
-    tmp_json = directory / f"{TRAIN_STATE}.json.tmp"
-    tmp_json.write_text(json.dumps(meta))
-    tmp_json.replace(directory / f"{TRAIN_STATE}.json")
+def _seed_worker(worker_id: int) -> None:
+    """numpy's RNG in a DataLoader worker from the worker's torch seed (base seed + worker id)."""
+    np.random.seed(torch.initial_seed() % 2**32)
 
 
-def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[int, list[EpochStats]]:
-    meta_path = directory / f"{TRAIN_STATE}.json"
-    tensor_path = directory / f"{TRAIN_STATE}.safetensors"
-    if not meta_path.is_file() or not tensor_path.is_file():
-        raise InputNotFoundError(f"{directory}: no training state to resume from ({meta_path.name} missing)")
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(str(tensor_path))
-    state = optimizer.state_dict()
-    params = [p for group in state["param_groups"] for p in group["params"]]
-    new_state: dict[int, dict[str, object]] = {}
-    for i in params:
-        entry: dict[str, object] = {}
-        for key, value in tensors.items():
-            index, _, name = key.partition(".")
-            if int(index) == i:
-                entry[name] = value
-        for key, value in meta["scalars"].items():
-            index, _, name = key.partition(".")
-            if int(index) == i:
-                entry[name] = torch.tensor(value)
-        if entry:
-            new_state[i] = entry
-    state["state"] = new_state
-    optimizer.load_state_dict(state)
-    torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
-    return int(meta["epoch"]), [EpochStats(**h) for h in meta["history"]]
+def make_loader(
+    dataset: Dataset, config: TrainConfig, placement: Placement, sampler: DistributedSampler | None = None
+) -> DataLoader:
+    """``--workers`` processes decoding clips (seeded per worker, kept across epochs, two batches prefetched
+    each), pinned memory on CUDA; ``sampler`` shards and shuffles the training set."""
+    workers = config.workers
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=placement.device.type == "cuda",
+    )
 
 
 def train(
@@ -313,26 +274,49 @@ def train(
     provenance: dict[str, object] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     teacher: VaRed2VideoResNet | None = None,
+    placement: Placement | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` and keep the latest checkpoint (and its training state) in ``out_dir``; with a
-    ``teacher``, distil its full-bucket predictions into every bucket trained (see ``training_loss``)."""
+    ``teacher``, distil its full-bucket predictions into every bucket trained (see ``training_loss``).
+
+    ``placement`` (``models.distributed.setup``; default: ``config.device``, joining torchrun's group if launched
+    by it): the model moves to its device; with several ranks each trains on its shard of every epoch under
+    DistributedDataParallel (per-rank batch ``config.batch_size``) and only rank 0 writes."""
     config.validate()
+    placement = placement or setup(config.device)
+    if config.precision == "fp16" and placement.device.type != "cuda":
+        raise ValueError(f"train: precision fp16 needs a CUDA device, this run is on {placement.device}")
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
     # Denormal floats make CPU convolutions and BatchNorm many times slower for no accuracy benefit.
     torch.set_flush_denormal(True)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
-    val_loader = DataLoader(val_set, batch_size=config.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(len(train_loader), 1)
+    shard = (placement.rank, placement.world_size)
+    # Each epoch's order depends on (seed, epoch) only: permutation by seed * 1000 + epoch, rank r takes r::N.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        train_set, placement.world_size, placement.rank, shuffle=True, seed=config.seed * 1000
+    )
+    train_loader = make_loader(train_set, config, placement, sampler)
+    val_share = Subset(val_set, range(placement.rank, len(val_set), placement.world_size))  # type: ignore[arg-type]
+    val_loader = make_loader(val_share, config, placement)
+    model.to(placement.device)
     if teacher is not None:
-        teacher.eval()  # its BatchNorm statistics stay as trained; only ``model`` switches modes below
+        teacher.to(placement.device).eval()  # its BatchNorm statistics stay as trained; only ``model`` switches
+    step_module: nn.Module = TrainingStep(model, config, shard)
+    if placement.distributed:
+        # Unused parameters every step (the gate in static steps, the buckets not run): DDP must look for them.
+        device_ids = [placement.device.index] if placement.device.type == "cuda" else None
+        step_module = DistributedDataParallel(
+            step_module, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False
+        )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+    steps_per_epoch = max(len(train_loader), 1)
     start, history = 0, list[EpochStats]()
     if resume:
         previous = load(out_dir)
+        check_world_size(out_dir, placement.world_size)
         if replace(previous.config, provenance={}) != replace(model.config, provenance={}):
             raise InputError(
                 f"--resume {out_dir}: the run saved there is another model ({previous.config.summary()}) than this "
@@ -340,56 +324,69 @@ def train(
             )
         model.load_state_dict(previous.state_dict())
         model.config.provenance = previous.config.provenance  # how the run so far was made
-        start, history = load_training_state(out_dir, optimizer)
+        start, history, scaler_state = load_training_state(out_dir, optimizer)
+        if scaler_state and scaler.is_enabled():
+            scaler.load_state_dict(scaler_state)
         log.info("resuming %s after epoch %d", out_dir, start)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if placement.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     for epoch in range(start + 1, config.epochs + 1):
         gated = not config.static and epoch > config.warmup_epochs
         tau = temperature(config, epoch)
-        generator.manual_seed(config.seed * 1000 + epoch)  # each epoch's order depends on (seed, epoch) only
+        sampler.set_epoch(epoch)
         moves = torch.Generator().manual_seed(10**6 + config.seed * 1000 + epoch)  # and so do its translations
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = progress(train_loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        title = f"epoch {epoch}/{config.epochs}"
+        bar = progress(train_loader, desc=title, unit="batch", leave=False, disable=not placement.is_main)
         for step, (clips, labels, *_) in enumerate(bar, start=(epoch - 1) * steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, steps_per_epoch)
-            clips = random_translate(clips, config.translate, moves)
+            clips = random_translate(clips, config.translate, moves, shard=shard)
+            clips, labels = clips.to(placement.device, non_blocking=True), labels.to(placement.device)
             teacher_logits = None
-            with autocast(config):
+            with autocast(config, placement.device):
                 if teacher is not None:
                     with torch.no_grad():
                         teacher_logits = teacher(clips, bucket=0)
-                loss, logits, _ = training_loss(
-                    model, clips, labels, tau=tau, config=config, gated=gated, teacher_logits=teacher_logits
-                )
+                loss, logits, _ = step_module(clips, labels, tau, gated, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total_loss += float(loss.detach()) * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.2f}")
-        val_acc, val_ratio, histogram = evaluate_accuracy(model, val_loader, static=not gated)
-        stats = EpochStats(epoch, total_loss / max(seen, 1), correct / max(seen, 1), val_acc, val_ratio, tau, histogram)
+        total_loss, correct_, seen_ = all_sum(placement, [total_loss, correct, seen])
+        val_acc, val_ratio, histogram = evaluate_accuracy(model, val_loader, static=not gated, placement=placement)
+        stats = EpochStats(
+            epoch, total_loss / max(seen_, 1), correct_ / max(seen_, 1), val_acc, val_ratio, tau, histogram
+        )
         history.append(stats)
         model.config.provenance = {
             **(provenance or {}),
             "train_config": asdict(config),
+            "distributed": placement.describe(),
             "epochs_done": epoch,
             "history": [asdict(h) for h in history],
         }
-        save(model, out_dir)
-        save_training_state(out_dir, optimizer, epoch, history, config)
-        say(
-            f"epoch {epoch}/{config.epochs}: loss {stats.loss:.3f}  train acc {stats.train_accuracy:.3f}  "
-            f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full"
-            + ("" if config.static else f"  tau {tau:.2f}")  # the gate's temperature; a static run has no gate
-            + f"  buckets {histogram}"
-        )
+        if placement.is_main:
+            save(model, out_dir)
+            state = scaler.state_dict() if scaler.is_enabled() else None
+            save_training_state(
+                out_dir, optimizer, epoch, history, config, world_size=placement.world_size, scaler=state
+            )
+            say(
+                f"epoch {epoch}/{config.epochs}: loss {stats.loss:.3f}  train acc {stats.train_accuracy:.3f}  "
+                f"val acc {val_acc:.3f}  val GFLOPs {val_ratio:.2f} of full"
+                + ("" if config.static else f"  tau {tau:.2f}")  # the gate's temperature; a static run has no gate
+                + f"  buckets {histogram}"
+            )
         if on_epoch:
             on_epoch(stats)
+    teardown(placement)
     return history
 
 

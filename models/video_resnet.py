@@ -3,26 +3,25 @@ convolutions in the four residual stages, a soft modulation gate on the stem out
 
 The module tree and state-dict names are torchvision's (``stem``, ``layer1..4``, ``avgpool``, ``fc``; BasicBlock
 ``conv1``/``conv2``/``downsample``; ``Conv2Plus1D`` as a 4-item Sequential), so torchvision weights load as they
-are; the only extra keys are the cheap-op parameters of each ``DynamicConv3d`` and the ``gate``.
+are; the only extra keys are the cheap-op parameters of each ``DynamicConv3d`` and the ``gate``. The config lives in
+``models.config``, the conversion from torchvision models and weight files in ``models.torchvision_convert``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, overload
+from dataclasses import replace
+from typing import overload
 
 import torch
 from torch import Tensor, nn
 
-from vared2.formats.errors import InputError, InputTypeError
-from vared2.formats.video import MAX_FRAMES, MAX_SIZE
+from vared2.formats.errors import InputError
 
 from . import flops
-from .batchnorm import BucketBatchNorm3d
-from .buckets import BACKBONES, Bucket, BucketTable, conv_frames, default_buckets
+from .batchnorm import BucketBatchNorm3d, SyncedBatchNorm3d
+from .buckets import Bucket, BucketTable, conv_frames
+from .config import GATE_HIDDEN, ModelConfig
 from .dynamic_conv import DynamicConv3d
 from .gate import SoftModulationGate
 
@@ -33,146 +32,12 @@ __all__ = [
     "VaRed2VideoResNet",
     "build_model",
     "copy_weights",
-    "from_torchvision",
     "mc3_18",
     "r2plus1d_18",
     "r3d_18",
 ]
 
-# torchvision's video presets (Kinetics-400).
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 STAGE_PLANES = (64, 128, 256, 512)
-GATE_HIDDEN = 64
-MAX_CLASSES = 1_000_000  # as export.json's check: a label per class must fit in a manifest
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model (and to feed it): architecture, bucket table, input spec, labels.
-
-    ``buckets`` left empty means the backbone's default table for ``frames``; the stored config always lists
-    the resolved names. ``provenance`` is free-form JSON (how the weights were trained) and the only field that
-    may be reassigned: the others describe layers already built (use ``dataclasses.replace`` and a new model).
-    """
-
-    backbone: str = "r2plus1d_18"
-    width: float = 1.0
-    num_classes: int = 400
-    frames: int = 16
-    size: int = 112
-    mean: tuple[float, ...] = KINETICS_MEAN
-    std: tuple[float, ...] = KINETICS_STD
-    labels: tuple[str, ...] = ()
-    buckets: tuple[str, ...] = ()
-    gate_hidden: int = GATE_HIDDEN
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        def fail(name: str, problem: str, kind: type[Exception] = InputError) -> None:
-            raise kind(f"ModelConfig.{name}: {problem}")
-
-        if self.backbone not in BACKBONES:
-            fail("backbone", f"unknown {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
-        if not _is_number(self.width):
-            fail("width", f"must be a number, got {type(self.width).__name__}", InputTypeError)
-        if not (math.isfinite(self.width) and self.width > 0):
-            fail("width", f"must be > 0, got {self.width}")
-        object.__setattr__(self, "width", float(self.width))
-        for name in ("num_classes", "frames", "size", "gate_hidden"):
-            value = getattr(self, name)
-            if not _is_int(value):
-                fail(name, f"must be an int, got {type(value).__name__}", InputTypeError)
-            if value < 1:
-                fail(name, f"must be >= 1, got {value}")
-            limit = {"frames": MAX_FRAMES, "size": MAX_SIZE, "num_classes": MAX_CLASSES}.get(name)
-            if limit is not None and value > limit:
-                fail(name, f"must be <= {limit}, got {value}")
-        for name in ("mean", "std"):
-            value = tuple(getattr(self, name))
-            if len(value) != 3 or not all(_is_number(v) and math.isfinite(v) for v in value):
-                fail(name, f"must be 3 finite numbers (RGB), got {list(value)}")
-            object.__setattr__(self, name, tuple(float(v) for v in value))
-        if any(s <= 0 for s in self.std):
-            fail("std", f"must be positive, got {list(self.std)}")
-        labels = tuple(self.labels)
-        if not all(isinstance(label, str) for label in labels):
-            fail("labels", "must be strings", InputTypeError)
-        if labels and len(labels) != self.num_classes:
-            fail("labels", f"{len(labels)} labels for {self.num_classes} classes")
-        object.__setattr__(self, "labels", labels)
-        try:
-            table = BucketTable(self.buckets) if self.buckets else default_buckets(self.backbone, self.frames)
-        except (TypeError, ValueError) as error:
-            raise InputError(f"ModelConfig.buckets: {error}") from None
-        object.__setattr__(self, "buckets", table.names)
-        if not isinstance(self.provenance, dict):
-            fail("provenance", f"must be a dict, got {type(self.provenance).__name__}", InputTypeError)
-        self._check_provenance()
-        object.__setattr__(self, "_built", True)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name != "provenance" and getattr(self, "_built", False):
-            raise AttributeError(f"ModelConfig.{name} is read-only (only provenance may be reassigned)")
-        object.__setattr__(self, name, value)
-
-    def _check_provenance(self) -> None:
-        try:
-            json.dumps(self.provenance)
-        except (TypeError, ValueError) as error:
-            raise InputError(f"ModelConfig.provenance: must be JSON-serialisable ({error})") from None
-
-    @property
-    def bucket_table(self) -> BucketTable:
-        return BucketTable(self.buckets)
-
-    def summary(self) -> str:
-        """One line naming the architecture, for messages that compare two models."""
-        return (
-            f"{self.backbone} w{self.width} {self.frames}x{self.size}, {self.num_classes} classes, "
-            f"gate {self.gate_hidden}, buckets {list(self.buckets)}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        self._check_provenance()
-        data = asdict(self)
-        for name in ("mean", "std", "labels", "buckets"):
-            data[name] = list(data[name])
-        return data
-
-    @classmethod
-    def from_json(cls, data: object) -> ModelConfig:
-        """From ``to_json``'s dict; every problem is a ValueError naming the field."""
-        if not isinstance(data, dict):
-            raise InputError(f"a model config is a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown model config field(s): {', '.join(unknown)}")
-        missing = sorted(known - {"provenance"} - set(data))
-        if missing:
-            raise InputError(f"missing model config field(s): {', '.join(missing)}")
-        values = dict(data)
-        for name in ("mean", "std", "labels", "buckets"):
-            if not isinstance(values[name], list):
-                raise InputError(f"ModelConfig.{name}: must be a JSON list, got {type(values[name]).__name__}")
-            values[name] = tuple(values[name])
-        if "labels" in values and not all(isinstance(v, str) for v in values["labels"]):
-            raise InputError("ModelConfig.labels: must be strings")
-        if not isinstance(values.get("backbone"), str):
-            raise InputError("ModelConfig.backbone: must be a string")
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise InputError(str(error)) from None
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -244,16 +109,16 @@ class VaRed2VideoResNet(nn.Module):
             stem_mid = scaled_channels(45, width)
             self.stem = nn.Sequential(
                 _conv(3, stem_mid, (1, 7, 7), (1, 2, 2)),
-                nn.BatchNorm3d(stem_mid),
+                SyncedBatchNorm3d(stem_mid),
                 nn.ReLU(inplace=True),
                 _conv(stem_mid, planes[0], (3, 1, 1), (1, 1, 1)),
-                nn.BatchNorm3d(planes[0]),
+                SyncedBatchNorm3d(planes[0]),
                 nn.ReLU(inplace=True),
             )
         else:
             self.stem = nn.Sequential(
                 nn.Conv3d(3, planes[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
-                nn.BatchNorm3d(planes[0]),
+                SyncedBatchNorm3d(planes[0]),
                 nn.ReLU(inplace=True),
             )
 
@@ -402,7 +267,7 @@ class VaRed2VideoResNet(nn.Module):
 BucketsArg = BucketTable | Sequence[str | Bucket] | None
 
 
-def _bucket_names(buckets: BucketsArg) -> tuple[str, ...]:
+def bucket_names(buckets: BucketsArg) -> tuple[str, ...]:
     if buckets is None:
         return ()
     table = buckets if isinstance(buckets, BucketTable) else BucketTable(buckets)
@@ -422,7 +287,7 @@ def _build(
         num_classes=num_classes,
         frames=frames,
         size=size,
-        buckets=_bucket_names(buckets),
+        buckets=bucket_names(buckets),
         gate_hidden=gate_hidden,
     )
     return VaRed2VideoResNet(config)
@@ -467,74 +332,26 @@ def r2plus1d_18(
     return _build("r2plus1d_18", num_classes, frames, size, width, buckets, gate_hidden)
 
 
-def detect_backbone(model: nn.Module) -> str:
-    """Which torchvision VideoResNet-18 ``model`` is, from its structure."""
-    from torchvision.models.video.resnet import BasicBlock as TvBasicBlock
-    from torchvision.models.video.resnet import Conv2Plus1D as TvConv2Plus1D
-    from torchvision.models.video.resnet import VideoResNet
-
-    if not isinstance(model, VideoResNet):
-        raise InputTypeError(f"expected a torchvision VideoResNet, got {type(model).__name__}")
-    layers = [model.layer1, model.layer2, model.layer3, model.layer4]
-    if [len(layer) for layer in layers] != [2, 2, 2, 2] or not all(
-        isinstance(block, TvBasicBlock) for layer in layers for block in layer
-    ):
-        raise InputError("only the 18-layer BasicBlock VideoResNets (r3d_18, mc3_18, r2plus1d_18) are supported")
-    first = model.layer2[0].conv1[0]
-    if len(model.stem) == 6 and isinstance(first, TvConv2Plus1D):
-        return "r2plus1d_18"
-    if len(model.stem) == 3 and isinstance(first, nn.Conv3d):
-        if first.kernel_size == (3, 3, 3):
-            return "r3d_18"
-        if first.kernel_size == (1, 3, 3):
-            return "mc3_18"
-    raise InputError("unrecognised VideoResNet layout: not r3d_18, mc3_18 or r2plus1d_18")
-
-
-def from_torchvision(
-    model: nn.Module, buckets: BucketsArg = None, *, frames: int = 16, size: int = 112
-) -> VaRed2VideoResNet:
-    """Convert a torchvision ``r3d_18``/``mc3_18``/``r2plus1d_18`` (weights copied; cheap ops at identity init).
-
-    ``buckets=None`` takes the backbone's default table for ``frames``. The result is in the source's mode.
-    """
-    backbone = detect_backbone(model)
-    state = model.state_dict()
-    fc = model.get_submodule("fc")
-    assert isinstance(fc, nn.Linear)
-    if fc.in_features != STAGE_PLANES[-1]:
-        raise InputError(f"expected a full-width VideoResNet (fc over {STAGE_PLANES[-1]} features), got {fc}")
-    config = ModelConfig(
-        backbone=backbone, num_classes=fc.out_features, frames=frames, size=size, buckets=_bucket_names(buckets)
-    )
-    ours = VaRed2VideoResNet(config)
-    result = ours.load_state_dict(state, strict=False)
-    extra = [k for k in result.missing_keys if not _is_vared2_key(k)]
-    if extra or result.unexpected_keys:
-        raise InputError(
-            f"torchvision {backbone} state dict does not match: missing {extra}, unexpected {result.unexpected_keys}"
-        )
-    for bn in ours.bucket_batchnorms():
-        bn.copy_full_statistics()
-    return ours.train(model.training)
-
-
 def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[str]:
     """Copy ``source``'s weights into ``target``, which may have another bucket table; returns the names of
     ``target``'s tensors left as they were (nothing in ``source`` to take them from).
 
     Why: a static baseline trained with the default table is the usual start of a dynamic model with a table of
-    its own (``vared2 train --init-from … --buckets …``). Everything but the bucket table must match. Weights and
-    the cheap ops of each policy level are shared by name; per-bucket BatchNorm statistics and the gate's rows
-    follow the bucket *name* (row order is table order); a bucket ``source`` lacks starts from the full
-    bucket's statistics, as after ``from_torchvision``.
+    its own (``vared2 train --init-from … --buckets …``), and torchvision's Kinetics-400 weights (``vared2
+    convert``) the start of a model for other classes. Everything but the bucket table and the classes must
+    match. Weights and the cheap ops of each policy level are shared by name; per-bucket BatchNorm statistics and
+    the gate's rows follow the bucket *name* (row order is table order); a bucket ``source`` lacks starts from the
+    full bucket's statistics, as after ``from_torchvision``. The classifier's rows follow the class names (all of
+    ``target``'s among ``source``'s: Mini-Kinetics-200 from Kinetics-400), else it is left as it was.
     """
     mine, theirs = target.config, source.config
-    if replace(theirs, buckets=mine.buckets, provenance=mine.provenance) != mine:
+    same = replace(theirs, buckets=mine.buckets, provenance=mine.provenance, labels=(), num_classes=1)
+    if same != replace(mine, labels=(), num_classes=1):
         raise InputError(
-            f"cannot copy weights: the architectures differ beyond the bucket table ({theirs.summary()} → "
-            f"{mine.summary()})"
+            f"cannot copy weights: the architectures differ beyond the bucket table and the classes "
+            f"({theirs.summary()} → {mine.summary()})"
         )
+    classes = _class_rows(theirs, mine)
     state = source.state_dict()
     rows = {name: index for index, name in enumerate(source.buckets.names)}
     # Where each target bucket's row comes from in ``source`` (None: absent there).
@@ -548,6 +365,11 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
                     value[k - 1].copy_(full if j is None else state[key][j - 1])  # j >= 1: not the full bucket
                 if None in origin:
                     untouched.append(key)
+            elif key in ("fc.weight", "fc.bias"):
+                if classes is None:
+                    untouched.append(key)
+                else:
+                    value.copy_(state[key][classes])
             elif key.startswith("gate.fc2."):
                 for k, j in enumerate(origin):
                     if j is not None:
@@ -561,9 +383,9 @@ def copy_weights(source: VaRed2VideoResNet, target: VaRed2VideoResNet) -> list[s
     return untouched
 
 
-def _is_vared2_key(key: str) -> bool:
-    """State-dict keys that torchvision models do not have: the gate, the cheap-op parameters and the
-    per-bucket BatchNorm statistics."""
-    parts = key.split(".")
-    extra = ("temporal_scale", "temporal_shift", "channel_weight", "channel_bias")
-    return parts[0] == "gate" or any(p in extra for p in parts) or parts[-1].startswith("bucket_running_")
+def _class_rows(source: ModelConfig, target: ModelConfig) -> list[int] | None:
+    """The row of ``source``'s classifier for each of ``target``'s classes, or None where they do not match."""
+    if source.labels and target.labels:
+        index = {name: row for row, name in enumerate(source.labels)}
+        return [index[name] for name in target.labels] if all(n in index for n in target.labels) else None
+    return list(range(target.num_classes)) if source.num_classes == target.num_classes else None

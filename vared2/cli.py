@@ -17,6 +17,7 @@ import click
 from vared2 import __version__
 from vared2.formats.errors import InputError
 from vared2.formats.outputs import PLOT_SUFFIXES, check_output_dir, check_output_file
+from vared2.models.train_config import BACKBONES, PRECISIONS, TRAIN_MODEL, TrainConfig
 from vared2.stages import check_parity, read_clip_set, run_stage
 
 
@@ -53,12 +54,14 @@ existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 POOL_HELP = "ONNX Runtime: one process-wide thread pool for all engines (faster small buckets; docs/runtime.md)."
 LATENCY_HELP = "Price buckets by this device's measured latency (`vared2 bench --latency-table`), not GFLOPs."
 out_dir = click.Path(file_okay=False, path_type=Path)
-BACKBONES = ["r2plus1d_18", "r3d_18", "mc3_18"]
+TRAIN = TrainConfig()  # the defaults of `vared2 train`'s recipe options (torch-free: models/train_config.py)
 DATA_HELP = (
     "A synthetic benchmark directory (train.csv/val.csv), a folder with train/ and val/ subfolders of "
     "<class>/<video> (Kinetics/UCF101 layout), or one CSV list (then used for both training and validation)."
 )
 TARGET_RATIO = click.FloatRange(min=0.0, max=1.0, min_open=True)  # (0, 1]: TrainConfig.validate, check_target_ratio
+DEVICE_HELP = "Where to run: auto (CUDA when available), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 
 
 @cli.command()
@@ -93,60 +96,69 @@ def synth(out: Path, clips: int, seed: int, frames: int, size: int, val_fraction
     help="Replace the run in OUT (its checkpoint files, epoch by epoch); without it or --resume a non-empty OUT "
     "is refused.",
 )
-@click.option("--backbone", default="r2plus1d_18", show_default=True, type=click.Choice(BACKBONES))
-@click.option("--width", default=0.25, show_default=True, help="Channel width multiplier.")
-@click.option("--frames", default=8, show_default=True, help="Frames per clip (T).")
-@click.option("--size", default=56, show_default=True, help="Crop size (H = W).")
-@click.option("--epochs", default=12, show_default=True)
+@click.option("--backbone", default=TRAIN_MODEL.backbone, show_default=True, type=click.Choice(BACKBONES))
+@click.option("--width", default=TRAIN_MODEL.width, show_default=True, help="Channel width multiplier.")
+@click.option("--frames", default=TRAIN_MODEL.frames, show_default=True, help="Frames per clip (T).")
+@click.option("--size", default=TRAIN_MODEL.size, show_default=True, help="Crop size (H = W).")
+@click.option("--epochs", default=TRAIN.epochs, show_default=True)
 @click.option(
     "--warmup-epochs",
     type=click.IntRange(min=0),
     default=None,
     help="Epochs on the full bucket before the gate (default: a quarter of --epochs, 3 of 12).",
 )
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=2e-3, show_default=True)
+@click.option("--batch-size", default=TRAIN.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=TRAIN.lr, show_default=True)
 @click.option(
     "--lr-warmup-epochs",
     type=click.IntRange(min=0),
-    default=0,
+    default=TRAIN.lr_warmup_epochs,
     show_default=True,
     help="Raise the learning rate linearly from ~0 to --lr over this many epochs (then cosine decay).",
 )
 @click.option(
     "--target-ratio",
     type=TARGET_RATIO,
-    default=0.55,
+    default=TRAIN.target_ratio,
     show_default=True,
     help="Target mean GFLOPs as a fraction of full.",
 )
 @click.option(
     "--flops-weight",
     type=click.FloatRange(min=0.0),
-    default=2.0,
+    default=TRAIN.flops_weight,
     show_default=True,
     help="Weight of the FLOPs term in the loss.",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=TRAIN.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: all cores).")
 @click.option(
     "--translate",
     type=click.IntRange(min=0),
-    default=0,
+    default=TRAIN.translate,
     show_default=True,
     help="Move each training clip by a random offset of up to this many pixels (augmentation).",
 )
 @click.option(
     "--precision",
-    type=click.Choice(("fp32", "bf16")),  # models.train.PRECISIONS, without importing torch here
-    default="fp32",
+    type=click.Choice(PRECISIONS),
+    default=TRAIN.precision,
     show_default=True,
-    help="bf16: run the training forward passes under CPU autocast to bfloat16 (faster on AVX-512 BF16 / AMX).",
+    help="bf16: the training forward passes under autocast to bfloat16 (CPU with AVX-512 BF16 / AMX, or CUDA); "
+    "fp16: CUDA autocast to float16 with a gradient scaler.",
+)
+@click.option("--device", default=TRAIN.device, show_default=True, help=DEVICE_HELP)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=TRAIN.workers,
+    show_default=True,
+    help="DataLoader worker processes decoding clips (0: in the training process).",
 )
 @click.option(
     "--distill-weight",
     type=click.FloatRange(min=0.0),
-    default=1.0,
+    default=TRAIN.distill_weight,
     show_default=True,
     help="Weight of the reduced buckets' distillation terms in the sandwich (docs/training.md, the recipe).",
 )
@@ -196,6 +208,8 @@ def train(
     threads: int | None,
     translate: int,
     precision: str,
+    device: str,
+    workers: int,
     distill_weight: float,
     buckets: str | None,
     init_from: Path | None,
@@ -222,6 +236,8 @@ def train(
             translate=translate,
             precision=precision,
             distill_weight=distill_weight,
+            device=device,
+            workers=workers,
         )
         command = invoked_command()
         history = run_training(
@@ -241,13 +257,16 @@ def train(
             buckets=None if buckets is None else [name.strip() for name in buckets.split(",")],
             command=command,
         )
-        click.echo(describe(history))
-        final = final_figure(out)  # the model as saved: after BatchNorm recalibration (and a gate fit)
-        if final is not None:
-            click.echo(final)
-        click.echo(f"checkpoint: {out}")
+        if is_main_process():  # under torchrun, rank 0 speaks for the run
+            click.echo(describe(history))
+            final = final_figure(out)  # the model as saved: after BatchNorm recalibration (and a gate fit)
+            if final is not None:
+                click.echo(final)
+            click.echo(f"checkpoint: {out}")
 
-    from vared2.models.train import TrainConfig, default_warmup, describe
+    from vared2.models.distributed import is_main_process
+    from vared2.models.train import describe
+    from vared2.models.train_config import default_warmup
 
     run_stage(go)
 
@@ -266,6 +285,7 @@ def train(
 @click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path), default=None, help=LATENCY_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the checkpoint in OUT; without it a non-empty OUT is refused.")
+@device_option
 def fit_gate_command(
     checkpoint: Path,
     data: Path,
@@ -274,6 +294,7 @@ def fit_gate_command(
     latency_table: Path | None,
     seed: int,
     overwrite: bool,
+    device: str,
 ) -> None:
     """Refit CHECKPOINT's gate on DATA's training clips at --target-ratio of the full bucket's GFLOPs, or of its
     latency on the device a --latency-table was measured on, and write the result to OUT."""
@@ -291,6 +312,7 @@ def fit_gate_command(
             seed=seed,
             overwrite=overwrite,
             command=command,
+            device=device,
         )
         cost = "latency" if latency_table is not None else "GFLOPs"
         click.echo(
@@ -326,6 +348,7 @@ def fit_gate_command(
     default=None,
     help="Also report the choices' mean latency on the device this `vared2 bench --latency-table` measured.",
 )
+@device_option
 def evaluate(
     checkpoint: Path,
     data: Path,
@@ -334,6 +357,7 @@ def evaluate(
     json_path: Path | None,
     plot: Path | None,
     latency_table: Path | None,
+    device: str,
 ) -> None:
     """Accuracy, mean GFLOPs, the bucket histogram and GFLOPs by motion level of CHECKPOINT on DATA."""
     if json_path is not None:
@@ -344,11 +368,60 @@ def evaluate(
 
     def go() -> None:
         key: int | str | None = int(bucket) if bucket is not None and bucket.isdigit() else bucket
-        result = run_evaluation(checkpoint, data, split=split, bucket=key, plot=plot, latency_table=latency_table)
+        result = run_evaluation(
+            checkpoint, data, split=split, bucket=key, plot=plot, latency_table=latency_table, device=device
+        )
         click.echo(result.table())
         if json_path:  # like --plot and bench's --json: the folder is made if needed
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(result.to_json() + "\n")
+
+    run_stage(go)
+
+
+@cli.command()
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    help="The model to convert: torchvision:r2plus1d_18, torchvision:r3d_18 or torchvision:mc3_18.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Its weights: a state dict saved with torch.save (read with weights_only=True; a pickle with code is "
+    "refused) or a .safetensors file. Default: torchvision's download cache; nothing is downloaded.",
+)
+@click.option("--frames", default=16, show_default=True, help="Frames per clip (T) the checkpoint reads.")
+@click.option("--size", default=112, show_default=True, help="Crop size (H = W) the checkpoint reads.")
+@click.option("--buckets", default=None, help="The bucket table, as for `vared2 train --buckets`.")
+@click.option("--out", "out", type=out_dir, required=True, help="Checkpoint directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace the checkpoint in OUT; without it a non-empty OUT is refused.")
+def convert(
+    source: str, weights: Path | None, frames: int, size: int, buckets: str | None, out: Path, overwrite: bool
+) -> None:
+    """Turn torchvision's VideoResNet weights into a vared2 checkpoint whose full bucket is torchvision's model
+    (checked to 1e-5); fine-tune it with `vared2 train --init-from OUT`."""
+    from vared2.models.recipe import run_conversion
+
+    def go() -> None:
+        names = None if buckets is None else [name.strip() for name in buckets.split(",")]
+        model, difference = run_conversion(
+            source,
+            out,
+            weights=weights,
+            frames=frames,
+            size=size,
+            buckets=names,
+            overwrite=overwrite,
+            command=invoked_command(),
+        )
+        click.echo(
+            f"converted {source}: {model.config.num_classes} classes, {len(model.buckets)} buckets; the full bucket "
+            f"is torchvision's model to {difference:.2g} (max abs)"
+        )
+        click.echo(f"checkpoint: {out}")
 
     run_stage(go)
 

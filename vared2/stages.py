@@ -130,9 +130,9 @@ def read_clip_set(data: Path, split: str, onnx_dir: Path, limit: int | None = No
 
     from vared2.engines.calibration import ClipSet
     from vared2.formats.export_spec import read_export_spec
+    from vared2.formats.video import read_clip
     from vared2.models.dataset import read_csv_list, scan_folder
     from vared2.models.recipe import split_source
-    from vared2.models.video_io import read_clip
 
     if limit is not None and limit < 1:
         raise InputError(f"clip count: expected a positive integer, got {limit}")
