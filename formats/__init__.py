@@ -1,4 +1,4 @@
 """vared2's torch-free bottom layer: every on-disk format and the clip preprocessing.
 
-Every stage may import it; it imports numpy, onnxruntime and av only (DESIGN.md §1).
+Every stage may import it; it imports numpy, onnxruntime, av and tqdm only (DESIGN.md §1).
 """

@@ -166,7 +166,9 @@ def _mark_parents(tree: ast.AST) -> None:
 def project_files() -> list[Path]:
     files = []
     for path in ROOT.rglob("*.py"):
-        if not SKIP_DIRS.intersection(path.relative_to(ROOT).parts):
+        parts = path.relative_to(ROOT).parts
+        # Virtual environments (.venv, .venv-triton, …) hold other projects' code, not ours.
+        if not SKIP_DIRS.intersection(parts) and not parts[0].startswith(".venv"):
             files.append(path)
     return sorted(files)
 
