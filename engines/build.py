@@ -18,13 +18,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vared2.engines.calibration import ClipSet
 from vared2.engines.onnxruntime_engine import DEFAULT_LEVEL, GRAPH_REWRITE
 from vared2.engines.ort_passes import check_skip
 from vared2.engines.quantize import METHOD, MIN_AGREEMENT
 from vared2.formats.errors import InputError
 from vared2.formats.export_spec import EXPORT_JSON, read_export_spec
-from vared2.formats.manifest import MANIFEST_NAME, Manifest, ManifestError, sha256_file, write_engine_dir
+from vared2.formats.manifest import (
+    MANIFEST_NAME,
+    PRECISIONS,
+    Manifest,
+    ManifestError,
+    sha256_file,
+    write_engine_dir,
+)
 from vared2.formats.paths import check_output_dir
 from vared2.formats.progress import progress as show_progress
 
@@ -140,17 +149,20 @@ def check_build_options(
     ``calibration`` (the clips, or the directory they will be read from) only whether it is given matters."""
     if backend not in BACKENDS:
         raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "onnxruntime" and fp16:
-        raise InputError("fp16: the ONNX Runtime engines are fp32 (CPU); fp16 is a TensorRT option")
+    if fp16 and precision not in ("fp32", "fp16"):
+        raise InputError(f"--fp16 is --precision fp16; it cannot be combined with --precision {precision}")
+    precision = "fp16" if fp16 else precision
+    if precision not in PRECISIONS:
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "onnxruntime" and precision == "fp16":
+        raise InputError("precision fp16: a TensorRT option (ONNX Runtime engines are fp32 or int8 on the CPU)")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise InputError(f"max_batch: expected a positive integer, got {max_batch!r}")
     if isinstance(opt_batch, bool) or not isinstance(opt_batch, int) or not 1 <= opt_batch <= max_batch:
         raise InputError(f"opt_batch: expected an integer from 1 to max_batch ({max_batch}), got {opt_batch!r}")
-    if precision not in ("fp32", "int8") or (precision == "int8" and backend != "onnxruntime"):
-        raise InputError(f"precision: expected fp32, or int8 with the onnxruntime backend, got {precision!r}")
     if precision == "int8" and calibration is None:
         raise InputError("precision int8: calibration clips are needed (vared2 build --calib DATA_DIR)")
-    if precision == "fp32" and calibration is not None:
+    if precision != "int8" and calibration is not None:
         raise InputError("calibration clips (--calib): only int8 engines are calibrated; add --precision int8")
     if isinstance(min_agreement, bool) or not isinstance(min_agreement, int | float) or not 0 <= min_agreement <= 1:
         raise InputError(f"min_agreement: expected a fraction from 0 to 1, got {min_agreement!r}")
@@ -209,6 +221,7 @@ def build_engines(
         calibration=calibration,
         min_agreement=min_agreement,
     )
+    precision = "fp16" if fp16 else precision  # --fp16 is --precision fp16 (checked above)
     skip = check_skip(skip_passes)
     if skip and backend != "onnxruntime":
         raise InputError(f"--skip-pass {', '.join(skip)}: the graph passes are ONNX Runtime's; {backend} has none")
@@ -231,7 +244,15 @@ def build_engines(
                 "min_agreement": min_agreement,
             }
     else:
-        options = {"max_batch": max_batch, "fp16": fp16, "opt_batch": opt_batch, "use_plugins": use_plugins}
+        options = {
+            "max_batch": max_batch,
+            "fp16": precision == "fp16",
+            "opt_batch": opt_batch,
+            "use_plugins": use_plugins,
+        }
+        if precision == "int8":  # a new key only for int8, so existing directories stay up to date
+            assert isinstance(calibration, ClipSet)
+            options["int8"] = {"calibration": calibration.digest()}
     sources = source_digest(onnx_dir, spec)  # hashed once: the reference model's ONNX files are 440 MB
     key = build_key(sources, backend, options)
     if not force and up_to_date(out_dir, key):
@@ -280,7 +301,9 @@ def build_engines(
             manifest = build_tensorrt(
                 onnx_dir,
                 work,
-                precision="fp16" if fp16 else "fp32",
+                precision=precision,
+                # The calibration clips, in batches of max_batch (TensorRT's agreement check: gpu-check).
+                calibration=None if calibration is None else _batches(calibration, max_batch),
                 max_batch=max_batch,
                 opt_batch=opt_batch,
                 timing_cache=timing_cache if timing_cache is not None else out_dir.parent / "timing.cache",
@@ -299,6 +322,11 @@ def build_engines(
     finally:
         bar.close()
     return out_dir
+
+
+def _batches(clips: ClipSet, size: int) -> list[np.ndarray]:
+    """``clips`` as uint8 batches ``[N, T, H, W, 3]`` of at most ``size``."""
+    return [np.stack(clips.clips[i : i + size]) for i in range(0, len(clips.clips), size)]
 
 
 def created_by() -> str:

@@ -110,6 +110,30 @@ def test_precision_options_are_refused_before_tensorrt_is_needed(tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_one_precision_option_for_both_backends() -> None:
+    """``vared2 build --precision fp32|fp16|int8`` on either backend; ``--fp16`` is ``--precision fp16``. Refusals
+    come before TensorRT is needed; a valid TensorRT request then names the missing TensorRT."""
+    from vared2.engines.build import check_build_options
+    from vared2.engines.tensorrt_engine import TensorRTUnavailableError
+
+    with pytest.raises(InputError, match="precision fp16: a TensorRT option"):
+        check_build_options("onnxruntime", precision="fp16")
+    with pytest.raises(InputError, match="precision fp16: a TensorRT option"):
+        check_build_options("onnxruntime", fp16=True)
+    with pytest.raises(InputError, match="--fp16 is --precision fp16; it cannot be combined with --precision int8"):
+        check_build_options("tensorrt", fp16=True, precision="int8", calibration=Path("data"))
+    with pytest.raises(InputError, match="precision int8: calibration clips are needed"):
+        check_build_options("tensorrt", precision="int8")
+    with pytest.raises(InputError, match="only int8 engines are calibrated"):
+        check_build_options("tensorrt", precision="fp16", calibration=Path("data"))
+    with pytest.raises(InputError, match="precision: expected one of fp32, fp16, int8, got 'int4'"):
+        check_build_options("tensorrt", precision="int4")
+    check_build_options("onnxruntime", precision="int8", calibration=Path("data"))
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(TensorRTUnavailableError):
+            check_build_options("tensorrt", precision="int8", calibration=Path("data"))
+
+
 def test_precision_graphs_of_an_export(tiny_onnx: Path) -> None:
     """What each precision hands TensorRT's parser, built here on the CPU: the calibration through the fp32 gate
     covers every bucket's convolution inputs, the int8 gate stays the exported graph."""

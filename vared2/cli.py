@@ -450,7 +450,7 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
 @click.argument("onnx_dir", type=existing_dir)
 @click.option("--out", "out", type=out_dir, required=True, help="Engine directory to write.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--fp16", is_flag=True, help="fp16 engines (TensorRT).")
+@click.option("--fp16", is_flag=True, help="The same as --precision fp16 (TensorRT).")
 @click.option("--max-batch", default=8, show_default=True, help="Largest batch (TensorRT's profile maximum).")
 @click.option("--opt-batch", default=1, show_default=True, help="The batch TensorRT optimizes for.")
 @click.option("--threads", type=int, default=None, help="Default CPU threads per session (ONNX Runtime).")
@@ -466,10 +466,11 @@ def verify(onnx_dir: Path, checkpoint: Path) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "int8"]),
+    type=click.Choice(["fp32", "fp16", "int8"]),
     default="fp32",
     show_default=True,
-    help="int8: quantized bucket engines (ONNX Runtime), calibrated on --calib; the gate stays fp32.",
+    help="fp16: TensorRT only. int8: quantized bucket engines calibrated on --calib (the gate stays fp32); "
+    "ONNX Runtime also checks their agreement with fp32 on validation clips.",
 )
 @click.option(
     "--calib",
@@ -513,11 +514,14 @@ def build(
     calibration = validation = None
     if precision == "int8" or calib is not None:
         run_stage(
-            lambda: check_build_options(backend, precision=precision, calibration=calib, min_agreement=min_agreement)
+            lambda: check_build_options(
+                backend, fp16=fp16, precision=precision, calibration=calib, min_agreement=min_agreement
+            )
         )
         assert calib is not None
         calibration = run_stage(lambda: read_clip_set(calib, "train", onnx_dir, calib_clips))
-        validation = run_stage(lambda: read_clip_set(calib, "val", onnx_dir, val_clips))
+        if backend == "onnxruntime":  # TensorRT's agreement is checked by gpu-check, on the GPU
+            validation = run_stage(lambda: read_clip_set(calib, "val", onnx_dir, val_clips))
     path = run_stage(
         lambda: build_engines(
             onnx_dir,
