@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from vared2.formats.errors import InputError
 from vared2.formats.manifest import MANIFEST_NAME, Manifest
-from vared2.formats.paths import check_output_dir
+from vared2.formats.paths import atomic_directory, check_output_dir
 
 ROUTER = "vared2"
 GATE = "gate"
@@ -257,26 +256,6 @@ def write_repository(engine_dir: Path | str, out: Path | str, options: Repositor
     final = check_output_dir(
         out, marker=MARKER, kind="a vared2 model repository", source=source, source_kind="engine directory"
     )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.writing-", dir=final.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    work.chmod(0o777 & ~mask)  # mkdtemp makes 0700; the server may run as another user
-    try:
+    with atomic_directory(final, label="writing") as work:  # readers see the old repository or the new one
         _write(work, source.resolve(), manifest, options)
-        if final.exists() or final.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            old.rmdir()
-            os.replace(final, old)
-            try:
-                os.replace(work, final)
-            except BaseException:
-                os.replace(old, final)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return final
