@@ -15,11 +15,12 @@ from math import gcd
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import ModelProto, NodeProto
 
 from vared2.plugins import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 
-from .ort_graph import Graph, analyse, attribute_ints, copy_model, int64_constant, splice
+from .ort_graph import Graph, analyse, attribute_ints, copy_model, int64_constant, ir_constant, splice
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,66 @@ def _strides_needed(model: ModelProto, graph: Graph, frame_counts: dict[str, int
     for name in needs:
         kept.setdefault(name, 1)  # graph inputs
     return kept
+
+
+def ir_time_conv(node: ir.Node) -> TimeConv | None:
+    """``time_conv`` of an onnx-ir node."""
+    if node.op_type != "Conv" or node.domain != "" or "auto_pad" in node.attributes:
+        return None
+    weight = ir_constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None or weight.ndim != 5 or node.attributes.get_ints("dilations", [1, 1, 1])[0] != 1:
+        return None
+    pads = list(node.attributes.get_ints("pads", [0] * 6))
+    kernel = node.attributes.get_ints("kernel_shape", list(weight.shape[2:]))[0]
+    return TimeConv(kernel, node.attributes.get_ints("strides", [1, 1, 1])[0], (pads[0], pads[3]))
+
+
+def ir_droppable_factor(node: ir.Node) -> int | None:
+    """``droppable_factor`` of an onnx-ir node."""
+    if node.domain != DOMAIN or node.op_type != TEMPORAL_RECONSTRUCT:
+        return None
+    scale, shift = ir_constant(node.inputs[1]), ir_constant(node.inputs[2])
+    if scale is None or shift is None or scale.ndim != 2 or not (np.all(scale[0] == 1) and np.all(shift[0] == 0)):
+        return None
+    return int(scale.shape[0])
+
+
+def _ir_frame_wise_inputs(node: ir.Node) -> list[ir.Value] | None:
+    """``_frame_wise_inputs`` of an onnx-ir node."""
+    if (node.domain, node.op_type) in {("", "Relu"), (DOMAIN, CHANNEL_RECONSTRUCT)}:
+        return [node.inputs[0]] if node.inputs[0] is not None else None
+    if node.domain == "" and node.op_type in ("Add", "Mul") and len(node.inputs) == 2:
+        varying = []
+        for input_ in node.inputs:
+            value = ir_constant(input_)
+            if value is None and input_ is not None:
+                varying.append(input_)
+            elif value is not None and value.ndim >= 3 and value.shape[-3] != 1:
+                return None  # a constant that varies along time
+        return varying
+    return None
+
+
+def ir_count_frames(graph: ir.Graph) -> dict[ir.Value, int]:
+    """``count_frames`` of an onnx-ir graph whose shapes were inferred (``to_ir``)."""
+    frames: dict[ir.Value, int] = {}
+    for value in [*graph.inputs, *(o for node in graph for o in node.outputs)]:
+        shape = value.shape
+        if shape is not None and len(shape) == 5 and isinstance(shape[2], int):
+            frames[value] = shape[2]
+    for node in graph:
+        if len(node.outputs) != 1 or node.outputs[0] in frames:
+            continue
+        source = node.inputs[0] if node.inputs else None
+        factor = ir_droppable_factor(node) if node.inputs else None
+        conv = ir_time_conv(node)
+        if conv is not None and source in frames:
+            frames[node.outputs[0]] = conv.frames_out(frames[source], conv.stride)
+        elif factor is not None and source in frames:
+            frames[node.outputs[0]] = frames[source] * factor
+        elif factor is None and (varying := _ir_frame_wise_inputs(node)) and varying[0] in frames:
+            frames[node.outputs[0]] = frames[varying[0]]
+    return frames
 
 
 def _kept_frames(frames: int, stride: int) -> int:

@@ -233,3 +233,85 @@ def ir_static_5d(value: ir.Value) -> tuple[int, int, int, int] | None:
         return None
     c, t, h, w = dims
     return c, t, h, w
+
+
+def ir_sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
+    """The only node reading ``value`` (once), if it is a default-domain ``op_type`` and ``value`` is no graph
+    output."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output() or uses[0].node.op_type != op_type or uses[0].node.domain != "":
+        return None
+    return uses[0].node
+
+
+def ir_input_scale(value: ir.Value) -> tuple[ir.Value, np.ndarray, ir.Node] | None:
+    """``(x, r, mul)`` when ``value`` is ``Mul(x, r)`` by a per-channel constant ``[1, C, 1, 1, 1]`` read by one
+    node only: the exporter restoring a reduced bucket's own BatchNorm scale on the full bucket's shared weight
+    (``vared2.export.fold``), which a reconstruction that follows can absorb into its own coefficients."""
+    mul = value.producer()
+    if mul is None or mul.op_type != "Mul" or mul.domain != "" or len(mul.inputs) != 2:
+        return None
+    if len(list(value.uses())) != 1 or value.is_graph_output():
+        return None
+    first, second = mul.inputs
+    for source, other in ((first, second), (second, first)):
+        scale = ir_constant(other)
+        per_channel = scale is not None and scale.ndim == 5 and scale.shape[0] == 1 and scale.shape[2:] == (1, 1, 1)
+        if per_channel and source is not None and ir_constant(source) is None:
+            assert scale is not None
+            return source, scale.reshape(-1).astype(np.float64), mul
+    return None
+
+
+def ir_add_function(model: ir.Model, function: FunctionProto) -> None:
+    """Add ``function`` (``make_function``) to ``model`` and import ``SPECIALIZED_DOMAIN`` in it (once)."""
+    converted = ir.serde.deserialize_function(function)
+    model.functions[converted.identifier()] = converted
+    model.opset_imports.setdefault(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION)
+
+
+def ir_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer ``name`` holding ``array``, registered in ``graph``."""
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+class IrNodes:
+    """New default-domain nodes, in order, each writing one new value of a given name (``op``, ``ints``)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[ir.Node] = []
+
+    def op(
+        self, op_type: str, inputs: list[ir.Value | None], output: str, name: str | None = None, **attrs: object
+    ) -> ir.Value:
+        """Append ``op_type(inputs)`` with attributes ``attrs`` writing ``output``; its value."""
+        return self.multi(op_type, inputs, [output], name, **attrs)[0]
+
+    def multi(
+        self, op_type: str, inputs: list[ir.Value | None], outputs: list[str], name: str | None = None, **attrs: object
+    ) -> list[ir.Value]:
+        """Append ``op_type(inputs)`` with attributes ``attrs`` writing ``outputs``; their values."""
+        values = [ir.Value(name=output) for output in outputs]
+        attributes = [ir.convenience.convert_attribute(key, attr) for key, attr in attrs.items()]  # type: ignore[arg-type]
+        self.nodes.append(ir.Node("", op_type, inputs, attributes, outputs=values, name=name))
+        return values
+
+    def ints(self, name: str, values: list[int]) -> ir.Value:
+        """Append a ``Constant`` int64 vector ``values`` named ``name`` (``int64_constant``); its value."""
+        return self.op("Constant", [], name, value=ir.tensor(np.asarray(values, dtype=np.int64), name=name))
+
+
+def ir_replace(graph: ir.Graph, old: list[ir.Node], new: list[ir.Node], anchor: ir.Node, result: ir.Value) -> None:
+    """Insert ``new`` before ``anchor``, let everything that read ``old[-1]``'s first output read ``result`` (which
+    takes its name and, as a graph output, its type and shape), and remove ``old`` (none of whose outputs anything
+    else may read)."""
+    output = old[-1].outputs[0]
+    if output.is_graph_output():  # the graph's declared output keeps its type and shape
+        result.type, result.shape = output.type, output.shape
+    graph.insert_before(anchor, new)
+    output.replace_all_uses_with(result, replace_graph_outputs=True)
+    name = output.name
+    graph.remove(old, safe=True)
+    result.name = name
