@@ -149,14 +149,15 @@ def has_temporal_reconstruct(model: ModelProto) -> bool:
 def skip_unread_frames(model: ModelProto) -> ModelProto:
     """A copy of ``model`` computing only the frames its outputs depend on (module docstring); unchanged if every
     frame is read."""
+    unchanged = copy_model(model)
     if not has_temporal_reconstruct(model):
-        return copy_model(model)
+        return unchanged
     result = to_ir(model)
     graph = result.graph
     frame_counts = ir_count_frames(graph)
     kept = _strides_needed(graph, frame_counts)
     if all(stride == 1 for stride in kept.values()):
-        return copy_model(model)
+        return unchanged
 
     renamed: dict[ir.Value, ir.Value] = {}
     thinned: dict[tuple[ir.Value, int], ir.Value] = {}
@@ -211,7 +212,7 @@ def skip_unread_frames(model: ModelProto) -> ModelProto:
                 or conv.frames_out(_kept_frames(frames_in, kept[source]), new_stride)
                 != _kept_frames(frames_out, stride)
             ):
-                return copy_model(model)  # frame counts that do not work out: leave the graph as it was
+                return unchanged  # frame counts that do not work out: leave the graph as it was
             strides = list(node.attributes.get_ints("strides", [1, 1, 1]))
             node.attributes["strides"] = ir.AttrInt64s("strides", [new_stride, *strides[1:]])
             rename_inputs(node)

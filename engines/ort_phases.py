@@ -162,8 +162,9 @@ def _split(
 def split_temporal_phases(model: ModelProto) -> ModelProto:
     """A copy of ``model`` with every ϕt (R = 2) → ReLU → temporal convolution chain split into even and odd frames
     (module docstring); unchanged if there is none."""
+    unchanged = copy_model(model)
     if not has_temporal_reconstruct(model):
-        return copy_model(model)  # the full and channel-only buckets
+        return unchanged  # the full and channel-only buckets
     result = to_ir(model)
     frame_counts = ir_count_frames(result.graph)
     found = []
@@ -173,7 +174,7 @@ def split_temporal_phases(model: ModelProto) -> ModelProto:
         if match is not None and frames is not None:
             found.append((node, *match, frames))
     if not found:
-        return copy_model(model)
+        return unchanged
     dropped: set[str | None] = set()
     for index, (reconstruct, relu, conv, stride, frames) in enumerate(found):
         after = ir_sole_consumer(conv.outputs[0], "Relu")
