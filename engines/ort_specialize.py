@@ -46,12 +46,23 @@ def _call(model: ir.Model, node: ir.Node, name: str, args: list[ir.Value], old: 
     return output
 
 
-def _temporal(model: ir.Model, node: ir.Node, index: int) -> bool:
+def _operands(
+    node: ir.Node,
+) -> tuple[ir.Value, tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """``(x, its static (C, T, H, W), the two constant parameters)`` of a ``vared2`` node, else ``None``."""
     x = node.inputs[0]
     dims = ir_static_5d(x) if x is not None else None
-    scale, shift = ir_constant(node.inputs[1]), ir_constant(node.inputs[2])
-    if x is None or dims is None or scale is None or shift is None:
+    first, second = ir_constant(node.inputs[1]), ir_constant(node.inputs[2])
+    if x is None or dims is None or first is None or second is None:
+        return None
+    return x, dims, first, second
+
+
+def _temporal(model: ir.Model, node: ir.Node, index: int) -> bool:
+    operands = _operands(node)
+    if operands is None:
         return False
+    x, dims, scale, shift = operands
     source, absorbed = x, []
     restored = ir_input_scale(x)
     if restored is not None:  # ϕt of r·x is ϕt of x with every scale row times r
@@ -84,11 +95,10 @@ def _temporal(model: ir.Model, node: ir.Node, index: int) -> bool:
 
 
 def _channel(model: ir.Model, node: ir.Node, index: int) -> bool:
-    x = node.inputs[0]
-    dims = ir_static_5d(x) if x is not None else None
-    weight, bias = ir_constant(node.inputs[1]), ir_constant(node.inputs[2])
-    if x is None or dims is None or weight is None or bias is None:
+    operands = _operands(node)
+    if operands is None:
         return False
+    x, dims, weight, bias = operands
     cc, t, h, w = dims
     generated = weight.shape[0]
     out_channels = cc + generated
