@@ -11,13 +11,11 @@ Written with onnx-ir.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnx_ir as ir
 from onnx import ModelProto
 
-from .ort_graph import SPECIALIZED_SUFFIX, copy_model, from_ir, ir_constant, to_ir
+from .ort_graph import SPECIALIZED_SUFFIX, IrNodes, copy_model, from_ir, ir_constant, ir_initializer, to_ir
 from .ort_stacked import StackedFrames
 
 ALL_BUT_BATCH_AND_CHANNEL = [2, 3, 4]
@@ -109,13 +107,6 @@ def _stacked_source(features: ir.Value) -> tuple[ir.Value, StackedFrames] | None
     return node.inputs[0], StackedFrames(frames, period, rows, width)
 
 
-def _node(op_type: str, inputs: list[ir.Value], output: str, **attributes: Any) -> ir.Node:
-    """A default-domain node with one output named ``output``."""
-    node = ir.node(op_type, inputs, attributes=attributes)
-    node.outputs[0].name = output
-    return node
-
-
 def _frames_view(features: ir.Value, prefix: str) -> tuple[list[ir.Node], ir.Value, StackedFrames]:
     """(nodes to add, value, layout) of a 4-D view of the features in which every frame is a block of rows: the
     stacked tensor they were cut from; else the ``[N, C, T, H·W]`` view the temporal conv run as 2-D already wrote
@@ -130,9 +121,10 @@ def _frames_view(features: ir.Value, prefix: str) -> tuple[list[ir.Node], ir.Val
     reshape = features.producer()
     if reshape is not None and reshape.op_type == "Reshape" and _dims(reshape.inputs[0]) == [shape[0], c, t, h * w]:
         return [], reshape.inputs[0], layout  # type: ignore[return-value]
-    target = _node("Constant", [], f"{prefix}.shape4", value_ints=[-1, c, t, h * w])
-    view = _node("Reshape", [features, target.outputs[0]], f"{prefix}.f4")
-    return [target, view], view.outputs[0], layout
+    nodes = IrNodes()
+    target = nodes.op("Constant", [], f"{prefix}.shape4", value_ints=[-1, c, t, h * w])
+    view = nodes.op("Reshape", [features, target], f"{prefix}.f4")
+    return nodes.nodes, view, layout
 
 
 def _head(
@@ -146,26 +138,25 @@ def _head(
     rising[:, 0, 0, 0], rising[:, 0, 1, 0] = -2.0, 2.0
     drift = np.zeros((channels, 1, frames, 1), np.float32)
     drift[:, 0, 0, 0], drift[:, 0, -1, 0] = 1.0 / (frames - 1), -1.0 / (frames - 1)
-    weights = []
-    for name, array in ((f"{prefix}_rising", rising), (f"{prefix}_drift", drift)):
-        weights.append(ir.Value(name=name, const_value=ir.tensor(array, name=name)))
-        graph.register_initializer(weights[-1])
-    frame_means = _node("AveragePool", [view], f"{prefix}.frame_means", kernel_shape=window, strides=step)
-    mean4 = _node("GlobalAveragePool", [frame_means.outputs[0]], f"{prefix}.mean4")
-    mean = _node("Flatten", [mean4.outputs[0]], f"{prefix}.mean", axis=1)
-    rise = _node(
+    weights = [
+        ir_initializer(graph, name, array) for name, array in ((f"{prefix}_rising", rising), (f"{prefix}_drift", drift))
+    ]
+    nodes = IrNodes()
+    frame_means = nodes.op("AveragePool", [view], f"{prefix}.frame_means", kernel_shape=window, strides=step)
+    mean4 = nodes.op("GlobalAveragePool", [frame_means], f"{prefix}.mean4")
+    mean = nodes.op("Flatten", [mean4], f"{prefix}.mean", axis=1)
+    rise = nodes.op(
         "Conv", [view, weights[0]], f"{prefix}.rising", group=channels, kernel_shape=[2, 1], dilations=[period, 1]
     )
-    relu = _node("Relu", [rise.outputs[0]], f"{prefix}.rising.relu")
-    rise_frames = _node("AveragePool", [relu.outputs[0]], f"{prefix}.rising.frames", kernel_shape=window, strides=step)
-    rise_mean = _node("GlobalAveragePool", [rise_frames.outputs[0]], f"{prefix}.rising.mean")
-    drift_conv = _node(
-        "Conv", [frame_means.outputs[0], weights[1]], f"{prefix}.drift", group=channels, kernel_shape=[frames, 1]
+    relu = nodes.op("Relu", [rise], f"{prefix}.rising.relu")
+    rise_frames = nodes.op("AveragePool", [relu], f"{prefix}.rising.frames", kernel_shape=window, strides=step)
+    rise_mean = nodes.op("GlobalAveragePool", [rise_frames], f"{prefix}.rising.mean")
+    drift_conv = nodes.op(
+        "Conv", [frame_means, weights[1]], f"{prefix}.drift", group=channels, kernel_shape=[frames, 1]
     )
-    motion4 = _node("Add", [rise_mean.outputs[0], drift_conv.outputs[0]], f"{prefix}.motion4")
-    motion = _node("Flatten", [motion4.outputs[0]], f"{prefix}.motion", axis=1)
-    nodes = [frame_means, mean4, mean, rise, relu, rise_frames, rise_mean, drift_conv, motion4, motion]
-    return nodes, mean.outputs[0], motion.outputs[0]
+    motion4 = nodes.op("Add", [rise_mean, drift_conv], f"{prefix}.motion4")
+    motion = nodes.op("Flatten", [motion4], f"{prefix}.motion", axis=1)
+    return nodes.nodes, mean, motion
 
 
 def motion_head_for_ort(model: ModelProto) -> ModelProto:

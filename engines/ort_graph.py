@@ -1,21 +1,20 @@
 """The graph helpers every ONNX Runtime build-time pass shares (``vared2.engines.ort_passes``).
 
-The graph API is onnx-ir with onnxscript's rewriter (docs/design.md): ``to_ir`` / ``from_ir`` bracket a pass
-written with it, ``ir_constant`` reads a constant input. Passes not yet ported read the protobuf through
-``analyse`` (shapes, constants, producers, consumers). Every pass ends with ``splice`` (``from_ir`` calls it): the
-new node list, its initializers, the pruning of what nothing reads any more, the recorded shapes it vouches for,
-``onnx.checker``. Initializers a pass adds are ``<value>.ort.<part>``: kept inside the engine file.
+The graph API is onnx-ir with onnxscript's rewriter (docs/design.md): ``to_ir`` / ``from_ir`` bracket every
+pass, ``ir_constant`` reads a constant input, ``IrNodes`` builds new nodes and ``ir_replace`` puts them in place of
+old ones. ``from_ir`` ends every pass the same way (``splice``): the pruning of what nothing reads any more, the
+recorded shapes the pass vouches for, ``onnx.checker``. Initializers a pass adds are ``<value>.ort.<part>``: kept
+inside the engine file; the functions it adds are in ``SPECIALIZED_DOMAIN``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import FunctionProto, ModelProto, NodeProto, helper, numpy_helper
 from onnx_ir.passes.common import ShapeInferencePass
 
 #: Domain of the specialised functions the passes add; ONNX Runtime inlines them at load.
@@ -27,17 +26,6 @@ SPECIALIZED_SUFFIX = ".ort"
 OPSET = 17
 
 
-@dataclass
-class Graph:
-    """What a pass needs to know about a model's main graph (``analyse``)."""
-
-    shapes: dict[str, list[int | None]]
-    constants: Callable[[str], np.ndarray | None]
-    consumers: dict[str, list[NodeProto]]
-    outputs: set[str]
-    producers: dict[str, NodeProto]
-
-
 def copy_model(model: ModelProto) -> ModelProto:
     """A deep copy: every pass returns a new model and leaves its input as it was."""
     if not isinstance(model, ModelProto):
@@ -45,85 +33,6 @@ def copy_model(model: ModelProto) -> ModelProto:
     result = ModelProto()
     result.CopyFrom(model)
     return result
-
-
-def analyse(model: ModelProto) -> Graph:
-    """Shapes (inferred, on top of the model's recorded ``value_info``), constants (initializers, ``Constant``
-    nodes and ``Identity`` aliases of initializers), producers and consumers of the main graph."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int | None]] = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    initializers = {t.name: t for t in model.graph.initializer}
-    aliases: dict[str, str] = {}
-    constant_nodes: dict[str, TensorProto] = {}
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.domain == "" and node.input[0] in initializers:
-            aliases[node.output[0]] = node.input[0]
-        if node.op_type == "Constant" and node.domain == "":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                constant_nodes[node.output[0]] = value
-
-    def constant(name: str) -> np.ndarray | None:
-        name = aliases.get(name, name)
-        tensor = initializers.get(name) or constant_nodes.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
-
-    consumers: dict[str, list[NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    producers = {name: node for node in model.graph.node for name in node.output}
-    return Graph(shapes, constant, consumers, {o.name for o in model.graph.output}, producers)
-
-
-def sole_consumer(graph: Graph, name: str, op_type: str) -> NodeProto | None:
-    """The only node reading ``name``, if it is a default-domain ``op_type`` and ``name`` is no graph output."""
-    users = graph.consumers.get(name, [])
-    if len(users) != 1 or name in graph.outputs or users[0].op_type != op_type or users[0].domain != "":
-        return None
-    return users[0]
-
-
-def static_5d(graph: Graph, name: str) -> tuple[int, int, int, int] | None:
-    """``(C, T, H, W)`` of a ``[N, C, T, H, W]`` value whose axes other than the batch are static."""
-    shape = graph.shapes.get(name)
-    if shape is None or len(shape) != 5 or any(d is None or d < 1 for d in shape[1:]):
-        return None
-    c, t, h, w = (int(d) for d in shape[1:])  # type: ignore[arg-type]
-    return c, t, h, w
-
-
-def input_scale(graph: Graph, name: str) -> tuple[str, np.ndarray, NodeProto] | None:
-    """``(x, r, mul)`` when ``name`` is ``Mul(x, r)`` by a per-channel constant ``[1, C, 1, 1, 1]`` read by one node
-    only: the exporter restoring a reduced bucket's own BatchNorm scale on the full bucket's shared weight
-    (``vared2.export.fold``), which a reconstruction that follows can absorb into its own coefficients."""
-    mul = graph.producers.get(name)
-    if mul is None or mul.op_type != "Mul" or mul.domain != "" or len(mul.input) != 2:
-        return None
-    if len(graph.consumers.get(name, [])) != 1 or name in graph.outputs:
-        return None
-    first, second = mul.input
-    for source, other in ((first, second), (second, first)):
-        value = graph.constants(other)
-        per_channel = value is not None and value.ndim == 5 and value.shape[0] == 1 and value.shape[2:] == (1, 1, 1)
-        if per_channel and graph.constants(source) is None:
-            assert value is not None
-            return source, value.reshape(-1).astype(np.float64), mul
-    return None
-
-
-def attribute_ints(node: NodeProto, name: str, default: list[int]) -> list[int]:
-    """A list-of-ints attribute of ``node``, or ``default``."""
-    found = next((a for a in node.attribute if a.name == name), None)
-    return list(found.ints) if found is not None else default
-
-
-def attribute_int(node: NodeProto, name: str, default: int | None = None) -> int | None:
-    """An int attribute of ``node``, or ``default``."""
-    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def int64_constant(name: str, values: list[int]) -> NodeProto:
@@ -143,12 +52,6 @@ def make_function(name: str, inputs: list[str], outputs: list[str], nodes: list[
         opset_imports=[helper.make_opsetid("", OPSET)],
         doc_string=doc,
     )
-
-
-def use_specialized_domain(model: ModelProto) -> None:
-    """Import ``SPECIALIZED_DOMAIN`` in ``model`` (once), for the functions a pass added."""
-    if not any(o.domain == SPECIALIZED_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION))
 
 
 def is_specialized_initializer(name: str) -> bool:
@@ -173,22 +76,11 @@ def prune(model: ModelProto) -> None:
     model.graph.initializer.extend(kept)
 
 
-def splice(
-    model: ModelProto,
-    nodes: Iterable[NodeProto],
-    initializers: Iterable[TensorProto] = (),
-    *,
-    keep_shapes: Iterable[str] | None = None,
-) -> None:
-    """The ending every pass shares: make ``nodes`` (in topological order) the graph's nodes, add
-    ``initializers``, prune what nothing reads any more, keep the recorded shapes of ``keep_shapes`` only (all
-    others are forgotten: the next pass infers them again), and check the result."""
-    nodes = list(nodes)
+def splice(model: ModelProto, *, keep_shapes: Iterable[str] | None = None) -> None:
+    """The ending every pass shares (``from_ir``): prune what nothing reads any more, keep the recorded shapes of
+    ``keep_shapes`` only (all others are forgotten: the next pass infers them again), and check the result."""
     kept = set(keep_shapes or ())
     info = [v for v in model.graph.value_info if v.name in kept]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(initializers)
     prune(model)
     del model.graph.value_info[:]
     model.graph.value_info.extend(info)
@@ -197,7 +89,7 @@ def splice(
 
 def to_ir(model: ModelProto) -> ir.Model:
     """An onnx-ir copy of ``model`` (the input is left as it was) with its main graph's shapes inferred the way
-    ``analyse`` infers them (on top of the recorded ``value_info``)."""
+    ``onnx.shape_inference`` infers them (on top of the recorded ``value_info``)."""
     result = ir.serde.deserialize_model(copy_model(model))
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)(result)
     return result
@@ -207,7 +99,7 @@ def from_ir(model: ir.Model, *, keep_shapes: Iterable[str] | None = None) -> Mod
     """``model`` back as a protobuf, through the ending every pass shares (``splice``): pruned, checked, and no
     recorded shapes but ``keep_shapes`` (the shapes ``to_ir`` inferred change how ONNX Runtime fuses)."""
     result = ir.serde.serialize_model(model)
-    splice(result, list(result.graph.node), keep_shapes=keep_shapes)
+    splice(result, keep_shapes=keep_shapes)
     return result
 
 
@@ -233,3 +125,85 @@ def ir_static_5d(value: ir.Value) -> tuple[int, int, int, int] | None:
         return None
     c, t, h, w = dims
     return c, t, h, w
+
+
+def ir_sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
+    """The only node reading ``value`` (once), if it is a default-domain ``op_type`` and ``value`` is no graph
+    output."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output() or uses[0].node.op_type != op_type or uses[0].node.domain != "":
+        return None
+    return uses[0].node
+
+
+def ir_input_scale(value: ir.Value) -> tuple[ir.Value, np.ndarray, ir.Node] | None:
+    """``(x, r, mul)`` when ``value`` is ``Mul(x, r)`` by a per-channel constant ``[1, C, 1, 1, 1]`` read by one
+    node only: the exporter restoring a reduced bucket's own BatchNorm scale on the full bucket's shared weight
+    (``vared2.export.fold``), which a reconstruction that follows can absorb into its own coefficients."""
+    mul = value.producer()
+    if mul is None or mul.op_type != "Mul" or mul.domain != "" or len(mul.inputs) != 2:
+        return None
+    if len(list(value.uses())) != 1 or value.is_graph_output():
+        return None
+    first, second = mul.inputs
+    for source, other in ((first, second), (second, first)):
+        scale = ir_constant(other)
+        per_channel = scale is not None and scale.ndim == 5 and scale.shape[0] == 1 and scale.shape[2:] == (1, 1, 1)
+        if per_channel and source is not None and ir_constant(source) is None:
+            assert scale is not None
+            return source, scale.reshape(-1).astype(np.float64), mul
+    return None
+
+
+def ir_add_function(model: ir.Model, function: FunctionProto) -> None:
+    """Add ``function`` (``make_function``) to ``model`` and import ``SPECIALIZED_DOMAIN`` in it (once)."""
+    converted = ir.serde.deserialize_function(function)
+    model.functions[converted.identifier()] = converted
+    model.opset_imports.setdefault(SPECIALIZED_DOMAIN, SPECIALIZED_VERSION)
+
+
+def ir_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer ``name`` holding ``array``, registered in ``graph``."""
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+class IrNodes:
+    """New default-domain nodes, in order, each writing one new value of a given name (``op``, ``ints``)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[ir.Node] = []
+
+    def op(
+        self, op_type: str, inputs: list[ir.Value | None], output: str, name: str | None = None, **attrs: object
+    ) -> ir.Value:
+        """Append ``op_type(inputs)`` with attributes ``attrs`` writing ``output``; its value."""
+        return self.multi(op_type, inputs, [output], name, **attrs)[0]
+
+    def multi(
+        self, op_type: str, inputs: list[ir.Value | None], outputs: list[str], name: str | None = None, **attrs: object
+    ) -> list[ir.Value]:
+        """Append ``op_type(inputs)`` with attributes ``attrs`` writing ``outputs``; their values."""
+        values = [ir.Value(name=output) for output in outputs]
+        attributes = [ir.convenience.convert_attribute(key, attr) for key, attr in attrs.items()]  # type: ignore[arg-type]
+        self.nodes.append(ir.Node("", op_type, inputs, attributes, outputs=values, name=name))
+        return values
+
+    def ints(self, name: str, values: list[int]) -> ir.Value:
+        """Append a ``Constant`` int64 vector ``values`` named ``name`` (``int64_constant``); its value."""
+        return self.op("Constant", [], name, value=ir.tensor(np.asarray(values, dtype=np.int64), name=name))
+
+
+def ir_replace(graph: ir.Graph, old: list[ir.Node], new: list[ir.Node], anchor: ir.Node, result: ir.Value) -> None:
+    """Insert ``new`` before ``anchor``, let everything that read ``old[-1]``'s first output read ``result`` (which
+    takes its name and, as a graph output, its type and shape), and remove ``old`` (none of whose outputs anything
+    else may read)."""
+    output = old[-1].outputs[0]
+    if output.is_graph_output():  # the graph's declared output keeps its type and shape
+        result.type, result.shape = output.type, output.shape
+    graph.insert_before(anchor, new)
+    output.replace_all_uses_with(result, replace_graph_outputs=True)
+    name = output.name
+    graph.remove(old, safe=True)
+    result.name = name

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx import ModelProto
 
-from .ort_graph import SPECIALIZED_SUFFIX, copy_model, from_ir, ir_constant, to_ir
+from .ort_graph import SPECIALIZED_SUFFIX, copy_model, from_ir, ir_constant, ir_initializer, ir_sole_consumer, to_ir
 
 #: ONNX Runtime's widest NCHWc block (AVX-512); a multiple of it is also one of the AVX2 block of 8.
 CHANNEL_BLOCK = 16
@@ -32,23 +32,13 @@ def ir_conv_weight(node: ir.Node) -> np.ndarray | None:
     return weight
 
 
-def _sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
-    """The only node reading ``value``, if it is a default-domain ``op_type`` and ``value`` is no graph output."""
-    users = value.consumers()
-    if len(users) != 1 or value.is_graph_output() or users[0].op_type != op_type or users[0].domain != "":
-        return None
-    return users[0]
-
-
 def _pad_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, axis: int, size: int) -> None:
     """Feed ``node``'s input ``index`` from a new initializer ``<name>.ort.pad``: ``array`` zero-padded to ``size``
     along ``axis``."""
     widths = [(0, 0)] * array.ndim
     widths[axis] = (0, size - array.shape[axis])
     name = f"{node.inputs[index].name}{SPECIALIZED_SUFFIX}.pad"  # type: ignore[union-attr]
-    value = ir.Value(name=name, const_value=ir.tensor(np.pad(array, widths).astype(np.float32), name=name))
-    graph.register_initializer(value)
-    node.replace_input_with(index, value)
+    node.replace_input_with(index, ir_initializer(graph, name, np.pad(array, widths).astype(np.float32)))
 
 
 def pad_conv_pairs(model: ModelProto) -> ModelProto:
@@ -59,8 +49,8 @@ def pad_conv_pairs(model: ModelProto) -> ModelProto:
     padded_any = False
     for first in list(graph):
         w1 = ir_conv_weight(first)
-        relu = _sole_consumer(first.outputs[0], "Relu") if w1 is not None else None
-        second = _sole_consumer(relu.outputs[0], "Conv") if relu is not None else None
+        relu = ir_sole_consumer(first.outputs[0], "Relu") if w1 is not None else None
+        second = ir_sole_consumer(relu.outputs[0], "Conv") if relu is not None else None
         w2 = ir_conv_weight(second) if second is not None and second.inputs[0] is relu.outputs[0] else None  # type: ignore[union-attr]
         if w1 is None or second is None or w2 is None:
             continue

@@ -2,8 +2,8 @@
 
 Every pass has one signature, ``run(model) -> model``: it returns a new model and leaves its input as it was; a
 pass whose pattern is absent returns an unchanged copy. A pass reads shapes by inference on top of the model's
-recorded ``value_info`` (``ort_graph.analyse`` or ``to_ir``) and keeps only the recorded shapes it vouches for
-(``ort_graph.splice``): the exporter's shapes of the ``vared2`` nodes' outputs survive the passes that leave them
+recorded ``value_info`` (``ort_graph.to_ir``) and keeps only the recorded shapes it vouches for
+(``ort_graph.from_ir``): the exporter's shapes of the ``vared2`` nodes' outputs survive the passes that leave them
 valid, and no pass relies on another having run. ``passes_for(kind, precision, skip)`` is the list the builder
 runs (``GATE_PASSES`` or ``BUCKET_PASSES``, in order); ``run_passes`` runs one.
 Each pass's measured gain is a row in docs/performance.md ("The passes").

@@ -7,59 +7,72 @@ with every shape and weight fixed: ϕt a broadcast ``Mul`` + ``Add``; ϕs blocks
 the free view ``[N, C_c·T, H, W]`` (ONNX Runtime's NCHWc kernels), absorbing the BatchNorm shift ``Add`` and
 ``ReLU`` after it. A per-channel ``Mul`` before either (``vared2.export.fold``'s restored scale) is absorbed into
 the coefficients. Exact up to summation order; nodes whose parameters are not constants are left as they are.
+Written with onnx-ir.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
-from onnx import FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx import ModelProto, helper
 
 from vared2.plugins import CHANNEL_RECONSTRUCT, DOMAIN, TEMPORAL_RECONSTRUCT
 
 from .ort_graph import (
     SPECIALIZED_DOMAIN,
     SPECIALIZED_SUFFIX,
-    Graph,
-    analyse,
     copy_model,
-    input_scale,
+    from_ir,
     int64_constant,
+    ir_add_function,
+    ir_constant,
+    ir_initializer,
+    ir_input_scale,
+    ir_replace,
+    ir_sole_consumer,
+    ir_static_5d,
     make_function,
-    sole_consumer,
-    splice,
-    static_5d,
-    use_specialized_domain,
+    to_ir,
 )
 from .ort_temporal2d import temporal_convs_as_2d
 
 
-@dataclass
-class _Rewrite:
-    """One specialised node: the call in the main graph, its function, its new initializers, what it absorbed."""
+def _call(model: ir.Model, node: ir.Node, name: str, args: list[ir.Value], old: list[ir.Node]) -> ir.Value:
+    """Replace ``old`` (``node`` among them, the last one's output the result) by one call of the function
+    ``name`` on ``args`` where ``node`` was; the call's output."""
+    output = ir.Value(name=f"{name}.out")
+    call = ir.Node(SPECIALIZED_DOMAIN, name, args, outputs=[output], name=node.name or name)
+    ir_replace(model.graph, old, [call], node, output)
+    return output
 
-    node: NodeProto
-    function: FunctionProto
-    initializers: list[TensorProto] = field(default_factory=list)
-    absorbed: list[NodeProto] = field(default_factory=list)
 
-
-def _temporal(node: NodeProto, index: int, graph: Graph) -> _Rewrite | None:
-    dims = static_5d(graph, node.input[0])
-    scale, shift = graph.constants(node.input[1]), graph.constants(node.input[2])
-    if dims is None or scale is None or shift is None:
+def _operands(
+    node: ir.Node,
+) -> tuple[ir.Value, tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """``(x, its static (C, T, H, W), the two constant parameters)`` of a ``vared2`` node, else ``None``."""
+    x = node.inputs[0]
+    dims = ir_static_5d(x) if x is not None else None
+    first, second = ir_constant(node.inputs[1]), ir_constant(node.inputs[2])
+    if x is None or dims is None or first is None or second is None:
         return None
-    source, absorbed = node.input[0], []
-    restored = input_scale(graph, node.input[0])
+    return x, dims, first, second
+
+
+def _temporal(model: ir.Model, node: ir.Node, index: int) -> bool:
+    operands = _operands(node)
+    if operands is None:
+        return False
+    x, dims, scale, shift = operands
+    source, absorbed = x, []
+    restored = ir_input_scale(x)
     if restored is not None:  # ϕt of r·x is ϕt of x with every scale row times r
         source, ratio, mul = restored
         scale, absorbed = scale * ratio[None, :], [mul]
     c, tc, h, w = dims
     factor = scale.shape[0]
-    prefix = f"{node.output[0]}{SPECIALIZED_SUFFIX}"
-    a = numpy_helper.from_array(scale.T.reshape(c, 1, factor, 1, 1).astype(np.float32), f"{prefix}.scale")
-    b = numpy_helper.from_array(shift.T.reshape(c, 1, factor, 1, 1).astype(np.float32), f"{prefix}.shift")
+    prefix = f"{node.outputs[0].name}{SPECIALIZED_SUFFIX}"
+    a = ir_initializer(model.graph, f"{prefix}.scale", scale.T.reshape(c, 1, factor, 1, 1).astype(np.float32))
+    b = ir_initializer(model.graph, f"{prefix}.shift", shift.T.reshape(c, 1, factor, 1, 1).astype(np.float32))
     body = [
         int64_constant("axis", [3]),
         helper.make_node("Unsqueeze", ["x", "axis"], ["x6"]),  # [N, C, Tc, 1, H, W]
@@ -68,58 +81,61 @@ def _temporal(node: NodeProto, index: int, graph: Graph) -> _Rewrite | None:
         int64_constant("shape", [-1, c, factor * tc, h, w]),
         helper.make_node("Reshape", ["y6", "shape"], ["y"]),
     ]
-    # Shape inference may not see through the generic function; what follows (ϕs) needs this shape.
-    graph.shapes[node.output[0]] = [None, c, factor * tc, h, w]
     name = f"{TEMPORAL_RECONSTRUCT}_{index}"
-    function = make_function(
-        name, ["x", "a", "b"], ["y"], body, f"TemporalReconstruct factor {factor}, x [N,{c},{tc},{h},{w}]"
+    ir_add_function(
+        model,
+        make_function(
+            name, ["x", "a", "b"], ["y"], body, f"TemporalReconstruct factor {factor}, x [N,{c},{tc},{h},{w}]"
+        ),
     )
-    call = helper.make_node(name, [source, a.name, b.name], [node.output[0]], domain=SPECIALIZED_DOMAIN)
-    call.name = node.name or name
-    return _Rewrite(call, function, [a, b], absorbed)
+    output = _call(model, node, name, [source, a, b], [*absorbed, node])
+    # Shape inference may not see through the generic function; what follows (ϕs) needs this shape.
+    output.shape = ir.Shape([None, c, factor * tc, h, w])
+    return True
 
 
-def _channel(node: NodeProto, index: int, graph: Graph) -> _Rewrite | None:
-    dims = static_5d(graph, node.input[0])
-    weight, bias = graph.constants(node.input[1]), graph.constants(node.input[2])
-    if dims is None or weight is None or bias is None:
-        return None
+def _channel(model: ir.Model, node: ir.Node, index: int) -> bool:
+    operands = _operands(node)
+    if operands is None:
+        return False
+    x, dims, weight, bias = operands
     cc, t, h, w = dims
     generated = weight.shape[0]
     out_channels = cc + generated
-    prefix = f"{node.output[0]}{SPECIALIZED_SUFFIX}"
+    prefix = f"{node.outputs[0].name}{SPECIALIZED_SUFFIX}"
 
     # The exporter's BatchNorm shift (an Add of a per-channel constant) and a ReLU right after it, if present.
-    absorbed: list[NodeProto] = []
+    after: list[ir.Node] = []
     shift = np.zeros(out_channels)
-    output = node.output[0]
+    output = node.outputs[0]
     relu = False
-    add = sole_consumer(graph, output, "Add")
+    add = ir_sole_consumer(output, "Add")
     if add is not None:
-        other = add.input[1] if add.input[0] == output else add.input[0]
-        value = graph.constants(other)
+        other = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
+        value = ir_constant(other)
         if (
             value is not None
             and value.size == out_channels
             and value.shape in {(1, out_channels, 1, 1, 1), (out_channels, 1, 1, 1)}
         ):
             shift = value.reshape(-1).astype(np.float64)
-            absorbed.append(add)
-            output = add.output[0]
-            activation = sole_consumer(graph, output, "Relu")
+            after.append(add)
+            output = add.outputs[0]
+            activation = ir_sole_consumer(output, "Relu")
             if activation is not None:
-                absorbed.append(activation)
-                output = activation.output[0]
+                after.append(activation)
+                output = activation.outputs[0]
                 relu = True
 
-    restored = input_scale(graph, node.input[0])
+    restored = ir_input_scale(x)
     ratio = np.ones(cc)
+    before: list[ir.Node] = []
+    source_value = x
     if restored is not None:  # ϕs of r·x: each generated filter times its source's r; the computed channels below
-        source_name, ratio, mul = restored
-        absorbed.append(mul)
+        source_value, ratio, mul = restored
+        before.append(mul)
     inputs = ["x"]
-    args = [node.input[0] if restored is None else source_name]
-    initializers: list[TensorProto] = []
+    args = [source_value]
 
     def depthwise_to_5d(made: str, n: int, output: str) -> str:
         """A depthwise result over the ``[N, n·T, H, W]`` view, ReLU'd if the ReLU was absorbed, back to 5-D."""
@@ -131,10 +147,8 @@ def _channel(node: NodeProto, index: int, graph: Graph) -> _Rewrite | None:
         return output
 
     def parameter(name: str, array: np.ndarray) -> str:
-        tensor = numpy_helper.from_array(np.ascontiguousarray(array.astype(np.float32)), f"{prefix}.{name}")
-        initializers.append(tensor)
+        args.append(ir_initializer(model.graph, f"{prefix}.{name}", np.ascontiguousarray(array.astype(np.float32))))
         inputs.append(name)
-        args.append(tensor.name)
         return name
 
     body = [int64_constant("view4", [-1, cc * t, h, w]), helper.make_node("Reshape", ["x", "view4"], ["x4"])]
@@ -183,49 +197,34 @@ def _channel(node: NodeProto, index: int, graph: Graph) -> _Rewrite | None:
     name = f"{CHANNEL_RECONSTRUCT}_{index}"
     doc = (
         f"ChannelReconstruct x [N,{cc},{t},{h},{w}] -> {out_channels} channels"
-        + (", + BatchNorm shift" if absorbed else "")
+        + (", + BatchNorm shift" if after or before else "")
         + (", ReLU" if relu else "")
     )
-    function = make_function(name, inputs, ["y"], body, doc)
-    call = helper.make_node(name, args, [output], domain=SPECIALIZED_DOMAIN)
-    call.name = node.name or name
-    return _Rewrite(call, function, initializers, absorbed)
+    ir_add_function(model, make_function(name, inputs, ["y"], body, doc))
+    _call(model, node, name, args, [*before, node, *after])
+    return True
 
 
 def specialize_reconstructions(model: ModelProto) -> ModelProto:
     """A copy of ``model`` with every ``vared2`` node replaced by a shape- and weight-specialised function (module
     docstring); unchanged if it has none, or none whose shapes and parameters are constants."""
-    result = copy_model(model)
-    if not any(node.domain == DOMAIN for node in result.graph.node):
-        return result
-    graph = analyse(result)
-    rewrites: dict[int, _Rewrite] = {}
-    for position, node in enumerate(result.graph.node):
+    unchanged = copy_model(model)
+    if not any(node.domain == DOMAIN for node in model.graph.node):
+        return unchanged
+    result = to_ir(model)
+    rewrites = 0
+    for node in list(result.graph):
         make = _MAKERS.get((node.domain, node.op_type))
-        rewrite = make(node, len(rewrites), graph) if make is not None else None
-        if rewrite is not None:
-            rewrites[position] = rewrite
+        if make is not None and make(result, node, rewrites):
+            rewrites += 1
     if not rewrites:
-        return result
-    absorbed_outputs = {o for r in rewrites.values() for n in r.absorbed for o in n.output}
-    nodes = []
-    for position, node in enumerate(result.graph.node):
-        if position in rewrites:
-            nodes.append(rewrites[position].node)
-        elif not any(o in absorbed_outputs for o in node.output):
-            nodes.append(node)
-    result.functions.extend(r.function for r in rewrites.values())
-    if not any(node.domain == DOMAIN for node in nodes):
-        kept_functions = [f for f in result.functions if f.domain != DOMAIN]
-        del result.functions[:]
-        result.functions.extend(kept_functions)
-        kept_opsets = [o for o in result.opset_import if o.domain != DOMAIN]
-        del result.opset_import[:]
-        result.opset_import.extend(kept_opsets)
-    use_specialized_domain(result)
+        return unchanged
+    if not any(node.domain == DOMAIN for node in result.graph):
+        for key in [k for k, function in result.functions.items() if function.domain == DOMAIN]:
+            del result.functions[key]
+        result.opset_imports.pop(DOMAIN, None)
     # Recorded shapes are stale for the absorbed values; the specialised functions' shapes are inferable.
-    splice(result, nodes, [t for r in rewrites.values() for t in r.initializers])
-    return result
+    return from_ir(result)
 
 
 _MAKERS = {(DOMAIN, TEMPORAL_RECONSTRUCT): _temporal, (DOMAIN, CHANNEL_RECONSTRUCT): _channel}
