@@ -85,8 +85,8 @@ def stem_only_model(gate: Any, source: Path | str) -> Any:
     kept_outputs = [o for o in model.graph.output if o.name == FEATURES]
     del model.graph.output[:]
     model.graph.output.extend(kept_outputs)
-    # The engine builders have the same pruning (ort_specialize._prune), but the bench may not import them
-    # (DESIGN.md §1: only the runtime and the manifest), so it walks the graph itself.
+    # The engine builders have the same pruning (ort_graph.prune), but the bench may not import them
+    # (DESIGN.md §1: only the runtime and the formats layer), so it walks the graph itself.
     needed = {FEATURES}
     kept_nodes = []
     for node in reversed(model.graph.node):  # a valid ONNX graph lists its nodes in topological order
