@@ -53,10 +53,10 @@ class TrainConfig:
             raise InputError("train: epochs and batch_size must be at least 1")
         if self.warmup_epochs < 0:
             raise InputError(f"train: warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.warmup_epochs > self.epochs:  # the default 3 stops a shorter run: say what to change
+        if self.warmup_epochs > self.epochs:  # say what to change
             raise InputError(
                 f"train: warmup_epochs must be within 0..epochs ({self.epochs}), got {self.warmup_epochs}; "
-                f"lower it (--warmup-epochs, default 3) to at most {self.epochs}"
+                f"lower it (--warmup-epochs) to at most {self.epochs}"
             )
         if not 0.0 < self.target_ratio <= 1.0:
             raise InputError(f"train: target_ratio must be in (0, 1], got {self.target_ratio}")
