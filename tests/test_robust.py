@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_runtime_models import FRAMES, SIZE, build_engine_dir
+from test_runtime_models import FRAMES, SIZE
 from test_runtime_video import write_mp4
 
 from vared2.cli import cli
@@ -34,13 +34,6 @@ from vared2.stages import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 READ_ONLY = Path("/sys")  # read-only for root too, where os.access says yes
-
-
-@pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("engines") / "toy"
-    build_engine_dir(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

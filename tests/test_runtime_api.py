@@ -25,13 +25,6 @@ from vared2.runtime.backends import OrtEngine, VersionMismatchWarning
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("engines") / "toy"
-    build_engine_dir(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def runtime(engine_dir: Path) -> Runtime:
     return Runtime.open(engine_dir, threads=1)
 

@@ -31,7 +31,6 @@ from vared2.models.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 4, 32
 BUCKETS = ("t0c0/t0c0/t0c0/t0c0", "t1c0/t1c0/t0c0/t0c0", "t0c1/t0c1/t0c1/t0c1")
-NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False): the CUDA training paths run on a GPU host"
 
 
 def tiny_model() -> VaRed2VideoResNet:
@@ -202,8 +201,7 @@ def test_torchrun_two_processes_write_one_checkpoint_that_exports_and_builds(tmp
     assert (Path(engines) / "manifest.json").is_file()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_on_cuda_follows_the_device(tmp_path: Path, precision: str) -> None:
     """On CUDA, under autocast (fp16 through a gradient scaler): a sandwich and a gated epoch, finite weights,

@@ -93,7 +93,9 @@ def main(out: Path, clips: int) -> None:
     if reason is not None:
         click.echo(f"gpu-check: cannot run: {reason}. Nothing was checked.", err=True)
         sys.exit(2)
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-v", str(ROOT / "tests")], check=False)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu or cuda", "-v", str(ROOT / "tests")], check=False
+    )
     if tests.returncode != 0:
         click.echo("gpu-check: the GPU tests failed (see above).", err=True)
         sys.exit(1)
