@@ -79,7 +79,7 @@ def test_the_main_job_refuses_bad_options_before_it_exports(tmp_path: Path) -> N
     import importlib.util
 
     cases = [
-        (["--fp16"], "fp16: the ONNX Runtime engines are fp32"),
+        (["--fp16"], "precision fp16: a TensorRT option (ONNX Runtime engines are fp32 or int8"),
         (["--max-batch", "0"], "max_batch: expected a positive integer"),
         (["--name", "../elsewhere"], "expected a plain folder name"),
     ]

@@ -364,9 +364,14 @@ def test_a_closed_pipe_is_one_line_and_exit_2(engine_dir: Path, video: Path) -> 
     assert err.strip().splitlines() == ["vared2: error: output closed (broken pipe)"]
 
 
+#: Ctrl-C as on a terminal: a shell that starts a job in the background (a CI runner may) makes it ignore SIGINT,
+#: which Python then keeps ignoring; the child restores the default handler so the test sends what a user sends.
+CTRL_C_AS_ON_A_TERMINAL = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
 def test_ctrl_c_exits_130(engine_dir: Path) -> None:
     process = vared2("bench", str(engine_dir), "--duration", "120", "--no-ceiling", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)  # fmt: skip
+                     stderr=subprocess.PIPE, prelude=CTRL_C_AS_ON_A_TERMINAL)  # fmt: skip
     assert process.stdout is not None
     process.stdout.readline()  # the bench has started
     process.send_signal(signal.SIGINT)
@@ -378,7 +383,7 @@ def test_ctrl_c_exits_130(engine_dir: Path) -> None:
 def test_ctrl_c_cleans_up_before_exiting_130(tmp_path: Path) -> None:
     """synth interrupted mid-way leaves neither its --out nor its temporary folder behind."""
     process = vared2("synth", "--out", str(tmp_path / "data"), "--clips", "400", "--frames", "4", "--size", "32",
-                     stderr=subprocess.PIPE)  # fmt: skip
+                     stderr=subprocess.PIPE, prelude=CTRL_C_AS_ON_A_TERMINAL)  # fmt: skip
     assert process.stderr is not None
     line = process.stderr.readline()  # the first progress line: clips are being written
     assert "synth data:" in line, line
