@@ -46,15 +46,17 @@ EXTRA_OF = {
 }
 #: The extra each verb needs (the README's table); a verb not named needs none beyond the base install.
 VERB_EXTRAS = {
-    "synth": "train",
+    "synth": "runtime",  # numpy and PyAV: no training stack
     "train": "train",
     "fit-gate": "train",
     "evaluate": "train",
+    "convert": "train",
     "export": "export",
     "verify": "export",
     "build": "export",
     "infer": "runtime",
     "bench": "runtime",
+    "triton": "runtime",
 }
 
 
