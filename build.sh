@@ -23,7 +23,7 @@ say() {  # bold only on a terminal: CI logs and redirected output get plain text
 }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
 
-make_venv() {  # DIR WHAT PIP-ARGS…: create DIR and install PIP-ARGS there, again only when pyproject.toml changed
+make_venv() {  # DIR WHAT PIP-ARGS…: create DIR and install PIP-ARGS there, again only when they or pyproject.toml change
     local venv=$1 what=$2 stamp want
     shift 2
     if [ ! -x "$venv/bin/python" ]; then
@@ -31,7 +31,7 @@ make_venv() {  # DIR WHAT PIP-ARGS…: create DIR and install PIP-ARGS there, ag
         "$PY" -m venv "$venv" || die "could not create a virtual environment with $PY (is python3-venv installed?)"
     fi
     stamp="$venv/.vared2-installed"
-    want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+    want=$( (cat "$ROOT/pyproject.toml"; printf '%s\n' "$@") | sha256sum | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         say "installing $what"
         "$venv/bin/python" -m pip install --quiet --upgrade pip
@@ -83,9 +83,10 @@ run_tests() {
 }
 
 ensure_triton_venv() {
-    # No torch here: the tests build toy engines with onnx + onnxruntime (vared2.engines.ort_toy).
+    # No torch here: the tests build toy engines (tests/ort_toy.py) with vared2's ONNX Runtime builder, which needs
+    # onnx and the graph passes' onnx-ir and onnxscript (the export extra without the training stack).
     make_venv "$TRITON_VENV" "the server tier (nvidia-pytriton 0.7.0's tritonserver, tritonclient, numpy<2)" \
-        -e "$ROOT[triton]" "pytest>=8" "onnx>=1.16"
+        -e "$ROOT[triton]" "pytest>=8" "onnx>=1.16" "onnx-ir>=1.1" "onnxscript>=0.7.2"
 }
 
 run_triton_tests() {
