@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vared2.formats.errors import InputError
 from vared2.models import DynamicConv3d
 from vared2.models.batchnorm import BucketBatchNorm3d, batchnorm_statistics
 from vared2.models.dynamic_conv import Policy
@@ -128,7 +129,7 @@ class FoldedGatedConv(nn.Module):
 
         if has_channel_op:
             if bool((s.abs() < 1e-12).any()):
-                raise ValueError(
+                raise InputError(
                     f"{name}: a BatchNorm scale of a computed channel is zero; the channel reconstruction "
                     "cannot be folded through it"
                 )

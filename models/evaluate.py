@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vared2.formats.errors import InputError
 from vared2.formats.progress import progress
 from vared2.models.dataset import MOTION_LEVELS
 from vared2.models.video_resnet import VaRed2VideoResNet
@@ -106,7 +107,7 @@ def evaluate(
         chosen = torch.cat([chosen, choices])
         motions = torch.cat([motions, torch.as_tensor(motion)])
     if len(correct) == 0:
-        raise ValueError("evaluate: the dataset is empty")
+        raise InputError("evaluate: the dataset is empty")
     per_sample = costs[chosen]
     full = float(model.gflops(0))
     result = Evaluation(
