@@ -611,7 +611,8 @@ def test_the_evaluation_table_uses_short_names_with_the_policy() -> None:
 USER_FACING = [
     "runtime/api.py", "runtime/infer.py", "runtime/video.py", "runtime/backends.py", "runtime/errors.py",
     "runtime/thread_pool.py", "engines/build.py", "export/verify.py", "bench/run.py", "bench/dynamic.py",
-    "bench/timing.py", "bench/against.py", "export/fold.py", "models/recipe.py", "models/checkpoint.py", "models/dataset.py",
+    "bench/timing.py", "bench/against.py", "export/fold.py", "models/recipe.py", "models/checkpoint.py",
+    "models/dataset.py",
     "models/synthetic.py", "models/buckets.py", "models/config.py", "models/train_config.py",
     "models/train_state.py", "models/torchvision_convert.py", "vared2/stages.py",
     *(f"formats/{p.name}" for p in sorted((ROOT / "formats").glob("*.py"))),
